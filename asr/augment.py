@@ -1,0 +1,107 @@
+"""Data augmentation: SpecAugment, speed perturbation, additive noise at a set SNR."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from asr.audio import resample
+
+
+def add_noise(wave: torch.Tensor, noise: torch.Tensor, snr_db: float,
+              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Mix ``noise`` into ``wave`` at ``snr_db`` (signal power over noise power).
+
+    Args:
+        wave: (N,) speech.
+        noise: (M,) noise; tiled when shorter, a random window is taken when longer.
+        snr_db: target signal-to-noise ratio in dB.
+    Returns:
+        (N,) mixture.
+    """
+    n = wave.numel()
+    if noise.numel() < n:
+        noise = noise.repeat(n // noise.numel() + 1)
+    start = 0
+    if noise.numel() > n:
+        start = int(torch.randint(0, noise.numel() - n + 1, (1,), generator=generator))
+    noise = noise[start:start + n]
+    p_signal = wave.square().mean().clamp(min=1e-10)
+    p_noise = noise.square().mean().clamp(min=1e-10)
+    scale = torch.sqrt(p_signal / (p_noise * 10.0 ** (snr_db / 10.0)))
+    return wave + scale * noise
+
+
+def speed_perturb(wave: torch.Tensor, factor: float, sample_rate: int = 16000) -> torch.Tensor:
+    """Change speed and pitch together by ``factor`` (Kaldi-style, by resampling).
+
+    wave: (N,) -> (~N / factor,).
+    """
+    if factor == 1.0:
+        return wave
+    # Playing sample_rate*factor samples per second = resample from sr*factor to sr.
+    return resample(wave, int(round(sample_rate * factor)), sample_rate)
+
+
+@dataclass
+class SpecAugmentConfig:
+    freq_masks: int = 2
+    freq_width: int = 15
+    time_masks: int = 2
+    time_width_ratio: float = 0.05  # max mask width as a fraction of the utterance
+    time_width_max: int = 40
+
+
+class SpecAugment(nn.Module):
+    """Frequency and time masking (Park et al. 2019), applied per utterance in training.
+
+    forward(feats (B, T, D), lens (B,)) -> (B, T, D); masked bins are set to each
+    utterance's mean so that normalised features stay centred.
+    """
+
+    def __init__(self, cfg: SpecAugmentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return feats
+        c = self.cfg
+        feats = feats.clone()
+        B, T, D = feats.shape
+        for b in range(B):
+            length = int(lens[b])
+            fill = feats[b, :length].mean()
+            for _ in range(c.freq_masks):
+                w = int(torch.randint(0, c.freq_width + 1, (1,)))
+                f0 = int(torch.randint(0, max(1, D - w), (1,)))
+                feats[b, :, f0:f0 + w] = fill
+            max_w = min(c.time_width_max, int(length * c.time_width_ratio))
+            for _ in range(c.time_masks):
+                w = int(torch.randint(0, max_w + 1, (1,)))
+                t0 = int(torch.randint(0, max(1, length - w), (1,)))
+                feats[b, t0:t0 + w, :] = fill
+        return feats
+
+
+def colored_noise(num_samples: int, color: str = "white",
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Unit-variance white, pink or brown noise, (num_samples,), made on the spot so that
+    nothing needs downloading."""
+    white = torch.randn(num_samples, generator=generator)
+    if color == "white":
+        return white
+    spec = torch.fft.rfft(white)
+    f = torch.arange(spec.numel(), dtype=torch.float32).clamp(min=1.0)
+    exponent = {"pink": 0.5, "brown": 1.0}.get(color)
+    if exponent is None:
+        raise ValueError(f"noise color must be white, pink or brown, got {color!r}")
+    noise = torch.fft.irfft(spec / f.pow(exponent), n=num_samples)
+    return noise / noise.std().clamp(min=1e-8)
+
+
+def choose(seq: Sequence, generator: Optional[torch.Generator] = None):
+    """A random element of ``seq``."""
+    return seq[int(torch.randint(0, len(seq), (1,), generator=generator))]
