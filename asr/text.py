@@ -1,0 +1,146 @@
+"""Text normalisation and tokenizers (characters, SentencePiece subwords).
+
+One normaliser is used for training targets and for scoring, so WER never counts
+differences of case or punctuation.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import re
+import unicodedata
+from typing import Dict, Iterable, List, Sequence
+
+_NOT_ALLOWED = re.compile(r"[^a-z' ]+")
+_SPACES = re.compile(r" +")
+_DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def normalize_text(text: str) -> str:
+    """Lowercase, strip accents, spell single digits, keep only a-z, apostrophe and space.
+
+    Hyphens and other punctuation become spaces; runs of spaces collapse to one;
+    apostrophes at word edges are dropped ("'tis" stays "tis" -> keeps inner ones only).
+
+    >>> normalize_text("Hello, World-wide  Web's 2 cats!")
+    "hello world wide web's two cats"
+    """
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+    text = text.replace("\u2019", "'")
+    text = re.sub(r"\d", lambda m: f" {_DIGIT_WORDS[int(m.group())]} ", text)
+    text = _NOT_ALLOWED.sub(" ", text)
+    words = [w.strip("'") for w in text.split(" ")]
+    return _SPACES.sub(" ", " ".join(w for w in words if w)).strip()
+
+
+class Tokenizer:
+    """Maps normalised text to token ids and back. Id 0 is always the CTC/RNN-T blank."""
+
+    blank_id = 0
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> List[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def token(self, idx: int) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> Dict:
+        raise NotImplementedError
+
+    @staticmethod
+    def from_dict(d: Dict) -> "Tokenizer":
+        kind = d["kind"]
+        if kind == "char":
+            return CharTokenizer(d["chars"])
+        if kind == "sentencepiece":
+            return SentencePieceTokenizer(base64.b64decode(d["model"]))
+        raise ValueError(f"unknown tokenizer kind {kind!r}")
+
+
+class CharTokenizer(Tokenizer):
+    """Characters: blank, space, apostrophe and a-z by default."""
+
+    DEFAULT = " 'abcdefghijklmnopqrstuvwxyz"
+
+    def __init__(self, chars: str = DEFAULT) -> None:
+        self.chars = chars
+        self._index = {c: i + 1 for i, c in enumerate(chars)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + 1
+
+    def encode(self, text: str) -> List[int]:
+        try:
+            return [self._index[c] for c in text]
+        except KeyError as exc:
+            raise ValueError(f"character {exc.args[0]!r} is not in the vocabulary; "
+                             f"normalize the text first (text: {text!r})") from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.chars[i - 1] for i in ids if i > 0)
+
+    def token(self, idx: int) -> str:
+        return "<blank>" if idx == 0 else self.chars[idx - 1]
+
+    def to_dict(self) -> Dict:
+        return {"kind": "char", "chars": self.chars}
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """SentencePiece subwords; piece i is token i + 1 (0 stays the blank)."""
+
+    def __init__(self, model_proto: bytes) -> None:
+        import sentencepiece as spm
+
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 256,
+              model_type: str = "unigram") -> "SentencePieceTokenizer":
+        """Train on normalised texts, all in memory (nothing written to disk)."""
+        import sentencepiece as spm
+
+        texts = [t for t in texts if t]
+        if not texts:
+            raise ValueError("cannot train a SentencePiece model on no text")
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size,
+            model_type=model_type, character_coverage=1.0, bos_id=-1, eos_id=-1,
+            unk_id=0, hard_vocab_limit=False, minloglevel=2,
+        )
+        return cls(buf.getvalue())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size() + 1
+
+    def encode(self, text: str) -> List[int]:
+        return [i + 1 for i in self.sp.encode(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode([i - 1 for i in ids if i > 0])
+
+    def token(self, idx: int) -> str:
+        return "<blank>" if idx == 0 else self.sp.id_to_piece(idx - 1)
+
+    def to_dict(self) -> Dict:
+        return {"kind": "sentencepiece", "model": base64.b64encode(self.model_proto).decode()}
+
+
+def build_tokenizer(kind: str, texts: Iterable[str] = (), vocab_size: int = 256) -> Tokenizer:
+    if kind == "char":
+        return CharTokenizer()
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer.train(texts, vocab_size=vocab_size)
+    raise ValueError(f"tokenizer must be 'char' or 'sentencepiece', got {kind!r}")

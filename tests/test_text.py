@@ -1,0 +1,42 @@
+import pytest
+
+from asr.text import CharTokenizer, SentencePieceTokenizer, Tokenizer, build_tokenizer, normalize_text
+
+
+@pytest.mark.parametrize("raw,norm", [
+    ("Hello, World!", "hello world"),
+    ("  Don't   STOP-now ", "don't stop now"),
+    ("Café 42", "cafe four two"),
+    ("'quoted' words", "quoted words"),
+    ("", ""),
+])
+def test_normalize(raw, norm):
+    assert normalize_text(raw) == norm
+
+
+def test_char_roundtrip_and_blank():
+    tok = CharTokenizer()
+    ids = tok.encode("it's ok")
+    assert 0 not in ids and tok.decode(ids) == "it's ok"
+    assert tok.vocab_size == 29 and tok.token(0) == "<blank>"
+    assert tok.decode([0] + ids + [0]) == "it's ok"
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        tok.encode("Upper")
+
+
+def test_sentencepiece_roundtrip_and_serialisation():
+    texts = [normalize_text(t) for t in [
+        "turn on the lights", "turn off the lights", "play the next song", "set a timer",
+        "what is the weather today", "three five seven nine", "one two three four",
+    ]] * 20
+    tok = SentencePieceTokenizer.train(texts, vocab_size=40)
+    ids = tok.encode("turn on the next song")
+    assert min(ids) >= 1 and tok.decode(ids) == "turn on the next song"
+    again = Tokenizer.from_dict(tok.to_dict())
+    assert again.encode("play the lights") == tok.encode("play the lights")
+    assert again.vocab_size == tok.vocab_size
+
+
+def test_build_tokenizer_rejects_unknown():
+    with pytest.raises(ValueError, match="tokenizer"):
+        build_tokenizer("bpe-magic")
