@@ -1,0 +1,159 @@
+"""Typed experiment configs loaded from YAML.
+
+Every section is a dataclass; unknown keys and wrong types are errors that name the
+field, so a typo in a recipe fails at start-up rather than silently using a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from asr.augment import SpecAugmentConfig
+from asr.features import FeatureConfig
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "conv_rnn"
+    subsampling: int = 4  # 2, 4 or 8
+    conv_channels: int = 32
+    rnn_type: str = "gru"  # "gru" | "lstm"
+    hidden_size: int = 256
+    num_layers: int = 3
+    bidirectional: bool = True
+    lookahead: int = 0  # row-convolution lookahead frames, forward-only models
+    dropout: float = 0.1
+
+
+@dataclass
+class HeadConfig:
+    """One head on the shared encoder. ``options`` go to the head's own config."""
+
+    weight: float = 1.0
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"  # "char" | "sentencepiece"
+    vocab_size: int = 256  # sentencepiece only
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # manifest paths (JSON lines)
+    valid: str = ""
+    test: str = ""
+    max_duration: float = 20.0  # seconds; longer utterances are skipped (and reported)
+    on_error: str = "skip"  # bad audio/transcripts: "skip" (reported) or "raise"
+    cache_audio: bool = True  # keep decoded waveforms in memory after the first epoch
+    speed_perturb: List[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]
+    noise_prob: float = 0.0
+    noise_snr_db: List[float] = field(default_factory=lambda: [10.0, 30.0])
+    band_limit_hz: Optional[int] = None  # resample down/up to mimic e.g. 8 kHz audio
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_batch_seconds: float = 200.0  # total padded audio per batch
+    lr: float = 2e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 200
+    schedule: str = "onecycle"  # "onecycle" | "constant" | "cosine"
+    grad_clip: float = 5.0
+    seed: int = 0
+    num_threads: int = 2
+    checkpoint_every: int = 200  # steps; a checkpoint is also written at every epoch end
+    keep_checkpoints: int = 2
+    valid_max_utts: int = 200
+    max_minutes: Optional[float] = None  # stop cleanly after this much training time
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "exp"
+    sample_rate: int = 16000
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    specaugment: Optional[SpecAugmentConfig] = field(default_factory=SpecAugmentConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    heads: Dict[str, HeadConfig] = field(default_factory=lambda: {"ctc": HeadConfig()})
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
+        return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {k: _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and
+                                                not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Dict[str, Any], where: str = "config"):
+    """Build dataclass ``cls`` from plain data, checking names and types."""
+    return _build(cls, data or {}, where)
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> ExperimentConfig:
+    """Read a YAML experiment config; ``overrides`` are ``section.key=value`` strings."""
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    for item in overrides or []:
+        key, _, raw = item.partition("=")
+        if not _:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return from_dict(ExperimentConfig, data, where=str(path))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from asr.config import EncoderConfig
+from asr.encoders import build_encoder
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4, 8])
+@pytest.mark.parametrize("rnn,bi,lookahead", [("gru", True, 0), ("lstm", False, 3)])
+def test_shapes_and_lengths(factor, rnn, bi, lookahead):
+    cfg = EncoderConfig(subsampling=factor, rnn_type=rnn, bidirectional=bi, lookahead=lookahead,
+                        hidden_size=16, num_layers=2, conv_channels=4)
+    enc = build_encoder(40, cfg).eval()
+    lens = torch.tensor([101, 57, 8])
+    x = torch.randn(3, 101, 40)
+    out, out_lens = enc(x, lens)
+    expect = lens.clone()
+    for _ in range(factor.bit_length() - 1):
+        expect = (expect - 1) // 2 + 1
+    assert out_lens.tolist() == expect.tolist()
+    assert out.shape == (3, int(expect.max()), enc.output_dim)
+    assert enc.output_dim == 16 * (2 if bi else 1)
+    assert enc.subsampling_factor == factor and enc.right_context == lookahead
+
+
+def test_padding_does_not_change_output():
+    cfg = EncoderConfig(subsampling=4, hidden_size=16, num_layers=2, conv_channels=4)
+    enc = build_encoder(20, cfg).eval()
+    x = torch.randn(1, 60, 20)
+    out1, l1 = enc(x, torch.tensor([60]))
+    padded = torch.cat([x, torch.randn(1, 40, 20)], dim=1)
+    out2, l2 = enc(padded, torch.tensor([60]))
+    assert l1.tolist() == l2.tolist()
+    torch.testing.assert_close(out1[0, : l1[0]], out2[0, : l2[0]], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_only_is_causal_up_to_lookahead():
+    cfg = EncoderConfig(subsampling=4, hidden_size=16, num_layers=1, conv_channels=4,
+                        bidirectional=False, lookahead=2)
+    enc = build_encoder(20, cfg).eval()
+    x = torch.randn(1, 80, 20)
+    out, _ = enc(x, torch.tensor([80]))
+    x2 = x.clone()
+    x2[:, 60:] = torch.randn(1, 20, 20)  # changes output frames >= 15 only
+    out2, _ = enc(x2, torch.tensor([80]))
+    first_changed = 15 - cfg.lookahead
+    torch.testing.assert_close(out[:, :first_changed], out2[:, :first_changed])
+    assert not torch.allclose(out[:, first_changed:], out2[:, first_changed:])
+
+
+def test_unknown_encoder_name():
+    with pytest.raises(KeyError, match="unknown encoder"):
+        build_encoder(20, EncoderConfig(name="transformerz"))
