@@ -1,0 +1,135 @@
+"""CTC search: greedy and prefix beam search, both returning N-best with log-scores and
+per-token frame times."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from asr.registry import SEARCHES
+from asr.search.types import Hypothesis, SearchResult
+
+NEG_INF = float("-inf")
+
+# An LM scorer for shallow fusion: log P(token | previous tokens).
+LMScore = Callable[[Tuple[int, ...], int], float]
+
+
+def _logaddexp(a: float, b: float) -> float:
+    if a == NEG_INF:
+        return b
+    if b == NEG_INF:
+        return a
+    m = max(a, b)
+    return m + math.log1p(math.exp(-abs(a - b)))
+
+
+@SEARCHES.register("ctc_greedy")
+def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0,
+               **_: object) -> List[SearchResult]:
+    """Best path: argmax per frame, merge repeats, drop blanks.
+
+    Args:
+        log_probs: (B, T, V) log-softmax outputs.
+        lengths: (B,) valid frames.
+    Returns:
+        one SearchResult per utterance with a single hypothesis whose score is the
+        best path's log-probability and whose times are the first frame of each token.
+    """
+    best_lp, best = log_probs.max(dim=-1)  # (B, T)
+    results = []
+    for b in range(log_probs.shape[0]):
+        n = int(lengths[b])
+        path = best[b, :n].tolist()
+        tokens, times, prev = [], [], blank
+        for t, tok in enumerate(path):
+            if tok != blank and tok != prev:
+                tokens.append(tok)
+                times.append(t)
+            prev = tok
+        results.append(SearchResult([Hypothesis(tokens, float(best_lp[b, :n].sum()), times)]))
+    return results
+
+
+@SEARCHES.register("ctc_prefix_beam")
+def ctc_prefix_beam(log_probs: torch.Tensor, lengths: torch.Tensor, beam: int = 8,
+                    nbest: int = 1, blank: int = 0, token_prune: Optional[int] = None,
+                    lm: Optional[LMScore] = None, lm_weight: float = 0.0,
+                    length_bonus: float = 0.0, **_: object) -> List[SearchResult]:
+    """CTC prefix beam search (Hannun et al. 2014), in log space.
+
+    Scores are log P(prefix | x) summed over all alignments, plus ``lm_weight`` times the
+    LM log-probability and ``length_bonus`` per token when fusion is used.
+
+    Args:
+        log_probs: (B, T, V) log-softmax outputs.
+        lengths: (B,) valid frames.
+        beam: prefixes kept after each frame.
+        nbest: hypotheses returned per utterance (<= beam).
+        token_prune: consider only the top-k tokens per frame (None: all).
+        lm: optional scorer ``lm(prefix, token) -> log-prob`` for shallow fusion.
+    """
+    lp_all = log_probs.detach().cpu().double()
+    results = []
+    for b in range(lp_all.shape[0]):
+        results.append(_prefix_beam_one(lp_all[b, : int(lengths[b])], beam, nbest, blank,
+                                        token_prune, lm, lm_weight, length_bonus))
+    return results
+
+
+def _prefix_beam_one(lp: torch.Tensor, beam: int, nbest: int, blank: int,
+                     token_prune: Optional[int], lm: Optional[LMScore], lm_weight: float,
+                     length_bonus: float) -> SearchResult:
+    V = lp.shape[1]
+    # prefix -> [log P ending in blank, log P ending in non-blank]; plus the fused extra score
+    # (LM and bonus, which depends only on the prefix) and the frame each token first fired.
+    beams: Dict[Tuple[int, ...], List[float]] = {(): [0.0, NEG_INF]}
+    extra: Dict[Tuple[int, ...], float] = {(): 0.0}
+    # A token's time is the frame of its most probable emission seen so far.
+    times: Dict[Tuple[int, ...], Tuple[int, ...]] = {(): ()}
+    emit_best: Dict[Tuple[int, ...], float] = {}
+    rows = lp.tolist()
+    for t, row in enumerate(rows):
+        if token_prune and token_prune < V:
+            cand = sorted(range(V), key=row.__getitem__, reverse=True)[:token_prune]
+            if blank not in cand:
+                cand.append(blank)
+        else:
+            cand = range(V)
+        nxt: Dict[Tuple[int, ...], List[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
+        for prefix, (pb, pnb) in beams.items():
+            total = _logaddexp(pb, pnb)
+            last = prefix[-1] if prefix else None
+            for tok in cand:
+                p = row[tok]
+                if tok == blank:
+                    e = nxt[prefix]
+                    e[0] = _logaddexp(e[0], total + p)
+                    continue
+                if tok == last:
+                    # repeat without blank in between stays on the same prefix
+                    e = nxt[prefix]
+                    e[1] = _logaddexp(e[1], pnb + p)
+                    new_p = pb + p
+                else:
+                    new_p = total + p
+                new = prefix + (tok,)
+                if new not in extra:
+                    bonus = length_bonus
+                    if lm is not None:
+                        bonus += lm_weight * lm(prefix, tok)
+                    extra[new] = extra[prefix] + bonus
+                if new_p > emit_best.get(new, NEG_INF):
+                    emit_best[new] = new_p
+                    times[new] = times[prefix] + (t,)
+                e = nxt[new]
+                e[1] = _logaddexp(e[1], new_p)
+        scored = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]) + extra[kv[0]],
+                        reverse=True)
+        beams = dict(scored[:beam])
+    final = sorted(beams.items(), key=lambda kv: _logaddexp(*kv[1]) + extra[kv[0]], reverse=True)
+    hyps = [Hypothesis(list(p), _logaddexp(*s) + extra[p], list(times[p]))
+            for p, s in final[:nbest]]
+    return SearchResult(hyps)

@@ -1,0 +1,78 @@
+import itertools
+import math
+from collections import defaultdict
+
+import pytest
+import torch
+
+from asr.heads.ctc import CTCHead
+from asr.search.ctc import ctc_greedy, ctc_prefix_beam
+
+
+def collapse(path, blank=0):
+    out, prev = [], blank
+    for t in path:
+        if t != blank and t != prev:
+            out.append(t)
+        prev = t
+    return tuple(out)
+
+
+def brute_force(lp):
+    """Exact P(label sequence) by summing over all V^T alignments."""
+    T, V = lp.shape
+    probs = defaultdict(float)
+    for path in itertools.product(range(V), repeat=T):
+        probs[collapse(path)] += math.exp(sum(lp[t, s].item() for t, s in enumerate(path)))
+    return sorted(probs.items(), key=lambda kv: -kv[1])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_prefix_beam_matches_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    T, V = 5, 3
+    lp = torch.log_softmax(torch.randn(1, T, V, generator=g) * 2, dim=-1)
+    exact = brute_force(lp[0])
+    res = ctc_prefix_beam(lp, torch.tensor([T]), beam=64, nbest=5)[0]
+    for hyp, (labels, p) in zip(res.nbest, exact[:5]):
+        assert tuple(hyp.tokens) == labels
+        assert hyp.score == pytest.approx(math.log(p), abs=1e-9)
+    scores = [h.score for h in res.nbest]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_greedy_is_best_path_and_times():
+    # frames: a a _ b b _ a  -> tokens (1, 2, 1) at first frames 0, 3, 6
+    path = [1, 1, 0, 2, 2, 0, 1]
+    lp = torch.full((1, 7, 3), math.log(0.1))
+    for t, s in enumerate(path):
+        lp[0, t, s] = math.log(0.8)
+    res = ctc_greedy(lp, torch.tensor([7]))[0].best
+    assert res.tokens == [1, 2, 1] and res.times == [0, 3, 6]
+    assert res.score == pytest.approx(7 * math.log(0.8))
+    beam = ctc_prefix_beam(lp, torch.tensor([7]), beam=4)[0].best
+    assert beam.tokens == [1, 2, 1] and beam.times == [0, 3, 6]
+
+
+def test_respects_lengths_and_lm_fusion():
+    lp = torch.log_softmax(torch.randn(2, 6, 4), dim=-1)
+    lp[1, 3:] = torch.log(torch.tensor([0.01, 0.97, 0.01, 0.01]))
+    short = ctc_greedy(lp, torch.tensor([6, 3]))
+    assert all(t < 3 for t in short[1].best.times)
+    # an LM that forbids token 1 changes the beam result away from it
+    fused = ctc_prefix_beam(lp[1:], torch.tensor([6]), beam=8,
+                            lm=lambda prefix, tok: -100.0 if tok == 1 else 0.0, lm_weight=1.0)
+    assert 1 not in fused[0].best.tokens
+
+
+def test_ctc_head_loss_is_per_utterance():
+    head = CTCHead(8, 5)
+    enc = torch.randn(3, 20, 8, requires_grad=True)
+    loss = head.loss(enc, torch.tensor([20, 15, 2]), torch.tensor([[1, 2, 3], [2, 2, 0], [1, 2, 3]]),
+                     torch.tensor([3, 2, 3]))
+    assert loss.shape == (3,)
+    assert loss[2] == 0  # too short for its transcript: zeroed, not inf
+    loss[0].backward()
+    assert enc.grad[1].abs().sum() == 0 and enc.grad[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="decodes with"):
+        head.decode(enc, torch.tensor([20, 15, 2]), method="transducer_greedy")
