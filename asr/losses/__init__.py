@@ -1,0 +1,1 @@
+"""Training losses. Importing a loss module registers its backends (see ``asr.registry``)."""
