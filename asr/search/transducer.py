@@ -158,6 +158,7 @@ def transducer_beam(
     lm_weight: float = 0.0,
     length_bonus: float = 0.0,
     max_output_length: Optional[int] = None,
+    lm: Optional[LMScore] = None,
     **_unused,
 ) -> List[SearchResult]:
     """Alignment-length synchronous beam search (Saon et al., ICASSP 2020).
@@ -178,11 +179,14 @@ def transducer_beam(
         lm_weight: weight of ``lm_score``.
         length_bonus: added per emitted label (counters the LM's bias to short outputs).
         max_output_length: label limit per utterance (default ``3 * T_b``).
+        lm: alias of ``lm_score`` (the keyword the CTC prefix beam search uses).
 
     Returns:
         one :class:`SearchResult` per utterance; each hypothesis has its score and the frame
         of every label (of the best alignment among those merged into it).
     """
+    if lm_score is None:
+        lm_score = lm
     enc_p = head.project_enc(enc)  # (B, T, Dj)
     lens = enc_lens.long().tolist()
     results = []
