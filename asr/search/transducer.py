@@ -50,6 +50,14 @@ class TransducerModel(Protocol):
         """``(..., Dj)`` x ``(..., Dj)`` -> logits ``(..., V)``."""
 
 
+def _logaddexp(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
 def _select(state: Tuple[Tensor, ...], index: Tensor) -> Tuple[Tensor, ...]:
     return tuple(s[index] for s in state)
 
@@ -240,7 +248,7 @@ def _alsd_one(
             if old is None:
                 cands[tokens] = cand
                 return
-            score = float(torch.logaddexp(torch.tensor(old.score), torch.tensor(cand.score)))
+            score = _logaddexp(old.score, cand.score)
             if cand.best > old.best:
                 cand.score = score
                 cands[tokens] = cand
@@ -255,7 +263,7 @@ def _alsd_one(
                 if done is None:
                     final[h.tokens] = _Hyp(h.tokens, s, best, h.times, T, h.dec_p, h.state)
                 else:  # unreachable in ALSD (a label sequence ends at one step) but harmless
-                    done.score = float(torch.logaddexp(torch.tensor(done.score), torch.tensor(s)))
+                    done.score = _logaddexp(done.score, s)
             else:
                 offer(h.tokens, _Candidate(parent=h, token=None, score=s, best=best))
             if len(h.tokens) >= u_max:
