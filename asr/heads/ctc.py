@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import asr.search.ctc  # noqa: F401  (registers the CTC searches)
 from asr.registry import HEADS, SEARCHES
 from asr.search.types import SearchResult
 

@@ -1,0 +1,107 @@
+"""Command line: ``python -m asr {train,evaluate,transcribe}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _train(args) -> int:
+    from asr.config import load_config
+    from asr.train import Trainer
+
+    cfg = load_config(args.config, args.set)
+    result = Trainer(cfg, args.exp, init_from=args.init_from).fit()
+    print(json.dumps({"model": str(result.model_path), "steps": result.steps,
+                      "epochs": result.epochs_done, "train_seconds": round(result.train_seconds, 1),
+                      "utterances_per_second": round(result.utterances_per_second, 2),
+                      "rejected": len(result.rejected)}))
+    return 0
+
+
+def _evaluate(args) -> int:
+    import torch
+
+    from asr.checkpoint import load_model
+    from asr.corpora import load_corpus
+    from asr.evaluate import evaluate_model
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer, _ = load_model(args.model)
+    utts = load_corpus(args.corpus, args.data)
+    if args.limit:
+        utts = utts[: args.limit]
+    options = {}
+    if args.beam:
+        options.update(beam=args.beam)
+    metrics = evaluate_model(model, tokenizer, utts, head=args.head, method=args.search,
+                             results_path=args.results, **options)
+    print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
+    return 0
+
+
+def _transcribe(args) -> int:
+    import torch
+
+    from asr.audio import load_audio
+    from asr.checkpoint import load_model
+
+    model, tokenizer, cfg = load_model(args.model)
+    for path in args.files:
+        wave = load_audio(path, cfg.sample_rate)
+        res = model.decode(wave[None], torch.tensor([wave.numel()]), head=args.head,
+                           method=args.search)[0]
+        frame = cfg.features.hop_length * model.encoder.subsampling_factor / cfg.sample_rate
+        print(json.dumps({"file": path, "text": tokenizer.decode(res.best.tokens),
+                          "score": round(res.best.score, 3),
+                          "tokens": [tokenizer.token(t) for t in res.best.tokens],
+                          "times": [round(t * frame, 3) for t in res.best.times]}))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m asr", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train (or resume) an experiment")
+    t.add_argument("--config", required=True, help="YAML experiment config")
+    t.add_argument("--exp", required=True, help="experiment folder (resumes if it has last.pt)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. train.epochs=3 (repeatable)")
+    t.add_argument("--init-from", help="start from this checkpoint's weights")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="WER/CER of a model on a corpus; prints one JSON line")
+    e.add_argument("--model", required=True)
+    e.add_argument("--corpus", required=True, help="fsdd, ljspeech, librispeech, synth or manifest")
+    e.add_argument("--data", required=True, help="corpus folder (public layout) or manifest")
+    e.add_argument("--head", help="head to decode with (default: the model's first)")
+    e.add_argument("--search", help="search method, e.g. ctc_greedy, ctc_prefix_beam")
+    e.add_argument("--beam", type=int)
+    e.add_argument("--results", type=Path, help="write per-utterance results (JSON lines)")
+    e.add_argument("--limit", type=int, help="evaluate only the first N utterances")
+    e.add_argument("--threads", type=int, default=2)
+    e.set_defaults(func=_evaluate)
+
+    r = sub.add_parser("transcribe", help="transcribe audio files; one JSON line each")
+    r.add_argument("--model", required=True)
+    r.add_argument("--head")
+    r.add_argument("--search")
+    r.add_argument("files", nargs="+")
+    r.set_defaults(func=_transcribe)
+
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

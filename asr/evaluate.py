@@ -1,0 +1,79 @@
+"""Evaluation: WER/CER with jiwer, per-utterance results and real-time factor."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import jiwer
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from asr.data import DurationBatchSampler, Utterance, UtteranceDataset, collate, validate
+from asr.text import Tokenizer, normalize_text
+
+
+def score(refs: Sequence[str], hyps: Sequence[str]) -> Dict[str, float]:
+    """Corpus WER and CER (jiwer) over normalised texts; an empty hypothesis is allowed."""
+    refs = [normalize_text(r) for r in refs]
+    hyps = [normalize_text(h) for h in hyps]
+    pairs = [(r, h) for r, h in zip(refs, hyps) if r]
+    if not pairs:
+        raise ValueError("no non-empty references to score")
+    r, h = zip(*pairs)
+    return {"wer": float(jiwer.wer(list(r), list(h))), "cer": float(jiwer.cer(list(r), list(h)))}
+
+
+def evaluate_model(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[Utterance],
+                   head: Optional[str] = None, method: Optional[str] = None,
+                   batch_seconds: float = 120.0, results_path: Optional[Path] = None,
+                   on_error: str = "skip", band_limit_hz: Optional[int] = None,
+                   **search_options) -> Dict:
+    """Decode ``utts`` and score them.
+
+    Returns a dict with ``wer``, ``cer``, ``utterances``, ``rtf`` (decoding compute time
+    over audio duration, audio reading excluded), ``skipped``, and ``accuracy`` when every
+    reference is a single word. Per-utterance rows go to ``results_path`` (JSON lines).
+    """
+    from asr.train import band_limit
+
+    sample_rate = model.cfg.sample_rate
+    kept, rejected = validate(utts, normalize_text, tokenizer.encode, on_error=on_error)
+    ds = UtteranceDataset(kept, tokenizer.encode, sample_rate, on_error,
+                          transform=lambda w, i: band_limit(w, sample_rate, band_limit_hz))
+    loader = DataLoader(ds, batch_sampler=DurationBatchSampler(
+        [u.duration for u in kept], batch_seconds, shuffle=False), collate_fn=collate)
+    by_id = {u.id: u for u in kept}
+    rows, compute, audio_seconds = [], 0.0, 0.0
+    model.eval()
+    for batch in tqdm(loader, desc="decoding", leave=False, dynamic_ncols=True):
+        if batch is None:
+            continue
+        t0 = time.perf_counter()
+        results = model.decode(batch.waves, batch.wave_lens, head=head, method=method,
+                               **search_options)
+        compute += time.perf_counter() - t0
+        audio_seconds += float(batch.wave_lens.sum()) / sample_rate
+        for uid, res in zip(batch.ids, results):
+            hyp = res.best
+            rows.append({"id": uid, "ref": by_id[uid].text, "hyp": tokenizer.decode(hyp.tokens),
+                         "score": hyp.score, "times": hyp.times, "audio": by_id[uid].audio})
+    if not rows:
+        raise RuntimeError(f"nothing could be decoded ({len(rejected) + len(ds.rejected)} "
+                           "utterances rejected)")
+    metrics = score([r["ref"] for r in rows], [r["hyp"] for r in rows])
+    for r in rows:
+        r["correct"] = normalize_text(r["ref"]) == normalize_text(r["hyp"])
+    metrics.update(utterances=len(rows), rtf=compute / max(audio_seconds, 1e-9),
+                   skipped=len(rejected) + len(ds.rejected))
+    if all(len(r["ref"].split()) == 1 for r in rows):
+        metrics["accuracy"] = sum(r["correct"] for r in rows) / len(rows)
+    if results_path is not None:
+        results_path = Path(results_path)
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(results_path, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    return metrics

@@ -1,0 +1,93 @@
+"""The ASR model: features -> shared encoder -> a dict of heads with loss weights."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+import asr.heads.ctc  # noqa: F401  (registers the CTC head)
+from asr.augment import SpecAugment
+from asr.config import ExperimentConfig, HeadConfig, from_dict
+from asr.encoders import build_encoder
+from asr.features import FeatureExtractor
+from asr.registry import HEADS
+from asr.search.types import SearchResult
+
+
+class GlobalCMVN(nn.Module):
+    """Feature normalisation with statistics gathered from training data (streamable,
+    unlike per-utterance normalisation). forward(x (B, T, D)) -> (B, T, D)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("inv_std", torch.ones(dim))
+
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.inv_std.copy_(1.0 / std.clamp(min=1e-5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * self.inv_std
+
+
+def build_head(name: str, enc_dim: int, vocab_size: int, head_cfg: HeadConfig) -> nn.Module:
+    cls = HEADS.get(name)
+    if hasattr(cls, "from_options"):
+        return cls.from_options(enc_dim, vocab_size, head_cfg.options)
+    if head_cfg.options:
+        raise ValueError(f"head {name!r} takes no options, got {sorted(head_cfg.options)}")
+    return cls(enc_dim, vocab_size)
+
+
+class ASRModel(nn.Module):
+    """One encoder, several heads.
+
+    ``forward`` returns a dict of per-utterance losses (each (B,)) plus ``"total"``, the
+    weighted sum; reducing over the batch is the trainer's job, so active learning can
+    take per-utterance gradients.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.features = FeatureExtractor(cfg.features)
+        self.cmvn = GlobalCMVN(self.features.dim)
+        self.specaug = SpecAugment(cfg.specaugment) if cfg.specaugment else None
+        self.encoder = build_encoder(self.features.dim, cfg.encoder)
+        if not cfg.heads:
+            raise ValueError("config.heads is empty: give at least one head (e.g. ctc)")
+        self.heads = nn.ModuleDict({
+            name: build_head(name, self.encoder.output_dim, vocab_size, hc)
+            for name, hc in cfg.heads.items()
+        })
+        self.loss_weights = {name: hc.weight for name, hc in cfg.heads.items()}
+
+    def encode(self, waves: torch.Tensor, wave_lens: torch.Tensor):
+        """waves: (B, N), wave_lens: (B,) -> (enc (B, T, D), enc_lens (B,))."""
+        feats, feat_lens = self.features(waves, wave_lens)
+        feats = self.cmvn(feats)
+        if self.specaug is not None and self.training:
+            feats = self.specaug(feats, feat_lens)
+        return self.encoder(feats, feat_lens)
+
+    def forward(self, waves: torch.Tensor, wave_lens: torch.Tensor, targets: torch.Tensor,
+                target_lens: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """waves (B, N), wave_lens (B,), targets (B, U), target_lens (B,) -> {head: (B,)}."""
+        enc, enc_lens = self.encode(waves, wave_lens)
+        losses = {name: head.loss(enc, enc_lens, targets, target_lens)
+                  for name, head in self.heads.items()}
+        losses["total"] = sum(self.loss_weights[n] * losses[n] for n in self.heads)
+        return losses
+
+    @torch.no_grad()
+    def decode(self, waves: torch.Tensor, wave_lens: torch.Tensor, head: Optional[str] = None,
+               method: Optional[str] = None, **options) -> List[SearchResult]:
+        """Decode with one head (default: the first) and a search method by name."""
+        name = head or next(iter(self.heads))
+        if name not in self.heads:
+            raise ValueError(f"model has heads {list(self.heads)}, not {name!r}")
+        h = self.heads[name]
+        enc, enc_lens = self.encode(waves, wave_lens)
+        return h.decode(enc, enc_lens, method or h.search_methods[0], **options)

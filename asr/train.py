@@ -1,0 +1,306 @@
+"""Training: per-utterance losses reduced here, gradient clipping, LR schedule, duration
+batching, progress bars, a metrics log and plotted curves, atomic resumable checkpoints."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from asr.augment import add_noise, colored_noise, speed_perturb
+from asr.audio import resample
+from asr.checkpoint import read_checkpoint, save_checkpoint
+from asr.config import DataConfig, ExperimentConfig, save_config
+from asr.data import DurationBatchSampler, UtteranceDataset, collate, read_manifest, validate
+from asr.model import ASRModel
+from asr.text import Tokenizer, build_tokenizer, normalize_text
+
+log = logging.getLogger(__name__)
+
+
+class Augmenter:
+    """Waveform augmentation, seeded per (epoch, utterance) so reruns are reproducible."""
+
+    def __init__(self, cfg: DataConfig, sample_rate: int, seed: int) -> None:
+        self.cfg = cfg
+        self.sample_rate = sample_rate
+        self.seed = seed
+        self.epoch = 0
+
+    def __call__(self, wave: torch.Tensor, index: int) -> torch.Tensor:
+        c = self.cfg
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+        if c.speed_perturb:
+            factor = c.speed_perturb[int(torch.randint(len(c.speed_perturb), (1,), generator=g))]
+            wave = speed_perturb(wave, factor, self.sample_rate)
+        if c.noise_prob > 0 and float(torch.rand(1, generator=g)) < c.noise_prob:
+            lo, hi = c.noise_snr_db
+            snr = lo + (hi - lo) * float(torch.rand(1, generator=g))
+            color = ("white", "pink", "brown")[int(torch.randint(3, (1,), generator=g))]
+            wave = add_noise(wave, colored_noise(wave.numel(), color, g), snr, g)
+        return band_limit(wave, self.sample_rate, c.band_limit_hz)
+
+
+def band_limit(wave: torch.Tensor, sample_rate: int, rate: Optional[int]) -> torch.Tensor:
+    """Down- and up-sample through ``rate`` to mimic narrow-band audio. (N,) -> (N,)."""
+    if not rate or rate >= sample_rate:
+        return wave
+    return resample(resample(wave, sample_rate, rate), rate, sample_rate)[: wave.numel()]
+
+
+def _schedule(optimizer, cfg: ExperimentConfig, total_steps: int):
+    t = cfg.train
+    if t.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / max(1, t.warmup_steps)))
+    if t.schedule == "cosine":
+        def f(s):
+            if s < t.warmup_steps:
+                return (s + 1) / t.warmup_steps
+            p = (s - t.warmup_steps) / max(1, total_steps - t.warmup_steps)
+            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+    if t.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=t.lr, total_steps=max(total_steps, 2),
+            pct_start=min(0.3, max(t.warmup_steps / max(total_steps, 1), 0.05)),
+            anneal_strategy="cos", div_factor=25.0, final_div_factor=100.0)
+    raise ValueError(f"train.schedule must be onecycle, cosine or constant, got {t.schedule!r}")
+
+
+def compute_cmvn(model: ASRModel, dataset: UtteranceDataset, max_utts: int = 300):
+    """Per-dimension mean and std of the features over up to ``max_utts`` utterances."""
+    total, sq, n = None, None, 0
+    with torch.no_grad():
+        for i in range(min(max_utts, len(dataset))):
+            wave = dataset.load(i)
+            if wave is None:
+                continue
+            feats, _ = model.features(wave[None])
+            f = feats[0].double()
+            total = f.sum(0) if total is None else total + f.sum(0)
+            sq = f.square().sum(0) if sq is None else sq + f.square().sum(0)
+            n += f.shape[0]
+    if n == 0:
+        raise RuntimeError("no readable training audio to compute feature statistics")
+    mean = total / n
+    std = (sq / n - mean.square()).clamp(min=1e-8).sqrt()
+    return mean.float(), std.float()
+
+
+def plot_curves(metrics_path: Path, out_png: Path) -> None:
+    """Training loss per step and validation loss/WER per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(l) for l in open(metrics_path)]
+    train = [r for r in rows if r["kind"] == "train"]
+    valid = [r for r in rows if r["kind"] == "valid"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label="train")
+    if valid:
+        axes[0].plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="valid")
+        axes[1].plot([r["epoch"] for r in valid], [100 * r["wer"] for r in valid], "o-")
+    axes[0].set(xlabel="step", ylabel="loss per token", title="loss")
+    axes[0].legend()
+    axes[1].set(xlabel="epoch", ylabel="WER %", title="validation WER (greedy)")
+    axes[1].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    model_path: Path
+    steps: int
+    epochs_done: int
+    utterances_per_second: float
+    train_seconds: float
+    rejected: List
+
+
+class Trainer:
+    """Runs (or resumes) one experiment in ``exp_dir``.
+
+    Layout: ``config.yaml``, ``metrics.jsonl``, ``curves.png``, ``last.pt`` (full training
+    state, written every ``checkpoint_every`` steps and at each epoch end), ``model.pt``
+    (weights, config and tokenizer only) and ``rejected.jsonl`` (skipped utterances).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, exp_dir: str | Path,
+                 tokenizer: Optional[Tokenizer] = None, init_from: Optional[str] = None) -> None:
+        self.cfg = cfg
+        self.exp_dir = Path(exp_dir)
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        self.init_from = init_from
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        torch.set_num_threads(cfg.train.num_threads)
+
+        d = cfg.data
+        train_raw = read_manifest(d.train)
+        self.tokenizer = tokenizer or build_tokenizer(
+            cfg.tokenizer.kind, (normalize_text(u.text) for u in train_raw), cfg.tokenizer.vocab_size)
+        enc = self.tokenizer.encode
+        train_utts, rej = validate(train_raw, normalize_text, enc, d.max_duration, d.on_error)
+        valid_utts, rej_v = ([], [])
+        if d.valid:
+            valid_utts, rej_v = validate(read_manifest(d.valid), normalize_text, enc,
+                                         d.max_duration, d.on_error)
+            valid_utts = valid_utts[: cfg.train.valid_max_utts]
+        if not train_utts:
+            raise RuntimeError(f"{d.train}: no usable training utterances "
+                               f"({len(rej)} rejected, see the log)")
+        self.augmenter = Augmenter(d, cfg.sample_rate, cfg.train.seed)
+        self.train_set = UtteranceDataset(train_utts, enc, cfg.sample_rate, d.on_error,
+                                          d.cache_audio, transform=self.augmenter)
+        self.valid_set = UtteranceDataset(
+            valid_utts, enc, cfg.sample_rate, d.on_error, True,
+            transform=(lambda w, i: band_limit(w, cfg.sample_rate, d.band_limit_hz)))
+        self.rejected = rej + rej_v
+        self.sampler = DurationBatchSampler([u.duration for u in train_utts],
+                                            cfg.train.max_batch_seconds, seed=cfg.train.seed)
+        self.model = ASRModel(cfg, self.tokenizer.vocab_size)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
+                                           weight_decay=cfg.train.weight_decay)
+        self.steps_per_epoch = len(self.sampler)
+        self.scheduler = _schedule(self.optimizer, cfg, self.steps_per_epoch * cfg.train.epochs)
+        self.metrics_path = self.exp_dir / "metrics.jsonl"
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+
+    # ----------------------------------------------------------------- state
+    def _save(self, name: str = "last.pt") -> Path:
+        return save_checkpoint(
+            self.exp_dir / name, self.cfg, self.tokenizer, self.model,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
+            torch_rng=torch.get_rng_state(), rejected=[r.__dict__ for r in self.rejected])
+
+    def _resume(self) -> bool:
+        path = self.exp_dir / "last.pt"
+        if not path.exists():
+            return False
+        state = read_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.epoch,
+                 self.batch_in_epoch, self.step)
+        return True
+
+    def _log(self, **row) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # ----------------------------------------------------------------- loops
+    def validate(self) -> Dict[str, float]:
+        from asr.evaluate import score
+
+        self.model.eval()
+        loader = DataLoader(self.valid_set, batch_sampler=DurationBatchSampler(
+            [u.duration for u in self.valid_set.utts], self.cfg.train.max_batch_seconds,
+            shuffle=False), collate_fn=collate)
+        tot_loss, tot_tokens, refs, hyps = 0.0, 0, [], []
+        with torch.no_grad():
+            for batch in loader:
+                if batch is None:
+                    continue
+                losses = self.model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
+                tot_loss += float(losses["total"].sum())
+                tot_tokens += int(batch.target_lens.sum())
+                results = self.model.decode(batch.waves, batch.wave_lens)
+                hyps += [self.tokenizer.decode(r.best.tokens) for r in results]
+                refs += [self.tokenizer.decode(t[:n].tolist())
+                         for t, n in zip(batch.targets, batch.target_lens)]
+        self.model.train()
+        m = score(refs, hyps) if refs else {"wer": float("nan"), "cer": float("nan")}
+        return {"loss": tot_loss / max(1, tot_tokens), **m}
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        save_config(cfg, self.exp_dir / "config.yaml")
+        if self.init_from and not (self.exp_dir / "last.pt").exists():
+            self.model.load_state_dict(read_checkpoint(self.init_from)["model"])
+            log.info("initialised weights from %s", self.init_from)
+        elif not self._resume():
+            mean, std = compute_cmvn(self.model, self.train_set)
+            self.model.cmvn.set_stats(mean, std)
+        self.model.train()
+        t_start = time.time()
+        utts_seen = 0
+        stop = False
+        while self.epoch < cfg.train.epochs and not stop:
+            self.sampler.set_epoch(self.epoch)
+            self.augmenter.epoch = self.epoch
+            batches = self.sampler.batches()[self.batch_in_epoch:]
+            loader = DataLoader(self.train_set, batch_sampler=batches, collate_fn=collate)
+            bar = tqdm(loader, total=self.steps_per_epoch, initial=self.batch_in_epoch,
+                       desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", leave=False,
+                       dynamic_ncols=True, mininterval=1.0)
+            for batch in bar:
+                self.batch_in_epoch += 1
+                if batch is None:
+                    continue
+                losses = self.model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
+                ntok = batch.target_lens.sum().clamp(min=1)
+                loss = losses["total"].sum() / ntok
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+                if torch.isfinite(gnorm):
+                    self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                utts_seen += len(batch)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+                if self.step % 10 == 0:
+                    self._log(kind="train", step=self.step, epoch=self.epoch, loss=loss.item(),
+                              grad_norm=float(gnorm), lr=self.scheduler.get_last_lr()[0],
+                              **{f"loss_{k}": float(v.detach().sum() / ntok) for k, v in losses.items()
+                                 if k != "total"})
+                if self.step % cfg.train.checkpoint_every == 0:
+                    self._save()
+                if cfg.train.max_minutes and time.time() - t_start > 60 * cfg.train.max_minutes:
+                    log.warning("stopping: train.max_minutes=%s reached", cfg.train.max_minutes)
+                    stop = True
+                    break
+            bar.close()
+            if not stop:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+            v = self.validate() if len(self.valid_set) else {}
+            if v:
+                self._log(kind="valid", step=self.step, epoch=self.epoch, **v)
+                tqdm.write(f"epoch {self.epoch}: valid loss {v['loss']:.3f} "
+                           f"WER {100 * v['wer']:.1f}% CER {100 * v['cer']:.1f}%")
+            self._save()
+            if self.metrics_path.exists():
+                plot_curves(self.metrics_path, self.exp_dir / "curves.png")
+        elapsed = time.time() - t_start
+        self.rejected += self.train_set.rejected + self.valid_set.rejected
+        with open(self.exp_dir / "rejected.jsonl", "w") as f:
+            for r in self.rejected:
+                f.write(json.dumps(r.__dict__) + "\n")
+        model_path = save_checkpoint(self.exp_dir / "model.pt", cfg, self.tokenizer, self.model)
+        return TrainResult(self.exp_dir / "last.pt", model_path, self.step, self.epoch,
+                           utts_seen / max(elapsed, 1e-9), elapsed, self.rejected)
