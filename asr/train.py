@@ -219,7 +219,7 @@ class Trainer:
         self.model.eval()
         loader = DataLoader(self.valid_set, batch_sampler=DurationBatchSampler(
             [u.duration for u in self.valid_set.utts], self.cfg.train.max_batch_seconds,
-            shuffle=False), collate_fn=collate)
+            shuffle=False), collate_fn=collate, generator=torch.Generator())
         tot_loss, tot_tokens, refs, hyps = 0.0, 0, [], []
         with torch.no_grad():
             for batch in loader:
@@ -253,7 +253,10 @@ class Trainer:
             self.sampler.set_epoch(self.epoch)
             self.augmenter.epoch = self.epoch
             batches = self.sampler.batches()[self.batch_in_epoch:]
-            loader = DataLoader(self.train_set, batch_sampler=batches, collate_fn=collate)
+            # its own generator: a loader draws a seed when iterated, and drawing it from the
+            # global RNG would shift dropout/SpecAugment masks after a resume
+            loader = DataLoader(self.train_set, batch_sampler=batches, collate_fn=collate,
+                                generator=torch.Generator())
             bar = tqdm(loader, total=self.steps_per_epoch, initial=self.batch_in_epoch,
                        desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", leave=False,
                        dynamic_ncols=True, mininterval=1.0)

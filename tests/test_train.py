@@ -1,0 +1,90 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from asr.checkpoint import CheckpointError, load_model, read_checkpoint
+from asr.config import (DataConfig, EncoderConfig, ExperimentConfig, FeatureConfig, TrainConfig,
+                        save_config)
+from asr.train import Trainer
+
+
+def tiny_config(manifest, epochs=3):
+    return ExperimentConfig(
+        features=FeatureConfig(n_mels=20),
+        encoder=EncoderConfig(subsampling=4, conv_channels=4, hidden_size=16, num_layers=1),
+        data=DataConfig(train=str(manifest), valid=str(manifest), speed_perturb=[0.9, 1.1],
+                        noise_prob=0.5),
+        train=TrainConfig(epochs=epochs, max_batch_seconds=1.7, lr=3e-3, warmup_steps=2,
+                          checkpoint_every=2, num_threads=1),
+    )
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, tone_corpus, monkeypatch):
+    cfg = tiny_config(tone_corpus)
+    full = Trainer(cfg, tmp_path / "full").fit()
+    ref = torch.load(full.model_path, weights_only=False)["model"]
+
+    # kill the second run in the middle of epoch 2 (step 7), after the checkpoint at step 6
+    trainer = Trainer(cfg, tmp_path / "killed")
+    real_step = trainer.optimizer.step
+    def step_then_maybe_die(*a, **k):
+        real_step(*a, **k)
+        if trainer.step == 6:  # trainer.step counts completed steps before this one
+            raise Killed
+    monkeypatch.setattr(trainer.optimizer, "step", step_then_maybe_die)
+    with pytest.raises(Killed):
+        trainer.fit()
+    state = read_checkpoint(tmp_path / "killed" / "last.pt")
+    assert state["step"] == 6 and state["epoch"] == 1
+
+    resumed = Trainer(cfg, tmp_path / "killed").fit()
+    assert resumed.steps == full.steps
+    got = torch.load(resumed.model_path, weights_only=False)["model"]
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], msg=k)
+    rows = [json.loads(l) for l in open(tmp_path / "killed" / "metrics.jsonl")]
+    assert any(r["kind"] == "valid" for r in rows)
+    assert (tmp_path / "killed" / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "killed" / "config.yaml").exists()
+
+
+def test_truncated_checkpoint_is_refused_by_name(tmp_path, tone_corpus):
+    cfg = tiny_config(tone_corpus, epochs=1)
+    result = Trainer(cfg, tmp_path / "exp").fit()
+    model, tok, loaded_cfg = load_model(result.model_path)
+    assert loaded_cfg.encoder.hidden_size == 16 and tok.vocab_size == 29
+    data = result.model_path.read_bytes()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="broken.pt: cannot read checkpoint"):
+        load_model(broken)
+    torch.save({"weights": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a speechkit ASR checkpoint"):
+        load_model(tmp_path / "foreign.pt")
+
+
+def test_cli_train_and_evaluate_print_json(tmp_path, tone_corpus):
+    cfg_path = tmp_path / "cfg.yaml"
+    save_config(tiny_config(tone_corpus, epochs=1), cfg_path)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "asr", *a], capture_output=True,
+                                    text=True, timeout=300)
+    out = run("train", "--config", str(cfg_path), "--exp", str(tmp_path / "e"))
+    assert out.returncode == 0, out.stderr
+    model = json.loads(out.stdout.strip().splitlines()[-1])["model"]
+    ev = run("evaluate", "--model", model, "--corpus", "manifest", "--data", str(tone_corpus),
+             "--results", str(tmp_path / "res.jsonl"))
+    assert ev.returncode == 0, ev.stderr
+    metrics = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert {"wer", "cer", "utterances", "rtf", "accuracy"} <= set(metrics)
+    assert metrics["utterances"] == 8 and 0 <= metrics["wer"]
+    assert len(open(tmp_path / "res.jsonl").readlines()) == 8
+    bad = run("evaluate", "--model", str(tmp_path / "nope.pt"), "--corpus", "manifest",
+              "--data", str(tone_corpus))
+    assert bad.returncode == 2 and "nope.pt: checkpoint not found" in bad.stderr
