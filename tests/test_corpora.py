@@ -1,0 +1,78 @@
+"""Each recipe's prepare runs on a tiny tree generated here in the corpus's public layout."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.corpora import load_corpus
+from asr.data import read_manifest
+from recipes.common import download
+from recipes.fsdd.prepare import prepare as prepare_fsdd
+from recipes.librispeech.prepare import prepare as prepare_libri
+from recipes.ljspeech.prepare import prepare as prepare_lj
+
+
+def _wav(path, seconds=0.3, sr=16000, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(int(seconds * sr))).astype(np.float32),
+             sr, format=fmt)
+
+
+def test_librispeech_layout(tmp_path):
+    root = tmp_path / "LibriSpeech"
+    for subset, spk, chap in [("train-clean-100", "19", "198"), ("train-clean-100", "26", "495"),
+                              ("dev-clean", "84", "121123"), ("test-clean", "61", "70968")]:
+        d = root / subset / spk / chap
+        lines = []
+        for i in range(2):
+            uid = f"{spk}-{chap}-{i:04d}"
+            _wav(d / f"{uid}.flac", fmt="FLAC")
+            lines.append(f"{uid} HELLO WORLD NUMBER {i}")
+        (d / f"{spk}-{chap}.trans.txt").write_text("\n".join(lines) + "\n")
+    (root / "dev-clean" / "84" / "121123" / "84-121123-0001.flac").write_bytes(b"broken")
+    paths = prepare_libri(root, tmp_path / "out", ["train-clean-100"], ["dev-clean"], ["test-clean"])
+    train = read_manifest(paths["train"])
+    assert len(train) == 4 and {u.speaker for u in train} == {"19", "26"}
+    assert train[0].text == "HELLO WORLD NUMBER 0" and abs(train[0].duration - 0.3) < 1e-3
+    assert len(read_manifest(paths["valid"])) == 1  # the corrupt file is skipped
+    assert len(load_corpus("librispeech", root / "test-clean")) == 2
+    with pytest.raises(FileNotFoundError, match="train-other-500"):
+        prepare_libri(root, tmp_path / "o2", ["train-other-500"], [], [])
+
+
+def test_ljspeech_layout(tmp_path):
+    root = tmp_path / "LJSpeech-1.1"
+    rows = []
+    for i in range(1, 11):
+        uid = f"LJ001-{i:04d}"
+        _wav(root / "wavs" / f"{uid}.wav")
+        rows.append(f"{uid}|Raw text {i}, Mr. X|Raw text {i}, Mister X")
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    paths = prepare_lj(root, tmp_path / "out")
+    sizes = {k: len(read_manifest(v)) for k, v in paths.items()}
+    assert sizes == {"train": 7, "valid": 1, "test": 2}
+    assert read_manifest(paths["test"])[-1].text == "Raw text 10, Mister X"
+
+
+def test_fsdd_layout_and_speaker_holdout(tmp_path):
+    rec = tmp_path / "fsdd" / "recordings"
+    for spk in ("jackson", "theo"):
+        for d in range(10):
+            for i in (0, 46):
+                _wav(rec / f"{d}_{spk}_{i}.wav", sr=8000)
+    (rec / "README.txt").write_text("not audio")
+    paths = prepare_fsdd(tmp_path / "fsdd", tmp_path / "out", test_speakers=["theo"])
+    test = read_manifest(paths["test"])
+    assert len(test) == 20 and {u.speaker for u in test} == {"theo"}
+    assert test[0].sample_rate == 8000 and test[3].text in {"zero", "one", "two", "three", "four",
+                                                            "five", "six", "seven", "eight", "nine"}
+    train = read_manifest(paths["train"])
+    assert {u.speaker for u in train} == {"jackson"} and len(train) == 10
+    with pytest.raises(ValueError, match="bob"):
+        prepare_fsdd(tmp_path / "fsdd", tmp_path / "o2", test_speakers=["bob"])
+
+
+def test_download_fails_clearly_offline(tmp_path):
+    with pytest.raises(RuntimeError, match="cannot download .* put it at"):
+        download("http://127.0.0.1:9/nothing.tar.gz", tmp_path / "x.tar.gz")
