@@ -1,0 +1,200 @@
+"""Command line for the keyword spotter.
+
+    python -m kws train --config C.yaml --train train.jsonl --val val.jsonl --out DIR
+    python -m kws export --checkpoint DIR --out M.onnx [--int8 M_int8.onnx]
+    python -m kws evaluate --model M.onnx --corpus speech_commands --data DIR
+    python -m kws evaluate-detection --model M.onnx --positives DIR --negatives DIR [DIR...] [--snr DB]
+    python -m kws detect FILE|- [--model M.onnx] [--mic]
+
+``detect`` and the two evaluations run on the edge runtime (numpy + onnxruntime);
+``train`` and ``export`` need torch, imported only by them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "data" / "models" / "computer_crnn_int8.onnx")
+
+
+def _print_json(obj: dict) -> None:
+    print(json.dumps({k: v for k, v in obj.items() if not k.startswith("_")}), flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import random
+
+    from kws.config import load_kws_config
+    from kws.data import NoiseBank, list_audio, load_clips, read_manifest
+    from kws.train import train
+
+    cfg = load_kws_config(args.config, args.override)
+    index = {name: i for i, name in enumerate(cfg.labels)}
+    train_clips = load_clips(read_manifest(args.train), index, cfg.features.sample_rate, desc="train")
+    val_clips = load_clips(read_manifest(args.val), index, cfg.features.sample_rate, desc="val") if args.val else []
+    noise_files = [p for d in args.noise for p in list_audio(d)]
+    noise = NoiseBank.from_files(noise_files, cfg.features.sample_rate, cfg.augment.colored_noise_prob)
+    streams = []
+    if args.negatives_stream:
+        from asr.audio import AudioError, load_audio
+        import torch
+
+        waves = []
+        for d in args.negatives_stream:
+            for p in list_audio(d):
+                try:
+                    waves.append(load_audio(p, cfg.features.sample_rate))
+                except AudioError as exc:
+                    logging.warning("skipping %s", exc)
+        random.Random(0).shuffle(waves)
+        streams = [torch.cat(waves)] if waves else []
+    summary = train(cfg, train_clips, val_clips, args.out, noise, streams)
+    _print_json(summary)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import os
+
+    from kws.export import export_onnx, quantize_int8
+    from kws.model import count_parameters
+    from kws.train import load_checkpoint
+
+    spotter = load_checkpoint(args.checkpoint)
+    path = export_onnx(spotter.crnn, spotter.cfg, args.out, frontend=spotter.frontend)
+    out = {"onnx": str(path), "bytes": os.path.getsize(path), "params": count_parameters(spotter.crnn)}
+    if args.int8:
+        q = quantize_int8(path, args.int8)
+        out.update({"int8": str(q), "int8_bytes": os.path.getsize(q)})
+    _print_json(out)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from kws.edge import KWSModel
+    from kws.evaluate import evaluate_commands
+
+    if args.corpus != "speech_commands":
+        raise SystemExit(f"unknown corpus {args.corpus!r} (supported: speech_commands)")
+    model = KWSModel(args.model, num_threads=args.threads)
+    rep = evaluate_commands(model, args.data, split=args.split, plot=args.plot)
+    if not args.confusion:
+        rep.pop("confusion", None)
+    rep["model"] = args.model
+    _print_json(rep)
+    return 0
+
+
+def cmd_evaluate_detection(args: argparse.Namespace) -> int:
+    from kws.edge import KWSModel
+    from kws.evaluate import evaluate_detection
+
+    model = KWSModel(args.model, num_threads=args.threads)
+    res = evaluate_detection(model, args.positives, args.negatives, snr_db=args.snr,
+                             noise_dirs=args.noise or (), seed=args.seed, plot=args.plot)
+    res["model"] = args.model
+    _print_json(res)
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from kws.edge import KWSModel, detect_file, pcm16_chunks
+
+    model = KWSModel(args.model, num_threads=args.threads)
+    kw = {"threshold": args.threshold}
+    if args.mic:
+        try:
+            import sounddevice as sd  # optional: live input
+        except ImportError:
+            raise SystemExit("--mic needs the optional 'sounddevice' package; or pipe raw PCM: "
+                             "arecord -f S16_LE -r 16000 -c 1 -t raw | python -m kws detect -")
+        stream = model.stream(**kw)
+        hop = int(model.detector_config["hop_s"] * model.sample_rate)
+        with sd.InputStream(samplerate=model.sample_rate, channels=1, dtype="float32", blocksize=hop) as mic:
+            while True:
+                block, _ = mic.read(hop)
+                for d in stream.accept_waveform(block[:, 0]):
+                    _print_json(d.as_dict())
+    if args.file == "-":
+        stream = model.stream(**kw)
+        hop = int(model.detector_config["hop_s"] * model.sample_rate)
+        for chunk in pcm16_chunks(sys.stdin.buffer, hop):
+            for d in stream.accept_waveform(chunk):
+                _print_json(d.as_dict())
+        for d in stream.flush():
+            _print_json(d.as_dict())
+        return 0
+    for d in detect_file(model, args.file, **kw):
+        _print_json(d.as_dict())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kws", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a CRNN from manifests")
+    t.add_argument("--config", required=True)
+    t.add_argument("--train", required=True, help="JSON-lines manifest (text = class label)")
+    t.add_argument("--val", default="")
+    t.add_argument("--out", required=True)
+    t.add_argument("--noise", nargs="*", default=[], help="noise audio directories")
+    t.add_argument("--negatives-stream", nargs="*", default=[],
+                   help="negative audio directories mined for hard negatives")
+    t.add_argument("-o", "--override", action="append", default=[], help="section.key=value")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="checkpoint -> ONNX (+ int8)")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--int8", default="")
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("evaluate", help="N-way accuracy on a corpus layout (one JSON line)")
+    v.add_argument("--model", required=True)
+    v.add_argument("--corpus", default="speech_commands")
+    v.add_argument("--data", required=True)
+    v.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
+                   help="keep only the speakers hashed into this split")
+    v.add_argument("--plot", default="", help="confusion matrix PNG")
+    v.add_argument("--confusion", action="store_true", help="include the confusion matrix")
+    v.add_argument("--threads", type=int, default=1)
+    v.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("evaluate-detection", help="FRR at 0.5 / 1 false alarms per hour (one JSON line)")
+    d.add_argument("--model", required=True)
+    d.add_argument("--positives", nargs="+", required=True)
+    d.add_argument("--negatives", nargs="+", required=True)
+    d.add_argument("--snr", type=float, default=None, help="mix noise at this SNR (dB)")
+    d.add_argument("--noise", nargs="*", default=[], help="noise directories (default: generated)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--plot", default="", help="DET curve PNG")
+    d.add_argument("--threads", type=int, default=1)
+    d.set_defaults(func=cmd_evaluate_detection)
+
+    s = sub.add_parser("detect", help="stream a file, or raw 16-bit PCM on stdin ('-')")
+    s.add_argument("file", nargs="?", default="-")
+    s.add_argument("--model", default=DEFAULT_MODEL)
+    s.add_argument("--threshold", type=float, default=None)
+    s.add_argument("--mic", action="store_true", help="live microphone (needs sounddevice)")
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_detect)
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

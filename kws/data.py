@@ -1,0 +1,266 @@
+"""Data for keyword spotting: corpus layouts, speaker splits, manifests, and the augmenting
+window sampler (noise at chosen SNRs, speed and pitch perturbation, time shift, gain).
+
+Manifests are JSON lines as elsewhere in the toolkit: ``id``, ``audio``, ``duration``,
+``sample_rate``, ``text`` (the class label), ``speaker`` and ``meta`` (``source``: "real",
+"synthetic" or "hard"; ``split``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+from asr.audio import AudioError, audio_info, load_audio
+from asr.augment import add_noise, colored_noise, speed_perturb
+from kws.config import AugmentConfig
+
+log = logging.getLogger(__name__)
+
+from kws.layout import (AUDIO_SUFFIXES, SPEECH_COMMANDS_LABELS, SPEECH_COMMANDS_WORDS,  # noqa: F401
+                        hash_split, list_audio, scan_speech_commands, speaker_of)
+
+
+# ----------------------------------------------------------------------------- manifests
+def manifest_entry(path: str | Path, label: str, speaker: str = "", source: str = "real",
+                   split: str = "", **meta) -> dict:
+    try:
+        duration, sr = audio_info(path)
+    except AudioError as exc:
+        log.warning("skipping %s", exc)
+        return {}
+    return {"id": Path(path).stem, "audio": str(path), "duration": round(duration, 4),
+            "sample_rate": sr, "text": label, "speaker": speaker,
+            "meta": {"source": source, "split": split, **meta}}
+
+
+def write_manifest(entries: Iterable[dict], path: str | Path) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w") as f:
+        for e in entries:
+            if e:
+                f.write(json.dumps(e) + "\n")
+                n += 1
+    return n
+
+
+def read_manifest(path: str | Path) -> List[dict]:
+    out = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{i}: not a JSON line ({exc})") from None
+    return out
+
+
+# ----------------------------------------------------------------------------- clips
+@dataclass
+class Clip:
+    """One example. wave: (N,) at the model's rate; focus: (start, end) samples of the
+    speech inside it (placement keeps it in the window); label: class index."""
+
+    wave: torch.Tensor
+    label: int
+    source: str = "real"
+    path: str = ""
+    speaker: str = ""
+    focus: Optional[Tuple[int, int]] = None
+    variants: List[torch.Tensor] = field(default_factory=list)  # precomputed pitch shifts
+
+
+def speech_region(wave: torch.Tensor, sample_rate: int = 16000, floor_db: float = 30.0
+                  ) -> Tuple[int, int]:
+    """(start, end) samples of the part of ``wave`` (N,) within ``floor_db`` of its loudest
+    20 ms frame: a rough word locator for clips that hold one word."""
+    frame = sample_rate // 50
+    n = wave.numel() // frame
+    if n < 2:
+        return 0, wave.numel()
+    e = wave[: n * frame].reshape(n, frame).square().mean(dim=1)
+    db = 10 * torch.log10(e + 1e-10)
+    active = torch.nonzero(db >= db.max() - floor_db).flatten()
+    return int(active[0]) * frame, min(wave.numel(), (int(active[-1]) + 1) * frame)
+
+
+def load_clips(entries: Sequence[dict], label_index: Dict[str, int], sample_rate: int = 16000,
+               locate: bool = True, desc: str = "loading") -> List[Clip]:
+    """Manifest entries -> clips in memory. Bad audio is reported (with its path) and
+    skipped; an unknown label is an error naming the entry."""
+    clips = []
+    for e in tqdm(entries, desc=desc, leave=False, mininterval=2.0):
+        label = e["text"]
+        if label not in label_index:
+            raise ValueError(f"{e.get('audio')}: label {label!r} not in {sorted(label_index)}")
+        try:
+            wave = load_audio(e["audio"], sample_rate)
+        except AudioError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        meta = e.get("meta", {})
+        focus = speech_region(wave, sample_rate) if locate else None
+        clips.append(Clip(wave, label_index[label], meta.get("source", "real"), e["audio"],
+                          e.get("speaker", ""), focus))
+    return clips
+
+
+def pitch_shift(wave: torch.Tensor, semitones: float, sample_rate: int = 16000) -> torch.Tensor:
+    """Shift pitch, keeping the duration: phase-vocoder time stretch, then resampling.
+
+    The factor is rounded to 2 decimals so that the resampling ratio stays small
+    (torchaudio's own ``pitch_shift`` builds a huge kernel for 16 kHz audio).
+    wave: (N,) -> (~N,).
+    """
+    import torchaudio.functional as AF
+
+    factor = round(2.0 ** (semitones / 12.0), 2)
+    if factor == 1.0:
+        return wave
+    n_fft, hop = 512, 128
+    window = torch.hann_window(n_fft)
+    spec = torch.stft(wave, n_fft, hop, window=window, return_complex=True)
+    advance = torch.linspace(0, torch.pi * hop, spec.shape[0])[:, None]
+    stretched = AF.phase_vocoder(spec, 1.0 / factor, advance)
+    longer = torch.istft(stretched, n_fft, hop, window=window)
+    return speed_perturb(longer, factor, sample_rate)
+
+
+def add_pitch_variants(clips: Sequence[Clip], semitones: Sequence[float], sample_rate: int = 16000,
+                       sources: Sequence[str] = ("real",)) -> None:
+    """Precompute pitch-shifted copies of the chosen clips (``Clip.variants``)."""
+    steps = [s for s in semitones if s != 0]
+    if not steps:
+        return
+    for c in tqdm([c for c in clips if c.source in sources], desc="pitch variants", leave=False,
+                  mininterval=2.0):
+        with torch.no_grad():
+            c.variants = [pitch_shift(c.wave, s, sample_rate) for s in steps]
+
+
+# ----------------------------------------------------------------------------- noise
+class NoiseBank:
+    """Real noise recordings plus generated white/pink/brown noise."""
+
+    def __init__(self, waves: Sequence[torch.Tensor] = (), colored_prob: float = 0.3) -> None:
+        self.waves = [w for w in waves if w.numel() > 0]
+        self.colored_prob = colored_prob
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str | Path], sample_rate: int = 16000,
+                   colored_prob: float = 0.3) -> "NoiseBank":
+        waves = []
+        for p in paths:
+            try:
+                waves.append(load_audio(p, sample_rate))
+            except AudioError as exc:
+                log.warning("skipping noise %s", exc)
+        return cls(waves, colored_prob)
+
+    def sample(self, n: int, rng: random.Random) -> torch.Tensor:
+        """(n,) noise."""
+        if not self.waves or rng.random() < self.colored_prob:
+            g = torch.Generator().manual_seed(rng.randrange(2**31))
+            return colored_noise(n, rng.choice(["white", "pink", "brown"]), generator=g)
+        w = rng.choice(self.waves)
+        if w.numel() < n:
+            w = w.repeat(n // w.numel() + 1)
+        s = rng.randrange(0, w.numel() - n + 1)
+        return w[s:s + n]
+
+
+# ----------------------------------------------------------------------------- sampler
+class WindowMaker:
+    """Turns a clip into one training window (window_samples,) with augmentation."""
+
+    def __init__(self, window_samples: int, cfg: AugmentConfig, noise: NoiseBank,
+                 sample_rate: int = 16000) -> None:
+        self.n = window_samples
+        self.cfg = cfg
+        self.noise = noise
+        self.sr = sample_rate
+
+    def place(self, wave: torch.Tensor, focus: Optional[Tuple[int, int]], rng: random.Random,
+              jitter: bool) -> torch.Tensor:
+        """Crop or zero-pad ``wave`` (N,) to the window (n,).
+
+        With a ``focus`` (the speech), the speech is centered, then shifted by up to
+        ``time_shift_s`` while it stays whole inside the window. Without one, a random
+        crop (or random padding) of the whole clip.
+        """
+        n, N = self.n, wave.numel()
+        if focus is None:
+            lo, hi = min(0, N - n), max(0, N - n)
+            start = rng.randint(lo, hi) if jitter else (lo + hi) // 2
+        else:
+            f0, f1 = focus
+            if f1 - f0 >= n:  # speech longer than the window: center on it
+                lo = hi = f0 + (f1 - f0 - n) // 2
+            else:
+                lo, hi = f1 - n, f0  # starts keeping [f0, f1) inside
+            mid = (lo + hi) // 2
+            if jitter:
+                shift = int(self.cfg.time_shift_s * self.sr)
+                start = rng.randint(max(lo, mid - shift), min(hi, mid + shift))
+            else:
+                start = mid
+        out = torch.zeros(n)
+        a, b = max(start, 0), min(start + n, N)
+        if b > a:
+            out[a - start:b - start] = wave[a:b]
+        return out
+
+    def __call__(self, clip: Clip, rng: random.Random, augment: bool = True) -> torch.Tensor:
+        c = self.cfg
+        wave, focus = clip.wave, clip.focus
+        if augment and clip.variants and rng.random() < 0.5:
+            wave = rng.choice(clip.variants)
+        if augment and c.speed_factors:
+            factor = rng.choice(c.speed_factors)
+            if factor != 1.0:
+                wave = speed_perturb(wave, factor, self.sr)
+                if focus is not None:
+                    focus = (int(focus[0] / factor), min(wave.numel(), int(focus[1] / factor)))
+        out = self.place(wave, focus, rng, jitter=augment)
+        if not augment:
+            return out
+        lo, hi = c.gain_db
+        out = out * 10 ** (rng.uniform(lo, hi) / 20)
+        if rng.random() < c.noise_prob:
+            noise = self.noise.sample(self.n, rng)
+            if out.abs().max() < 1e-4:  # silence: noise at a random level instead of an SNR
+                out = out + noise * 10 ** (rng.uniform(-70, -15) / 20)
+            else:
+                snr = rng.choice(c.snr_db) + rng.uniform(-2.5, 2.5)
+                out = add_noise(out, noise, snr)
+        return out.clamp(-1.0, 1.0)
+
+
+def balanced_draws(clips: Sequence[Clip], num: int, num_classes: int, rng: random.Random,
+                   class_balance: bool = True, synthetic_weight: float = 0.5) -> List[int]:
+    """Indices of ``num`` draws: every class equally often (when ``class_balance``), and
+    within a class a synthetic clip weighs ``synthetic_weight`` against a real one."""
+    by_class: Dict[int, List[int]] = {}
+    for i, c in enumerate(clips):
+        by_class.setdefault(c.label, []).append(i)
+    weights = [synthetic_weight if c.source == "synthetic" else 1.0 for c in clips]
+    if not class_balance:
+        return rng.choices(range(len(clips)), weights=weights, k=num)
+    classes = sorted(by_class)
+    out = []
+    per_class_w = {k: [weights[i] for i in by_class[k]] for k in classes}
+    for _ in range(num):
+        k = rng.choice(classes)
+        out.append(rng.choices(by_class[k], weights=per_class_w[k], k=1)[0])
+    return out

@@ -1,0 +1,190 @@
+"""Evaluation of exported models on the edge runtime (numpy + onnxruntime).
+
+- :func:`evaluate_commands`: N-way accuracy on a Speech Commands layout.
+- :func:`evaluate_detection`: FRR against false alarms per hour. Each positive clip is
+  streamed on its own (fresh stream, trailing silence flushed) and counts as detected if
+  the detector fires anywhere in it; the negative files of each directory are streamed
+  back to back as one long stream, and every firing is a false alarm.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from kws.layout import hash_split, list_audio, scan_speech_commands
+from kws.detector import count_firings, smooth_scores
+from kws.edge import EdgeError, KWSModel, read_audio
+from kws.metrics import classification_report, det_curve, frr_at_fa, plot_confusion, plot_det
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_commands(model: KWSModel, data_dir: str, split: str = "all", val_percent: float = 10.0,
+                      test_percent: float = 20.0, plot: Optional[str] = None) -> Dict:
+    """Accuracy of ``model`` on ``<class>/<file>`` clips. ``split`` keeps only the speakers
+    that :func:`kws.data.hash_split` puts in that split ('all' keeps every clip)."""
+    items = scan_speech_commands(data_dir, model.labels)
+    if split != "all":
+        items = [it for it in items if hash_split(it[2], val_percent, test_percent) == split]
+    if not items:
+        raise ValueError(f"{data_dir}: no clips for split {split!r}")
+    index = {name: i for i, name in enumerate(model.labels)}
+    feats, labels, skipped = [], [], []
+    for path, label, _ in tqdm(items, desc="features", leave=False, mininterval=2.0):
+        try:
+            wave = read_audio(str(path), model.sample_rate)
+        except EdgeError as exc:
+            log.warning("skipping %s", exc)
+            skipped.append(str(path))
+            continue
+        feats.append(model.features(model.fit_window(wave)))
+        labels.append(index[label])
+    probs = model.predict(np.stack(feats))
+    rep = classification_report(probs, np.array(labels), model.labels)
+    rep["speakers"] = len({it[2] for it in items})
+    rep["skipped"] = skipped
+    if plot:
+        plot_confusion(rep["confusion"], model.labels, plot,
+                       title=f"{Path(model.path).name}: accuracy {rep['accuracy']:.3f}")
+    return rep
+
+
+# ----------------------------------------------------------------------------- noise
+def active_power(wave: np.ndarray, sample_rate: int = 16000, floor_db: float = 30.0) -> float:
+    """Mean power of the 20 ms frames within ``floor_db`` of the loudest (a simple active
+    speech level), so an SNR means the same for a short word in a long clip."""
+    frame = sample_rate // 50
+    n = wave.size // frame
+    if n < 1:
+        return float(np.mean(wave ** 2) + 1e-12)
+    e = (wave[: n * frame].reshape(n, frame) ** 2).mean(axis=1)
+    keep = e >= e.max() * 10 ** (-floor_db / 10)
+    return float(e[keep].mean() + 1e-12)
+
+
+class NumpyNoise:
+    """Noise source for evaluation: files from ``--noise`` or generated colored noise."""
+
+    def __init__(self, sample_rate: int, noise_dirs: Sequence[str] = (), seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.waves = []
+        for d in noise_dirs:
+            for p in list_audio(d):
+                try:
+                    self.waves.append(read_audio(str(p), sample_rate))
+                except EdgeError as exc:
+                    log.warning("skipping noise %s", exc)
+        if noise_dirs and not self.waves:
+            raise ValueError(f"no readable noise audio in {list(noise_dirs)}")
+
+    def colored(self, n: int) -> np.ndarray:
+        color = self.rng.choice(["white", "pink", "brown"])
+        white = self.rng.standard_normal(n)
+        if color == "white":
+            return white
+        spec = np.fft.rfft(white)
+        f = np.maximum(np.arange(spec.size, dtype=np.float64), 1.0)
+        out = np.fft.irfft(spec / f ** (0.5 if color == "pink" else 1.0), n=n)
+        return out / max(out.std(), 1e-8)
+
+    def sample(self, n: int) -> np.ndarray:
+        if not self.waves:
+            return self.colored(n)
+        w = self.waves[self.rng.integers(len(self.waves))]
+        if w.size < n:
+            w = np.tile(w, n // w.size + 1)
+        s = self.rng.integers(0, w.size - n + 1)
+        return w[s:s + n].astype(np.float64)
+
+    def mix(self, wave: np.ndarray, snr_db: float, sample_rate: int) -> np.ndarray:
+        noise = self.sample(wave.size)
+        p_sig = active_power(wave, sample_rate)
+        p_noise = float(np.mean(noise ** 2) + 1e-12)
+        scale = math.sqrt(p_sig / (p_noise * 10 ** (snr_db / 10)))
+        return (wave + scale * noise).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- detection
+def _best_target(posteriors: List[np.ndarray], targets: Sequence[int], smooth_hops: int) -> np.ndarray:
+    if not posteriors:
+        return np.zeros(0)
+    p = np.stack(posteriors)[:, targets]
+    return smooth_scores(p, smooth_hops).max(axis=1)
+
+
+def evaluate_detection(model: KWSModel, positives: Sequence[str], negatives: Sequence[str],
+                       snr_db: Optional[float] = None, noise_dirs: Sequence[str] = (),
+                       seed: int = 0, plot: Optional[str] = None, label: str = "") -> Dict:
+    """FRR at 0.5 and 1 false alarms per hour, and the DET curve (see module doc)."""
+    det = model.detector_config
+    hop_s = float(det["hop_s"])
+    smooth = int(det["smooth_hops"])
+    refractory = int(round(det["refractory_s"] / hop_s))
+    noise = NumpyNoise(model.sample_rate, noise_dirs, seed) if snr_db is not None else None
+    targets = model.targets
+
+    pos_files = [p for d in positives for p in list_audio(d)]
+    if not pos_files:
+        raise ValueError(f"no positive audio under {list(positives)}")
+    pos_max, skipped = [], []
+    for path in tqdm(pos_files, desc="positives", leave=False, mininterval=2.0):
+        try:
+            wave = read_audio(str(path), model.sample_rate)
+        except EdgeError as exc:
+            log.warning("skipping %s", exc)
+            skipped.append(str(path))
+            continue
+        if noise is not None:
+            wave = noise.mix(wave, snr_db, model.sample_rate)
+        s = model.stream(record=True)
+        s.accept_waveform(wave)
+        s.flush()
+        scores = _best_target(s.posteriors, targets, smooth)
+        pos_max.append(float(scores.max()) if scores.size else 0.0)
+
+    neg_scores, neg_seconds, neg_files = [], 0.0, 0
+    for d in negatives:
+        files = list_audio(d)
+        if not files:
+            raise ValueError(f"{d}: no negative audio")
+        s = model.stream(record=True)
+        for path in tqdm(files, desc=f"negatives {Path(d).name}", leave=False, mininterval=2.0):
+            try:
+                wave = read_audio(str(path), model.sample_rate)
+            except EdgeError as exc:
+                log.warning("skipping %s", exc)
+                skipped.append(str(path))
+                continue
+            if noise is not None:
+                wave = noise.mix(wave, snr_db, model.sample_rate)
+            s.accept_waveform(wave)
+            neg_seconds += wave.size / model.sample_rate
+            neg_files += 1
+        s.flush()
+        neg_scores.append(_best_target(s.posteriors, targets, smooth))
+    hours = neg_seconds / 3600.0
+    curve = det_curve(np.array(pos_max), neg_scores, hours, refractory)
+    at05, at1 = frr_at_fa(curve, 0.5), frr_at_fa(curve, 1.0)
+    thr = float(det["threshold"])
+    pos = np.array(pos_max)
+    fa_default = sum(count_firings(sc, thr, refractory) for sc in neg_scores)
+    result = {
+        "frr_at_0.5_fa_per_hour": at05["frr"], "frr_at_1_fa_per_hour": at1["frr"],
+        "threshold_at_0.5_fa_per_hour": at05["threshold"], "threshold_at_1_fa_per_hour": at1["threshold"],
+        "negative_hours": round(hours, 6), "negative_files": neg_files,
+        "false_alarms": fa_default, "threshold": thr,
+        "frr_at_threshold": float((pos < thr).mean()) if pos.size else None,
+        "fa_per_hour_at_threshold": fa_default / max(hours, 1e-12),
+        "positives": int(pos.size), "detected_at_threshold": int((pos >= thr).sum()),
+        "snr_db": snr_db, "skipped": skipped,
+    }
+    if plot:
+        name = label or ("clean" if snr_db is None else f"{snr_db:g} dB SNR")
+        plot_det({name: curve}, plot, title=f"{Path(model.path).name}: {hours:.2f} h of negatives")
+    result["_curve"] = curve
+    return result

@@ -1,0 +1,281 @@
+"""Training of the CRNN spotter: class-balanced draws, augmentation on the fly, optional
+hard-negative mining, best checkpoint by validation balanced accuracy.
+
+A checkpoint directory holds ``model.pt`` (weights + resolved config), ``config.yaml``
+(the same config, human readable), ``history.json`` and ``training.png``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from asr.augment import SpecAugment
+from asr.config import to_dict
+from asr.features import FeatureExtractor
+from kws.config import KWSConfig, kws_config_from_dict, save_kws_config
+from kws.data import Clip, NoiseBank, WindowMaker, balanced_draws
+from kws.model import CRNN, count_parameters
+
+log = logging.getLogger(__name__)
+
+
+class Spotter(nn.Module):
+    """Front end + CRNN: forward(wave (B, N)) -> logits (B, C). Only the CRNN is exported;
+    the edge runtime computes the same features in numpy."""
+
+    def __init__(self, cfg: KWSConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = FeatureExtractor(cfg.features)
+        self.crnn = CRNN(cfg.model, cfg.features.n_mels, len(cfg.labels))
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        """wave (B, N) -> feats (B, T, F)."""
+        feats, _ = self.frontend(wave)
+        return feats
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.crnn(self.features(wave))
+
+
+def save_checkpoint(spotter: Spotter, out_dir: str | Path, extra: Optional[dict] = None) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "model.pt"
+    torch.save({"config": to_dict(spotter.cfg), "state_dict": spotter.state_dict(),
+                "extra": extra or {}}, path)
+    save_kws_config(spotter.cfg, out_dir / "config.yaml")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Spotter:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = kws_config_from_dict(ck["config"], where=str(path))
+    spotter = Spotter(cfg)
+    spotter.load_state_dict(ck["state_dict"])
+    return spotter.eval()
+
+
+@torch.no_grad()
+def predict_windows(spotter: Spotter, waves: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """waves (B, N) -> posteriors (B, C), eval mode."""
+    spotter.eval()
+    outs = [torch.softmax(spotter(waves[i:i + batch]), dim=-1) for i in range(0, waves.shape[0], batch)]
+    return torch.cat(outs) if outs else torch.zeros(0, len(spotter.cfg.labels))
+
+
+def balanced_accuracy(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Dict[str, float]:
+    pred = probs.argmax(dim=-1)
+    acc = float((pred == labels).float().mean()) if labels.numel() else 0.0
+    recalls = [float((pred[labels == k] == k).float().mean()) for k in range(num_classes)
+               if (labels == k).any()]
+    return {"accuracy": acc, "balanced_accuracy": sum(recalls) / max(1, len(recalls))}
+
+
+@torch.no_grad()
+def mine_hard_negatives(spotter: Spotter, streams: Sequence[torch.Tensor], background: int,
+                        threshold: float, limit: int, hop: int, rng: random.Random) -> List[torch.Tensor]:
+    """Windows of negative audio (N,) that the model scores as a keyword (posterior of
+    the best non-background class above ``threshold``), highest first."""
+    n = spotter.cfg.window_samples
+    found = []
+    for s in streams:
+        if s.numel() < n:
+            continue
+        starts = torch.arange(0, s.numel() - n + 1, hop)
+        for i in range(0, len(starts), 512):
+            idx = starts[i:i + 512]
+            windows = torch.stack([s[j:j + n] for j in idx.tolist()])
+            p = predict_windows(spotter, windows)
+            p[:, background] = 0
+            best = p.max(dim=-1).values
+            for j in torch.nonzero(best >= threshold).flatten().tolist():
+                found.append((float(best[j]), windows[j].clone()))
+    found.sort(key=lambda x: -x[0])
+    return [w for _, w in found[:limit]]
+
+
+def plot_history(history: List[dict], path: str | Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(ep, [h["train_loss"] for h in history], label="train loss")
+    ax[0].set_xlabel("epoch"); ax[0].set_ylabel("loss"); ax[0].legend(); ax[0].grid(alpha=0.3)
+    ax[1].plot(ep, [h["train_accuracy"] for h in history], label="train (augmented)")
+    ax[1].plot(ep, [h["val_accuracy"] for h in history], label="val")
+    ax[1].plot(ep, [h["val_balanced_accuracy"] for h in history], label="val balanced")
+    ax[1].set_xlabel("epoch"); ax[1].set_ylabel("accuracy"); ax[1].legend(); ax[1].grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip], out_dir: str | Path,
+          noise: NoiseBank, negative_streams: Sequence[torch.Tensor] = ()) -> dict:
+    """Train and keep the best checkpoint (validation balanced accuracy) in ``out_dir``.
+
+    Args:
+        train_clips / val_clips: clips with class indices into ``cfg.labels``.
+        noise: noise for mixing at ``cfg.augment.snr_db``.
+        negative_streams: long (N,) negative audio for hard-negative mining (wake words).
+    Returns:
+        summary dict (best epoch, val metrics, parameter count, minutes).
+    """
+    t0 = time.time()
+    tc = cfg.train
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(tc.num_threads)
+    torch.manual_seed(tc.seed)
+    rng = random.Random(tc.seed)
+    num_classes = len(cfg.labels)
+    if not train_clips:
+        raise ValueError("no training clips")
+    seen = {c.label for c in train_clips}
+    if len(seen) < num_classes:
+        missing = [cfg.labels[k] for k in range(num_classes) if k not in seen]
+        raise ValueError(f"no training clips for class(es) {missing}")
+
+    spotter = Spotter(cfg)
+    maker = WindowMaker(cfg.window_samples, cfg.augment, noise, cfg.features.sample_rate)
+    specaug = SpecAugment(cfg.augment.specaugment) if cfg.augment.specaugment else None
+
+    # normalisation statistics from augmented training windows
+    with torch.no_grad():
+        idx = balanced_draws(train_clips, 512, num_classes, rng, tc.class_balance, tc.synthetic_weight)
+        feats = spotter.features(torch.stack([maker(train_clips[i], rng) for i in idx]))
+        spotter.crnn.set_normalization(feats.mean(dim=(0, 1)), feats.std(dim=(0, 1)))
+
+    val_waves = torch.stack([maker(c, rng, augment=False) for c in val_clips]) if val_clips else None
+    val_labels = torch.tensor([c.label for c in val_clips])
+
+    params = [p for p in spotter.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    lr = tc.lr
+    steps_per_epoch = math.ceil(tc.examples_per_epoch / tc.batch_size)
+    total_steps = tc.epochs * steps_per_epoch
+    done_steps = 0
+
+    def progress() -> float:
+        """Fraction of training done: by steps, or by time when train.max_minutes is set and
+        the machine is slower than planned, so the schedule still ends annealed."""
+        p = done_steps / total_steps
+        if tc.max_minutes:
+            p = max(p, (time.time() - t0) / 60.0 / tc.max_minutes)
+        return min(p, 1.0)
+
+    def set_lr() -> float:
+        p = progress()
+        lr = tc.lr * (p / 0.1 if p < 0.1 else 0.5 * (1 + math.cos(math.pi * (p - 0.1) / 0.9)))
+        lr = max(lr, tc.lr * 0.01)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        return lr
+    background = cfg.labels.index("_background_") if "_background_" in cfg.labels else None
+    hard_pool: List[torch.Tensor] = []
+    history: List[dict] = []
+    best = {"val_balanced_accuracy": -1.0}
+    log.info("CRNN with %d parameters, %d training clips", count_parameters(spotter.crnn), len(train_clips))
+    stopped_early = False
+    for epoch in range(1, tc.epochs + 1):
+        spotter.train()
+        draws = balanced_draws(train_clips, tc.examples_per_epoch, num_classes, rng,
+                               tc.class_balance, tc.synthetic_weight)
+        tot_loss, tot_correct, tot_n = 0.0, 0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{tc.epochs}", leave=False, mininterval=2.0)
+        for step in bar:
+            batch_idx = draws[step * tc.batch_size:(step + 1) * tc.batch_size]
+            if not batch_idx:
+                break
+            waves, labels = [], []
+            for i in batch_idx:
+                c = train_clips[i]
+                if (background is not None and c.label == background and hard_pool
+                        and rng.random() < tc.hard_negative_weight):
+                    hard = Clip(rng.choice(hard_pool), background, "hard")
+                    waves.append(maker(hard, rng))
+                else:
+                    waves.append(maker(c, rng))
+                labels.append(c.label)
+            x = torch.stack(waves)
+            y = torch.tensor(labels)
+            if cfg.features.pcen_trainable:
+                feats = spotter.features(x)
+            else:
+                with torch.no_grad():
+                    feats = spotter.features(x)
+            if specaug is not None:
+                specaug.train()
+                feats = specaug(feats, torch.full((x.shape[0],), feats.shape[1]))
+            logits = spotter.crnn(feats)
+            loss = F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
+            lr = set_lr()
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            opt.step()
+            done_steps += 1
+            tot_loss += loss.item() * len(labels)
+            tot_correct += int((logits.argmax(-1) == y).sum())
+            tot_n += len(labels)
+            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}")
+        row = {"epoch": epoch, "train_loss": tot_loss / max(1, tot_n),
+               "train_accuracy": tot_correct / max(1, tot_n), "lr": lr}
+        if val_waves is not None and len(val_clips):
+            probs = predict_windows(spotter, val_waves)
+            m = balanced_accuracy(probs, val_labels, num_classes)
+            row.update({"val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"]})
+        else:
+            row.update({"val_accuracy": row["train_accuracy"], "val_balanced_accuracy": row["train_accuracy"]})
+        if (background is not None and tc.hard_negative_every and negative_streams
+                and epoch >= tc.hard_negative_start
+                and (epoch - tc.hard_negative_start) % tc.hard_negative_every == 0):
+            mined = mine_hard_negatives(spotter, negative_streams, background, tc.hard_negative_threshold,
+                                        tc.hard_negative_max, hop=cfg.features.sample_rate // 10, rng=rng)
+            hard_pool = (mined + hard_pool)[:tc.hard_negative_max]
+            row["hard_negatives_mined"] = len(mined)
+            row["hard_pool"] = len(hard_pool)
+        row["minutes"] = (time.time() - t0) / 60
+        history.append(row)
+        log.info("epoch %d %s", epoch, json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                    for k, v in row.items()}))
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+              flush=True)
+        if row["val_balanced_accuracy"] >= best["val_balanced_accuracy"]:
+            best = dict(row)
+            save_checkpoint(spotter, out_dir, extra={"epoch": epoch, "val": row})
+        with open(out_dir / "history.json", "w") as f:
+            json.dump(history, f, indent=1)
+        if progress() >= 1.0 and epoch < tc.epochs:
+            log.warning("stopping after %.1f minutes at epoch %d (train.max_minutes)", (time.time() - t0) / 60, epoch)
+            stopped_early = True
+            break
+    plot_history(history, out_dir / "training.png", title=cfg.name)
+    summary = {"best_epoch": best.get("epoch"), "val_accuracy": best.get("val_accuracy"),
+               "val_balanced_accuracy": best.get("val_balanced_accuracy"),
+               "params": count_parameters(spotter.crnn), "minutes": (time.time() - t0) / 60,
+               "epochs_run": len(history), "stopped_early": stopped_early,
+               "train_clips": len(train_clips), "val_clips": len(val_clips)}
+    with open(out_dir / "train_summary.json", "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary

@@ -1,0 +1,76 @@
+"""The edge runtime's numpy features against the torch front end (asr.features)."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from asr.features import FeatureConfig, FeatureExtractor, mel_filters as torch_mel
+from kws.features_np import StreamingFeatures, compute_features, mel_filters, resample
+
+
+def _signal(n=24000, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / 16000
+    x = 0.2 * np.sin(2 * np.pi * 300 * t) * (t > 0.3) + 0.02 * rng.standard_normal(n)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("sr,n_fft,n_mels,fmin,fmax", [(16000, 512, 40, 20.0, 7600.0),
+                                                       (8000, 256, 32, 0.0, None)])
+def test_mel_filters_equal_torch(sr, n_fft, n_mels, fmin, fmax):
+    ours = mel_filters(sr, n_fft, n_mels, fmin, fmax)
+    ref = torch_mel(sr, n_fft, n_mels, fmin, fmax).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["logmel", "pcen"])
+def test_numpy_features_match_torch(kind):
+    x = _signal()
+    cfg = FeatureConfig(kind=kind, n_mels=40, f_max=7600.0)
+    ref, lens = FeatureExtractor(cfg)(torch.from_numpy(x)[None])
+    ours = compute_features(x, dataclasses.asdict(cfg))
+    assert ours.shape == tuple(ref.shape[1:]) == (1 + x.size // 160, 40)
+    np.testing.assert_allclose(ours, ref[0].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_trainable_pcen_values_travel_in_the_config():
+    x = _signal(seed=3)
+    cfg = FeatureConfig(kind="pcen", n_mels=40, pcen_trainable=True)
+    fe = FeatureExtractor(cfg)
+    with torch.no_grad():  # learned values that differ from the defaults, per channel
+        fe.pcen.log_alpha.add_(torch.linspace(-0.3, 0.0, 40))
+        fe.pcen.log_r.add_(torch.linspace(0.0, 0.2, 40))
+        ref, _ = fe(torch.from_numpy(x)[None])
+    d = dataclasses.asdict(cfg)
+    with pytest.raises(ValueError, match="pcen_params"):
+        compute_features(x, d)
+    p = fe.pcen
+    d["pcen_params"] = {"s": p.log_s.exp().tolist(), "alpha": p.log_alpha.exp().tolist(),
+                        "delta": p.log_delta.exp().tolist(), "r": p.log_r.exp().tolist()}
+    np.testing.assert_allclose(compute_features(x, d), ref[0].numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["logmel", "pcen"])
+def test_streaming_features_equal_offline_for_any_chunking(kind):
+    x = _signal(n=30000, seed=1)
+    d = dataclasses.asdict(FeatureConfig(kind=kind, n_mels=40))
+    offline = compute_features(x, d)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        sf = StreamingFeatures(d)
+        cuts = np.sort(rng.integers(0, x.size, size=12))
+        parts = np.split(x, cuts)
+        got = np.concatenate([sf.accept(p) for p in parts])
+        # all frames whose right half-window has arrived are out, and equal the offline ones
+        assert got.shape[0] == (x.size - 256) // 160 + 1
+        np.testing.assert_allclose(got, offline[: got.shape[0]], atol=1e-5)
+
+
+def test_resample_keeps_a_tone():
+    t = np.arange(8000) / 8000
+    x = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    y = resample(x, 8000, 16000)
+    assert y.size == 16000
+    freq = np.argmax(np.abs(np.fft.rfft(y))) * 16000 / y.size
+    assert abs(freq - 440) < 2

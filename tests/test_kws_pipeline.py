@@ -1,0 +1,170 @@
+"""End to end on tiny generated data in the public layouts: train -> export -> the CLI's
+evaluate / evaluate-detection / detect, and the edge runtime without torch."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from kws.config import CRNNConfig, KWSConfig, KWSTrainConfig
+from kws.data import NoiseBank, load_clips, manifest_entry, scan_speech_commands
+from kws.edge import KWSModel
+from kws.export import export_onnx, quantize_int8
+from kws.train import load_checkpoint, train
+
+ROOT = Path(__file__).resolve().parent.parent
+SR = 16000
+
+
+def _word(freq: float, rng, n=SR, start=None, dur=0.4):
+    """A 'word': a tone burst with a little noise, at a random place in 1 s."""
+    x = 0.003 * rng.standard_normal(n)
+    m = int(dur * SR)
+    s = rng.integers(1000, n - m - 1000) if start is None else start
+    t = np.arange(m) / SR
+    x[s:s + m] += 0.3 * np.sin(2 * np.pi * freq * (1 + rng.uniform(-0.03, 0.03)) * t) * np.hanning(m)
+    return x.astype(np.float32)
+
+
+def _write_layout(root: Path, rng, per_class=12):
+    """Speech Commands test-set layout: <class>/<speaker>_nohash_<n>.wav."""
+    spk = [f"{i:08x}" for i in range(6)]
+    for label, freq in (("yes", 500.0), ("no", 1500.0)):
+        for i in range(per_class):
+            p = root / label / f"{spk[i % 6]}_nohash_{i}.wav"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(p, _word(freq, rng), SR)
+    for i in range(per_class):
+        p = root / "_unknown_" / f"bed_{spk[i % 6]}_nohash_{i}.wav"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(p, _word(3500.0, rng), SR)
+        p = root / "_silence_" / f"{i}.wav"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(p, (0.003 * rng.standard_normal(SR)).astype(np.float32), SR)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kws")
+    rng = np.random.default_rng(0)
+    data = tmp / "sc"
+    _write_layout(data, rng)
+    labels = ["_silence_", "_unknown_", "yes", "no"]
+    cfg = KWSConfig(name="tiny", labels=labels,
+                    model=CRNNConfig(conv_channels=8, gru_size=16, dense_size=16, gru_layers=1),
+                    train=KWSTrainConfig(epochs=8, examples_per_epoch=256, batch_size=32, lr=1e-2,
+                                         max_minutes=None))
+    cfg.augment.pitch_semitones = [0.0]
+    entries = [manifest_entry(p, lab, spk) for p, lab, spk in scan_speech_commands(data, labels)]
+    index = {n: i for i, n in enumerate(labels)}
+    clips = load_clips(entries, index)
+    torch.set_num_threads(1)
+    summary = train(cfg, clips, clips[::3], tmp / "ckpt", NoiseBank([], colored_prob=1.0))
+    spotter = load_checkpoint(tmp / "ckpt")
+    fp32 = export_onnx(spotter.crnn, spotter.cfg, tmp / "tiny.onnx", frontend=spotter.frontend)
+    int8 = quantize_int8(fp32, tmp / "tiny_int8.onnx")
+    return {"tmp": tmp, "data": data, "summary": summary, "fp32": fp32, "int8": int8, "spotter": spotter}
+
+
+def _cli(*args, stdin=None):
+    r = subprocess.run([sys.executable, "-m", "kws", *map(str, args)], cwd=ROOT, input=stdin,
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    return r.stdout.decode()
+
+
+def test_checkpoint_has_config_history_and_plot(trained):
+    ck = trained["tmp"] / "ckpt"
+    for name in ("model.pt", "config.yaml", "history.json", "training.png"):
+        assert (ck / name).is_file(), name
+    assert "gru_size: 16" in (ck / "config.yaml").read_text()
+    assert trained["summary"]["val_accuracy"] > 0.6  # 4 classes: chance is 0.25
+
+
+def test_cli_evaluate_prints_one_json_line(trained):
+    out = _cli("evaluate", "--model", trained["fp32"], "--corpus", "speech_commands", "--data", trained["data"])
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    rep = json.loads(lines[0])
+    assert rep["n"] == 48 and set(rep["per_class_accuracy"]) == {"_silence_", "_unknown_", "yes", "no"}
+    assert rep["accuracy"] > 0.6
+    # the same clips through torch give the same predictions as onnxruntime
+    edge = KWSModel(str(trained["fp32"]))
+    waves = [edge.fit_window(sf.read(p, dtype="float32")[0]) for p, _, _ in
+             scan_speech_commands(trained["data"], edge.labels)[:10]]
+    with torch.no_grad():
+        ref = torch.softmax(trained["spotter"](torch.from_numpy(np.stack(waves))), -1).numpy()
+    np.testing.assert_allclose(edge.classify(waves), ref, atol=1e-4)
+
+
+def test_cli_evaluate_names_a_bad_layout(trained, tmp_path):
+    (tmp_path / "yes").mkdir()
+    r = subprocess.run([sys.executable, "-m", "kws", "evaluate", "--model", str(trained["fp32"]),
+                        "--data", str(tmp_path)], cwd=ROOT, capture_output=True, timeout=120)
+    assert r.returncode == 2 and str(tmp_path) in r.stderr.decode()
+
+
+def test_cli_evaluate_detection_keys_and_counts(trained, tmp_path):
+    rng = np.random.default_rng(5)
+    pos, neg = tmp_path / "pos", tmp_path / "neg"
+    pos.mkdir(), neg.mkdir()
+    for i in range(6):
+        sf.write(pos / f"p{i}.wav", np.concatenate([_word(500.0, rng), _word(500.0, rng, dur=0.01)]), SR)
+    for i in range(4):  # 20 s of 'other words' and noise
+        sf.write(neg / f"n{i}.flac", np.concatenate([_word(3500.0, rng) for _ in range(5)]), SR)
+    out = _cli("evaluate-detection", "--model", trained["fp32"], "--positives", pos, "--negatives", neg,
+               "--snr", "5", "--plot", tmp_path / "det.png")
+    res = json.loads(out.strip().splitlines()[-1])
+    for key in ("frr_at_0.5_fa_per_hour", "frr_at_1_fa_per_hour", "negative_hours", "false_alarms", "positives"):
+        assert key in res
+    assert res["positives"] == 6
+    assert res["negative_hours"] == pytest.approx(20 / 3600, rel=1e-3)
+    assert 0.0 <= res["frr_at_0.5_fa_per_hour"] <= 1.0
+    assert (tmp_path / "det.png").stat().st_size > 1000
+
+
+def test_stream_is_chunk_invariant_and_finds_the_word(trained):
+    edge = KWSModel(str(trained["fp32"]))
+    rng = np.random.default_rng(1)
+    audio = np.concatenate([_word(1500.0, rng, start=3000) for _ in range(3)] + [_word(3500.0, rng)])
+    runs = []
+    for chunk in (160, 1600, 7777, audio.size):
+        s = edge.stream(record=True)
+        dets = []
+        for i in range(0, audio.size, chunk):
+            dets += s.accept_waveform(audio[i:i + chunk])
+        dets += s.flush()
+        runs.append((np.stack(s.posteriors), [(d.label, round(d.time_s, 3)) for d in dets]))
+    for post, dets in runs[1:]:
+        np.testing.assert_allclose(post, runs[0][0], atol=1e-5)
+        assert dets == runs[0][1]
+    assert len(runs[0][0]) == (audio.size + int(0.3 * SR) - 256) // 160 // 10  # one window per 100 ms hop
+    assert any(label == "no" for label, _ in runs[0][1])
+
+
+def test_edge_detect_runs_without_torch(trained, tmp_path):
+    rng = np.random.default_rng(2)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.concatenate([_word(500.0, rng, start=5000), _word(500.0, rng)]), SR)
+    code = ("import sys, json; from kws.__main__ import main; "
+            f"rc = main(['detect', {str(wav)!r}, '--model', {str(trained['int8'])!r}, '--threshold', '0.5']); "
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'rc': rc}))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    lines = [json.loads(line) for line in r.stdout.decode().strip().splitlines()]
+    assert lines[-1] == {"torch": False, "rc": 0}
+    assert any(d.get("label") == "yes" for d in lines[:-1])
+
+
+def test_detect_reads_raw_pcm_from_stdin(trained):
+    rng = np.random.default_rng(3)
+    audio = np.concatenate([_word(1500.0, rng, start=4000), _word(3500.0, rng)])
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    out = _cli("detect", "-", "--model", trained["fp32"], "--threshold", "0.5", stdin=pcm)
+    dets = [json.loads(line) for line in out.strip().splitlines()]
+    assert dets and all(set(d) == {"time", "label", "score"} for d in dets)
+    assert dets[0]["label"] == "no" and 0.2 < dets[0]["time"] < 1.4
