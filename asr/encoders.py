@@ -66,6 +66,58 @@ class RowConvolution(nn.Module):
         return self.conv(y).transpose(1, 2)
 
 
+def reverse_padded(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence within its own length, leaving the padding at the end.
+
+    x: (B, T, D), lens: (B,) -> (B, T, D). Applying it twice gives x back.
+    """
+    T = x.shape[1]
+    t = torch.arange(T, device=x.device)[None, :]
+    idx = torch.where(t < lens[:, None], lens[:, None] - 1 - t, t)
+    return x.gather(1, idx.unsqueeze(-1).expand_as(x))
+
+
+class StackedRNN(nn.Module):
+    """GRU/LSTM layers run on padded batches, bidirectional by reversing each sequence
+    within its length.
+
+    PyTorch's CPU kernels for packed sequences run the input projection step by step and
+    were 3x slower here than the padded path, which projects the whole sequence at once.
+    Padding sits at the end, so the forward direction never sees it before a valid frame,
+    and the backward direction reads the reversed sequence, so neither is changed by it.
+
+    forward(x (B, T, D), lens (B,)) -> (B, T, H * directions).
+    """
+
+    def __init__(self, rnn_type: str, input_size: int, hidden_size: int, num_layers: int,
+                 bidirectional: bool, dropout: float) -> None:
+        super().__init__()
+        rnn_cls = {"gru": nn.GRU, "lstm": nn.LSTM}.get(rnn_type)
+        if rnn_cls is None:
+            raise ValueError(f"encoder.rnn_type must be 'gru' or 'lstm', got {rnn_type!r}")
+        dirs = 2 if bidirectional else 1
+        self.forward_layers = nn.ModuleList()
+        self.backward_layers = nn.ModuleList() if bidirectional else None
+        for i in range(num_layers):
+            size = input_size if i == 0 else hidden_size * dirs
+            self.forward_layers.append(rnn_cls(size, hidden_size, batch_first=True))
+            if bidirectional:
+                self.backward_layers.append(rnn_cls(size, hidden_size, batch_first=True))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        h = x
+        for i, fwd in enumerate(self.forward_layers):
+            if i > 0:
+                h = self.dropout(h)
+            out, _ = fwd(h)
+            if self.backward_layers is not None:
+                back, _ = self.backward_layers[i](reverse_padded(h, lens))
+                out = torch.cat([out, reverse_padded(back, lens)], dim=-1)
+            h = out
+        return h
+
+
 @ENCODERS.register("conv_rnn")
 class ConvRNNEncoder(nn.Module):
     """Convolutional front end, then GRU/LSTM layers (bi- or uni-directional), then an
@@ -81,12 +133,8 @@ class ConvRNNEncoder(nn.Module):
                              "set encoder.bidirectional: false")
         self.subsampling = ConvSubsampling(input_dim, cfg.conv_channels, cfg.subsampling)
         self.input_proj = nn.Linear(self.subsampling.output_dim, cfg.hidden_size)
-        rnn_cls = {"gru": nn.GRU, "lstm": nn.LSTM}.get(cfg.rnn_type)
-        if rnn_cls is None:
-            raise ValueError(f"encoder.rnn_type must be 'gru' or 'lstm', got {cfg.rnn_type!r}")
-        self.rnn = rnn_cls(cfg.hidden_size, cfg.hidden_size, num_layers=cfg.num_layers,
-                           batch_first=True, bidirectional=cfg.bidirectional,
-                           dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
+        self.rnn = StackedRNN(cfg.rnn_type, cfg.hidden_size, cfg.hidden_size, cfg.num_layers,
+                              cfg.bidirectional, cfg.dropout)
         self.output_dim = cfg.hidden_size * (2 if cfg.bidirectional else 1)
         self.row_conv = RowConvolution(self.output_dim, cfg.lookahead) if cfg.lookahead else None
         self.dropout = nn.Dropout(cfg.dropout)
@@ -98,10 +146,7 @@ class ConvRNNEncoder(nn.Module):
         h, lens = self.subsampling(x, x_lens)
         h = self.dropout(torch.relu(self.input_proj(h)))
         lens = lens.clamp(min=1, max=h.shape[1])
-        packed = nn.utils.rnn.pack_padded_sequence(h, lens.cpu(), batch_first=True,
-                                                   enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=h.shape[1])
+        out = self.rnn(h, lens)
         if self.row_conv is not None:
             # zero the padding first so lookahead never reads past an utterance's end
             mask = torch.arange(out.shape[1], device=out.device)[None, :] < lens[:, None]

@@ -51,3 +51,20 @@ def test_forward_only_is_causal_up_to_lookahead():
 def test_unknown_encoder_name():
     with pytest.raises(KeyError, match="unknown encoder"):
         build_encoder(20, EncoderConfig(name="transformerz"))
+
+
+def test_reverse_padded_and_bidirectional_ignores_padding():
+    from asr.encoders import StackedRNN, reverse_padded
+
+    x = torch.arange(12.0).reshape(2, 6, 1)
+    lens = torch.tensor([6, 4])
+    r = reverse_padded(x, lens)
+    assert r[1, :, 0].tolist() == [9.0, 8.0, 7.0, 6.0, 10.0, 11.0]
+    assert torch.equal(reverse_padded(r, lens), x)
+    # the padded batch gives each utterance exactly what it gets alone, both directions
+    rnn = StackedRNN("lstm", 3, 5, 2, bidirectional=True, dropout=0.0).eval()
+    a, b = torch.randn(1, 7, 3), torch.randn(1, 4, 3)
+    batch = torch.cat([a, torch.cat([b, torch.full((1, 3, 3), 9.0)], 1)])
+    out = rnn(batch, torch.tensor([7, 4]))
+    torch.testing.assert_close(out[0:1], rnn(a, torch.tensor([7])))
+    torch.testing.assert_close(out[1:, :4], rnn(b, torch.tensor([4])))
