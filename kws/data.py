@@ -195,26 +195,28 @@ class WindowMaker:
               jitter: bool) -> torch.Tensor:
         """Crop or zero-pad ``wave`` (N,) to the window (n,).
 
-        With a ``focus`` (the speech), the speech is centered, then shifted by up to
-        ``time_shift_s`` while it stays whole inside the window. Without one, a random
-        crop (or random padding) of the whole clip.
+        The natural placement is the one evaluation uses (a centered crop or centered
+        padding, :meth:`kws.edge.KWSModel.fit_window`); training shifts it by up to
+        ``time_shift_s``. A ``focus`` (the speech) is kept whole inside the window when it
+        fits; in a clip longer than the window it may sit anywhere. Long clips without a
+        focus (running speech) are cropped anywhere.
         """
         n, N = self.n, wave.numel()
+        start = (N - n) // 2
+        shift = int(self.cfg.time_shift_s * self.sr)
+        if jitter:
+            start += rng.randint(-shift, shift)
         if focus is None:
-            lo, hi = min(0, N - n), max(0, N - n)
-            start = rng.randint(lo, hi) if jitter else (lo + hi) // 2
+            if jitter and N > n:
+                start = rng.randint(0, N - n)
         else:
             f0, f1 = focus
             if f1 - f0 >= n:  # speech longer than the window: center on it
-                lo = hi = f0 + (f1 - f0 - n) // 2
-            else:
-                lo, hi = f1 - n, f0  # starts keeping [f0, f1) inside
-            mid = (lo + hi) // 2
-            if jitter:
-                shift = int(self.cfg.time_shift_s * self.sr)
-                start = rng.randint(max(lo, mid - shift), min(hi, mid + shift))
-            else:
-                start = mid
+                start = f0 + (f1 - f0 - n) // 2
+            elif jitter and N > n:  # a word in a long clip: anywhere it fits whole
+                start = rng.randint(f1 - n, f0)
+            else:  # starts that keep [f0, f1) inside: [f1 - n, f0]
+                start = min(max(start, f1 - n), f0)
         out = torch.zeros(n)
         a, b = max(start, 0), min(start + n, N)
         if b > a:

@@ -1,0 +1,180 @@
+"""Speech Commands 12-class recipe: prepare -> synthesize -> train -> export -> evaluate.
+
+    python -m recipes.speech_commands.run --corpus ../shared/corpora/speech_commands \
+        --out exp/speech_commands --models data/models
+
+Data (all from disk, nothing downloaded):
+- the corpus in the v0.02 test-set layout, split by speaker (SHA-1 of the speaker id):
+  20% test, 10% validation, 70% training; the held-out test speakers are also written
+  as a public layout (symlinks) under ``<out>/test_layout`` for ``python -m kws evaluate``;
+- synthetic clips of the 10 words and of other words (``_unknown_``) from espeak-ng,
+  flite and festival voices (``--tts-per-word``);
+- extra ``_unknown_`` speech from FSDD digits and Mycroft not-wake-words when present;
+- noise for mixing from the training speakers' ``_silence_`` clips plus generated noise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import List
+
+from kws.data import (SPEECH_COMMANDS_LABELS, SPEECH_COMMANDS_WORDS, hash_split, list_audio,
+                      manifest_entry, read_manifest, scan_speech_commands, write_manifest)
+
+log = logging.getLogger("recipes.speech_commands")
+HERE = Path(__file__).resolve().parent
+OTHER_WORDS = ["backward", "bed", "bird", "cat", "dog", "eight", "five", "follow", "forward", "four",
+               "happy", "house", "learn", "marvin", "nine", "one", "seven", "sheila", "six", "three",
+               "tree", "two", "visual", "wow", "zero", "yet", "note", "cup", "town", "light", "write",
+               "own", "of", "top", "though", "yellow", "nope", "lift", "dawn", "goal"]
+
+
+def prepare(corpus_dir: str | Path, out_dir: str | Path, val_percent: float = 10.0,
+            test_percent: float = 20.0, extra_unknown: List[str | Path] = ()) -> dict:
+    """Write ``train/val/test.jsonl`` (real clips, split by speaker) and the held-out
+    layouts ``test_layout/`` and ``val_layout/`` (symlinks). Returns counts."""
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
+    items = scan_speech_commands(corpus_dir)
+    splits = {"train": [], "val": [], "test": []}
+    for path, label, speaker in items:
+        split = hash_split(speaker, val_percent, test_percent)
+        splits[split].append(manifest_entry(path, label, speaker, "real", split))
+    for split in ("val", "test"):
+        layout = out_dir / f"{split}_layout"
+        if layout.exists():
+            shutil.rmtree(layout)
+        for e in splits[split]:
+            if not e:
+                continue
+            src = Path(e["audio"]).resolve()
+            dst = layout / Path(e["audio"]).parent.name / Path(e["audio"]).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(src, dst)
+    counts = {s: write_manifest(v, out_dir / f"{s}.jsonl") for s, v in splits.items()}
+    extra = []
+    for d in extra_unknown:
+        if Path(d).exists():
+            extra += [manifest_entry(p, "_unknown_", Path(p).stem.split("_")[1] if "_" in Path(p).stem
+                                     else "", "real", "train", origin=str(d)) for p in list_audio(d)]
+    counts["extra_unknown"] = write_manifest(extra, out_dir / "extra_unknown.jsonl")
+    counts["speakers"] = {s: len({e["speaker"] for e in v if e}) for s, v in splits.items()}
+    noise = [e["audio"] for e in splits["train"] if e and e["text"] == "_silence_"]
+    (out_dir / "noise_files.txt").write_text("\n".join(noise) + "\n")
+    return counts
+
+
+def synthesize_words(out_dir: str | Path, per_word: int, per_other: int, seed: int = 0, jobs: int = 2) -> int:
+    from kws.synth import sample_voices, synthesize_many
+
+    out_dir = Path(out_dir)
+    items = []
+    for i, w in enumerate(SPEECH_COMMANDS_WORDS):
+        items += [(w, v) for v in sample_voices(per_word, seed=seed * 1000 + i)]
+    for i, w in enumerate(OTHER_WORDS):
+        items += [(w, v) for v in sample_voices(per_other, seed=seed * 1000 + 100 + i)]
+    done = synthesize_many(items, out_dir / "synth", jobs=jobs)
+    entries = [manifest_entry(p, text if text in SPEECH_COMMANDS_WORDS else "_unknown_",
+                              f"tts:{v.engine}:{v.voice}", "synthetic", "train", word=text)
+               for text, v, p in done]
+    return write_manifest(entries, out_dir / "synth.jsonl")
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from kws.config import load_kws_config
+    from kws.data import NoiseBank, add_pitch_variants, load_clips
+    from kws.edge import KWSModel
+    from kws.evaluate import evaluate_commands
+    from kws.export import export_onnx, quantize_int8
+    from kws.model import count_parameters
+    from kws.train import load_checkpoint, train
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_kws_config(args.config, args.override)
+    shared = Path(args.corpus).resolve().parent
+    cfg.data.corpus_dir = str(args.corpus)
+    cfg.data.prepared_dir = str(out)
+    cfg.data.options = {"tts_per_word": args.tts_per_word, "tts_per_other": args.tts_per_other,
+                        "val_percent": 10.0, "test_percent": 20.0}
+    summary = {}
+    if "prepare" in args.stages:
+        extra = [shared / "fsdd" / "recordings", shared / "mycroft_precise" / "not-wake-words" / "en"]
+        summary["prepare"] = prepare(args.corpus, out, extra_unknown=extra)
+        print(json.dumps({"prepare": summary["prepare"]}), flush=True)
+    if "synth" in args.stages:
+        summary["synth"] = synthesize_words(out, args.tts_per_word, args.tts_per_other, jobs=args.jobs)
+        print(json.dumps({"synth": summary["synth"]}), flush=True)
+    ckpt = out / args.checkpoint
+    if "train" in args.stages:
+        index = {n: i for i, n in enumerate(cfg.labels)}
+        rng = random.Random(0)
+        train_entries = read_manifest(out / "train.jsonl")
+        extra = read_manifest(out / "extra_unknown.jsonl")
+        rng.shuffle(extra)
+        train_entries += extra[: args.extra_unknown]
+        if (out / "synth.jsonl").exists():
+            train_entries += read_manifest(out / "synth.jsonl")
+        torch.set_num_threads(cfg.train.num_threads)
+        clips = load_clips(train_entries, index, cfg.features.sample_rate, desc="train clips")
+        for c in clips:  # silence and whole-clip unknowns: no word to keep in the window
+            if cfg.labels[c.label] == "_silence_":
+                c.focus = None
+        add_pitch_variants(clips, cfg.augment.pitch_semitones, cfg.features.sample_rate)
+        val = load_clips(read_manifest(out / "val.jsonl"), index, cfg.features.sample_rate, desc="val clips")
+        noise_files = (out / "noise_files.txt").read_text().split()
+        noise = NoiseBank.from_files(noise_files, cfg.features.sample_rate, cfg.augment.colored_noise_prob)
+        summary["train"] = train(cfg, clips, val, ckpt, noise)
+    name = args.name
+    models = Path(args.models)
+    fp32, int8 = models / f"{name}.onnx", models / f"{name}_int8.onnx"
+    if "export" in args.stages:
+        spotter = load_checkpoint(ckpt)
+        export_onnx(spotter.crnn, spotter.cfg, fp32, frontend=spotter.frontend)
+        quantize_int8(fp32, int8)
+        summary["export"] = {"params": count_parameters(spotter.crnn), "fp32_bytes": fp32.stat().st_size,
+                             "int8_bytes": int8.stat().st_size}
+        print(json.dumps({"export": summary["export"]}), flush=True)
+    if "evaluate" in args.stages:
+        res = {}
+        for tag, path in (("fp32", fp32), ("int8", int8)):
+            m = KWSModel(str(path))
+            for split in ("val", "test"):
+                rep = evaluate_commands(m, str(out / f"{split}_layout"),
+                                        plot=str(ckpt / f"confusion_{tag}_{split}.png"))
+                res[f"{tag}_{split}"] = {k: rep[k] for k in ("accuracy", "per_class_accuracy", "n", "speakers")}
+        summary["evaluate"] = res
+        print(json.dumps({"evaluate": {k: (v["accuracy"], v["n"]) for k, v in res.items()}}), flush=True)
+    with open(ckpt / "results.json", "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", default="../shared/corpora/speech_commands")
+    p.add_argument("--out", default="exp/speech_commands")
+    p.add_argument("--models", default="data/models")
+    p.add_argument("--name", default="speech_commands_crnn")
+    p.add_argument("--checkpoint", default="checkpoint", help="checkpoint folder name inside --out")
+    p.add_argument("--config", default=str(HERE / "conf" / "crnn.yaml"))
+    p.add_argument("--stages", nargs="+", default=["prepare", "synth", "train", "export", "evaluate"])
+    p.add_argument("--tts-per-word", type=int, default=120)
+    p.add_argument("--tts-per-other", type=int, default=25)
+    p.add_argument("--extra-unknown", type=int, default=400, help="FSDD / not-wake-word clips added to _unknown_")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("-o", "--override", action="append", default=[], help="section.key=value")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

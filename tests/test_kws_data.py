@@ -1,0 +1,113 @@
+"""Layouts, speaker splits, augmentation placement, class balancing, recipes' data plans."""
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from kws.config import AugmentConfig
+from kws.data import (Clip, NoiseBank, WindowMaker, balanced_draws, hash_split, load_clips,
+                      manifest_entry, pitch_shift, scan_speech_commands, speaker_of, speech_region)
+from recipes.wake_word.run import near_misses
+
+
+def test_speaker_ids_follow_the_public_naming():
+    assert speaker_of("yes/0a7c2a8d_nohash_1.flac") == "0a7c2a8d"
+    assert speaker_of("_unknown_/backward_0c540988_nohash_0.flac") == "0c540988"
+    assert speaker_of("_silence_/12.flac") == "12"
+
+
+def test_hash_split_is_deterministic_and_proportional():
+    keys = [f"{i:08x}" for i in range(4000)]
+    splits = Counter(hash_split(k, 10, 20) for k in keys)
+    assert abs(splits["test"] / 4000 - 0.2) < 0.03 and abs(splits["val"] / 4000 - 0.1) < 0.03
+    assert [hash_split(k) for k in keys[:50]] == [hash_split(k) for k in keys[:50]]
+
+
+def test_scan_names_the_missing_classes(tmp_path):
+    (tmp_path / "yes").mkdir()
+    sf.write(tmp_path / "yes" / "abc_nohash_0.wav", np.zeros(1600, np.float32), 16000)
+    with pytest.raises(FileNotFoundError, match="_silence_"):
+        scan_speech_commands(tmp_path, ["_silence_", "yes"])
+    (tmp_path / "cat").mkdir()  # full v0.02 layout: other words become _unknown_
+    sf.write(tmp_path / "cat" / "def_nohash_0.wav", np.zeros(1600, np.float32), 16000)
+    items = scan_speech_commands(tmp_path, ["_unknown_", "yes"])
+    assert sorted(lab for _, lab, _ in items) == ["_unknown_", "yes"]
+
+
+def test_bad_audio_is_skipped_with_its_name(tmp_path, caplog):
+    good = tmp_path / "good.wav"
+    sf.write(good, 0.1 * np.ones(16000, np.float32), 16000)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    entries = [manifest_entry(good, "yes"), {"audio": str(bad), "text": "yes"}]
+    with caplog.at_level("WARNING"):
+        clips = load_clips(entries, {"yes": 0})
+    assert len(clips) == 1 and "bad.wav" in caplog.text
+    with pytest.raises(ValueError, match="good.wav"):
+        load_clips([manifest_entry(good, "maybe")], {"yes": 0})
+
+
+def test_speech_region_finds_the_word():
+    wave = torch.zeros(32000)
+    wave[10000:18000] = 0.5 * torch.sin(torch.arange(8000) * 0.3)
+    a, b = speech_region(wave + 1e-4 * torch.randn(32000))
+    assert abs(a - 10000) <= 320 and abs(b - 18000) <= 320
+
+
+def test_window_keeps_the_word_inside_and_shifts_it():
+    cfg = AugmentConfig(noise_prob=0.0, speed_factors=[1.0], gain_db=[0.0, 0.0], time_shift_s=0.3)
+    maker = WindowMaker(16000, cfg, NoiseBank([]))
+    wave = torch.zeros(32000)
+    wave[2000:9000] = 1.0  # the 'word' is near the start of a 2 s clip
+    clip = Clip(wave, 1, focus=(2000, 9000))
+    rng = random.Random(0)
+    starts = set()
+    for _ in range(50):
+        w = maker(clip, rng)
+        assert float(w.sum()) == pytest.approx(7000)  # always whole
+        starts.add(int(torch.nonzero(w).flatten()[0]))
+    assert len(starts) > 10  # and moved around
+    # without augmentation: the centered crop evaluation uses, moved just enough
+    w = maker(clip, rng, augment=False)
+    assert float(w.sum()) == pytest.approx(7000)
+
+
+def test_noise_is_mixed_at_the_requested_snr():
+    cfg = AugmentConfig(noise_prob=1.0, snr_db=[10.0], speed_factors=[1.0], gain_db=[0.0, 0.0],
+                        time_shift_s=0.0)
+    maker = WindowMaker(16000, cfg, NoiseBank([torch.randn(20000)], colored_prob=0.0))
+    clean = 0.3 * torch.sin(torch.arange(16000) * 0.05)
+    rng = random.Random(1)
+    for _ in range(5):
+        mix = maker(Clip(clean, 0), rng)
+        snr = 10 * torch.log10(clean.square().mean() / (mix - clean).square().mean())
+        assert 7.4 <= float(snr) <= 12.6  # 10 dB +- the 2.5 dB jitter
+
+
+def test_class_balanced_draws():
+    clips = [Clip(torch.zeros(1), 0)] * 90 + [Clip(torch.zeros(1), 1)] * 10
+    rng = random.Random(0)
+    counts = Counter(clips[i].label for i in balanced_draws(clips, 4000, 2, rng))
+    assert abs(counts[1] / 4000 - 0.5) < 0.05
+    counts = Counter(clips[i].label for i in balanced_draws(clips, 4000, 2, rng, class_balance=False))
+    assert abs(counts[1] / 4000 - 0.1) < 0.03
+
+
+def test_pitch_shift_moves_the_pitch_not_the_length():
+    t = torch.arange(16000) / 16000
+    y = pitch_shift(torch.sin(2 * torch.pi * 200 * t), 2.0)
+    assert abs(y.numel() - 16000) < 400
+    peak = float(torch.fft.rfft(y).abs().argmax()) * 16000 / y.numel()
+    assert abs(peak - 224) < 6  # 200 Hz * 2^(2/12)
+
+
+def test_near_misses_exclude_the_keyword(tmp_path):
+    texts = tmp_path / "t.csv"
+    texts.write_text("a|x|the computers compute a complete commuter and a computer outer\n")
+    words = near_misses("computer", texts)
+    assert "commuter" in words and "complete" in words
+    assert not any("computer" in w.replace(" ", "") for w in words)
+    assert near_misses("tablet", None, extra=["tablet", "tabloid"]) == ["tabloid"]
