@@ -65,14 +65,16 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-6
     warmup_steps: int = 200
-    schedule: str = "onecycle"  # "onecycle" | "constant" | "cosine"
+    schedule: str = "cosine"  # warm-up then "cosine" decay, or "constant"
     grad_clip: float = 5.0
     seed: int = 0
     num_threads: int = 2
     checkpoint_every: int = 200  # steps; a checkpoint is also written at every epoch end
     keep_checkpoints: int = 2
     valid_max_utts: int = 200
-    max_minutes: Optional[float] = None  # stop cleanly after this much training time
+    # time budget: the LR schedule anneals over min(epochs, budget) and training stops
+    # when it is spent, so a run ends on time on any machine
+    max_minutes: Optional[float] = None
 
 
 @dataclass

@@ -57,24 +57,62 @@ def band_limit(wave: torch.Tensor, sample_rate: int, rate: Optional[int]) -> tor
     return resample(resample(wave, sample_rate, rate), rate, sample_rate)[: wave.numel()]
 
 
-def _schedule(optimizer, cfg: ExperimentConfig, total_steps: int):
-    t = cfg.train
-    if t.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / max(1, t.warmup_steps)))
-    if t.schedule == "cosine":
-        def f(s):
-            if s < t.warmup_steps:
-                return (s + 1) / t.warmup_steps
-            p = (s - t.warmup_steps) / max(1, total_steps - t.warmup_steps)
-            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
-    if t.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=t.lr, total_steps=max(total_steps, 2),
-            pct_start=min(0.3, max(t.warmup_steps / max(total_steps, 1), 0.05)),
-            anneal_strategy="cos", div_factor=25.0, final_div_factor=100.0)
-    raise ValueError(f"train.schedule must be onecycle, cosine or constant, got {t.schedule!r}")
+class LRSchedule:
+    """Learning rate as a function of training progress.
+
+    Linear warm-up over ``warmup_steps``, then (``cosine``) a cosine decay from ``lr`` to
+    ``lr * final_ratio``, or (``constant``) a flat rate. Progress is the larger of
+    step / total_steps and, with a time budget, elapsed / budget: a budgeted run anneals
+    fully and ends on time on a slow or busy machine instead of stopping at a high rate.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, lr: float,
+                 total_steps: int, warmup_steps: int, budget_seconds: Optional[float] = None,
+                 final_ratio: float = 0.01) -> None:
+        if kind not in ("cosine", "constant"):
+            raise ValueError(f"train.schedule must be 'cosine' or 'constant', got {kind!r}")
+        self.optimizer, self.kind, self.peak = optimizer, kind, lr
+        self.total_steps, self.warmup = max(1, total_steps), max(0, warmup_steps)
+        self.budget, self.final_ratio = budget_seconds, final_ratio
+        self.steps, self.elapsed = 0, 0.0
+        self._set(self.rate())
+
+    def progress(self) -> float:
+        p = self.steps / self.total_steps
+        if self.budget:
+            p = max(p, self.elapsed / self.budget)
+        return min(1.0, p)
+
+    def rate(self) -> float:
+        warm = min(1.0, (self.steps + 1) / self.warmup) if self.warmup else 1.0
+        if self.kind == "constant":
+            return self.peak * warm
+        cos = 0.5 * (1 + math.cos(math.pi * self.progress()))
+        return self.peak * warm * (self.final_ratio + (1 - self.final_ratio) * cos)
+
+    def _set(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self, elapsed: float) -> None:
+        """Advance one optimiser step; ``elapsed`` is total training seconds so far."""
+        self.steps += 1
+        self.elapsed = elapsed
+        self._set(self.rate())
+
+    @property
+    def done(self) -> bool:
+        return self.progress() >= 1.0
+
+    def get_last_lr(self) -> List[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> Dict:
+        return {"steps": self.steps, "elapsed": self.elapsed}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.steps, self.elapsed = state["steps"], state["elapsed"]
+        self._set(self.rate())
 
 
 def compute_cmvn(model: ASRModel, dataset: UtteranceDataset, max_utts: int = 300):
@@ -179,7 +217,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
         self.steps_per_epoch = len(self.sampler)
-        self.scheduler = _schedule(self.optimizer, cfg, self.steps_per_epoch * cfg.train.epochs)
+        t = cfg.train
+        self.scheduler = LRSchedule(
+            self.optimizer, t.schedule, t.lr, self.steps_per_epoch * t.epochs, t.warmup_steps,
+            budget_seconds=60 * t.max_minutes if t.max_minutes else None)
         self.metrics_path = self.exp_dir / "metrics.jsonl"
         self.step = 0
         self.epoch = 0
@@ -246,7 +287,7 @@ class Trainer:
             mean, std = compute_cmvn(self.model, self.train_set)
             self.model.cmvn.set_stats(mean, std)
         self.model.train()
-        t_start = time.time()
+        t_start = time.time() - self.scheduler.elapsed  # training time carries over a resume
         utts_seen = 0
         stop = False
         while self.epoch < cfg.train.epochs and not stop:
@@ -272,7 +313,7 @@ class Trainer:
                 gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
                 if torch.isfinite(gnorm):
                     self.optimizer.step()
-                self.scheduler.step()
+                self.scheduler.step(time.time() - t_start)
                 self.step += 1
                 utts_seen += len(batch)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
@@ -283,14 +324,17 @@ class Trainer:
                                  if k != "total"})
                 if self.step % cfg.train.checkpoint_every == 0:
                     self._save()
-                if cfg.train.max_minutes and time.time() - t_start > 60 * cfg.train.max_minutes:
-                    log.warning("stopping: train.max_minutes=%s reached", cfg.train.max_minutes)
+                if cfg.train.max_minutes and self.scheduler.done:
+                    log.warning("stopping: train.max_minutes=%s reached at epoch %d",
+                                cfg.train.max_minutes, self.epoch + 1)
                     stop = True
                     break
             bar.close()
             if not stop:
                 self.epoch += 1
                 self.batch_in_epoch = 0
+            else:  # the budget ended this run: the checkpoint marks it finished
+                self.epoch = cfg.train.epochs
             v = self.validate() if len(self.valid_set) else {}
             if v:
                 self._log(kind="valid", step=self.step, epoch=self.epoch, **v)

@@ -88,3 +88,27 @@ def test_cli_train_and_evaluate_print_json(tmp_path, tone_corpus):
     bad = run("evaluate", "--model", str(tmp_path / "nope.pt"), "--corpus", "manifest",
               "--data", str(tone_corpus))
     assert bad.returncode == 2 and "nope.pt: checkpoint not found" in bad.stderr
+
+
+def test_lr_schedule_anneals_over_steps_or_time_budget():
+    from asr.train import LRSchedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = LRSchedule(opt, "cosine", lr=1.0, total_steps=100, warmup_steps=10)
+    rates = []
+    for i in range(100):
+        sched.step(elapsed=float(i))
+        rates.append(sched.get_last_lr()[0])
+    assert rates[4] < rates[9] and max(rates) == pytest.approx(1.0, abs=0.05)
+    assert rates[-1] == pytest.approx(0.01) and sched.done
+    # a 20-second budget ends the same schedule after 20 steps of one second
+    timed = LRSchedule(opt, "cosine", lr=1.0, total_steps=100, warmup_steps=0, budget_seconds=20)
+    for i in range(1, 21):
+        assert not timed.done
+        timed.step(elapsed=float(i))
+    assert timed.done and timed.get_last_lr()[0] == pytest.approx(0.01)
+    again = LRSchedule(opt, "cosine", lr=1.0, total_steps=100, warmup_steps=0, budget_seconds=20)
+    again.load_state_dict(timed.state_dict())
+    assert again.done
+    with pytest.raises(ValueError, match="schedule"):
+        LRSchedule(opt, "onecycle-ish", 1.0, 10, 0)
