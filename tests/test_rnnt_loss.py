@@ -90,6 +90,39 @@ def test_torchaudio_lattice_trick_matches_reference_dp():
     torch.testing.assert_close(lat32.grad.double(), lat64.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lattice_engines_agree_with_pruned_style_lattices(dtype):
+    """dp, torchaudio and reference engines on lattices with -inf arcs (windows), incl. infeasible."""
+    logits, targets, tl, ul = _random_batch(11, B=5, T=9, U=6, V=7)
+    lattice = lattice_from_logits(logits, targets, blank=0)
+    B, T, U1, _ = lattice.shape
+    g = torch.Generator().manual_seed(12)
+    start = pruning_ranges(-torch.rand(B, T, U1, 2, generator=g), tl, ul, 3)
+    start[1, 0] = 1  # utterance 1 loses the start node: no path survives
+    u = torch.arange(U1)
+    outside = (u[None, None] < start[..., None]) | (u[None, None] >= start[..., None] + 3)
+    lattice = lattice.masked_fill(outside[..., None], float("-inf")).to(dtype)
+    results = {}
+    for engine in ("dp", "torchaudio", "reference"):
+        x = lattice.clone().requires_grad_(True)
+        if engine == "torchaudio":
+            x = lattice.detach().float().clone().requires_grad_(True)
+        loss = lattice_loss(x, tl, ul, engine=engine)
+        finite = torch.isfinite(loss)
+        loss[finite].sum().backward()
+        results[engine] = (loss.detach().double(), x.grad.double())
+    ref_loss, ref_grad = results["reference"]
+    feasible = ref_loss < 1e20  # the reference reports ~1e30 where no path survives
+    assert feasible.any() and (~feasible).any()
+    for engine in ("dp", "torchaudio"):
+        loss, grad = results[engine]
+        tol = dict(rtol=1e-5, atol=1e-4) if engine == "torchaudio" or dtype == torch.float32 else {}
+        torch.testing.assert_close(loss[feasible], ref_loss[feasible], **tol)
+        torch.testing.assert_close(grad[feasible], ref_grad[feasible], **tol)
+        assert torch.isinf(loss[~feasible]).all()
+    assert (results["dp"][1][~feasible] == 0).all()
+
+
 def test_warp_rnnt_backend_skips_or_matches():
     backend = RNNT_LOSSES.get("warp_rnnt")
     logits, targets, tl, ul = _random_batch(3)
@@ -235,3 +268,57 @@ def test_pruned_loss_under_no_grad_and_registry():
         b = rnnt_loss("torchaudio", head, enc, dec, targets, tl, ul)
     assert a.shape == b.shape == (3,)
     assert torch.isfinite(a).all()
+
+
+class _PlainJoiner:
+    """The joiner protocol without the fused fast path (no join_hidden/output)."""
+
+    def __init__(self, head):
+        self.head = head
+
+    def join(self, enc, dec):
+        return self.head.join(enc, dec)
+
+    def project_enc(self, enc):
+        return self.head.project_enc(enc)
+
+    def project_dec(self, dec):
+        return self.head.project_dec(dec)
+
+    def join_projected(self, enc_proj, dec_proj):
+        return self.head.join_projected(enc_proj, dec_proj)
+
+    def simple_am(self, enc):
+        return self.head.simple_am(enc)
+
+    def simple_lm(self, dec):
+        return self.head.simple_lm(dec)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_pruned_joiner_paths_agree(activation):
+    """Fused chunked joiner, checkpointed frame chunks and the one-pass joiner agree."""
+    torch.manual_seed(0)
+    head = TransducerHead(TransducerConfig(
+        vocab_size=7, enc_dim=8, pred_dim=10, joiner_dim=12, joiner_activation=activation
+    )).double()
+    enc, targets, tl, ul = _head_batch(13, B=3, T=11, U=5)
+    enc.requires_grad_(True)
+    dec, _, _ = head.predict(targets, ul)
+    variants = {
+        "fused, one frame per chunk": (head, 1),
+        "fused, one chunk": (head, None),
+        "checkpointed frames": (_PlainJoiner(head), 40),
+        "plain": (_PlainJoiner(head), None),
+    }
+    params = [enc] + list(head.parameters())
+    expected = None
+    for name, (joiner, chunk) in variants.items():
+        out = pruned_rnnt_loss(joiner, enc, dec, targets, tl, ul, prune_range=3, joiner_chunk_elements=chunk)
+        grads = torch.autograd.grad(out.total.sum(), params, retain_graph=True)
+        if expected is None:
+            expected = (out.total.detach(), grads)
+            continue
+        torch.testing.assert_close(out.total, expected[0], msg=name)
+        for a, b in zip(grads, expected[1]):
+            torch.testing.assert_close(a, b, msg=name)

@@ -302,9 +302,16 @@ class TransducerHead(nn.Module):
         """``(..., Dp) -> (..., Dj)``."""
         return self.dec_proj(dec)
 
+    def join_hidden(self, enc_proj: Tensor, dec_proj: Tensor) -> Tensor:
+        """Joiner hidden layer: ``activation(enc_proj + dec_proj)``, broadcast ``(..., Dj)``."""
+        return self.activation(enc_proj + dec_proj)
+
     def join_projected(self, enc_proj: Tensor, dec_proj: Tensor) -> Tensor:
-        """Joiner on projected inputs of broadcastable shapes ``(..., Dj)`` -> logits ``(..., V)``."""
-        return self.output(self.activation(enc_proj + dec_proj))
+        """Joiner on projected inputs of broadcastable shapes ``(..., Dj)`` -> logits ``(..., V)``.
+
+        Equals ``self.output(self.join_hidden(enc_proj, dec_proj))``.
+        """
+        return self.output(self.join_hidden(enc_proj, dec_proj))
 
     def join(self, enc: Tensor, dec: Tensor) -> Tensor:
         """Joiner logits.

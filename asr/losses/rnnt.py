@@ -35,19 +35,31 @@ Backend that takes the joiner pieces (see :class:`TransducerJoiner`):
 Lattice engine
 --------------
 Both the simple and the pruned loss reduce the problem to a *lattice* tensor
-``(B, T, U+1, 2)`` holding, per node, ``[log P(blank), log P(next target)]``. In float32
-the DP runs in torchaudio's C++ kernel: ``rnnt_loss(lattice, targets=all ones, blank=0,
-fused_log_softmax=False)`` treats the last axis as a 2-symbol vocabulary of per-node
-log-probabilities (verified against the reference DP, values and gradients, in
-``tests/test_rnnt_loss.py``). In float64 (tests) a vectorised anti-diagonal DP in pure
-PyTorch is used instead.
+``(B, T, U+1, 2)`` holding, per node, ``[log P(blank), log P(next target)]``. These
+engines compute its loss and gradient (``lattice_loss(..., engine=)``), all checked
+against each other in ``tests/test_rnnt_loss.py``:
+
+- ``"dp"``: :func:`lattice_dp`, our forward-backward over the anti-diagonals
+  ``t + u = n``, vectorised over ``B`` and ``U``, returning loss and arc occupancies in
+  one pass without an autograd graph. Any float dtype. About ``14 (T + U)`` small tensor
+  ops, so its cost is mostly per-op overhead on small lattices.
+- ``"torchaudio"``: torchaudio's C++ kernel via ``rnnt_loss(lattice, targets=all ones,
+  blank=0, fused_log_softmax=False)``, which treats the last axis as a 2-symbol vocabulary
+  of per-node log-probabilities. Correct (values and gradients); one call, but about
+  1.5 us per lattice node on our 2-core CPU (2-3x slower than ``"dp"`` at B=32, T=500,
+  U=80; faster below ~1e5 nodes).
+- ``"auto"`` (default): ``"torchaudio"`` for float32 lattices under
+  ``AUTO_TORCHAUDIO_MAX_NODES`` nodes, otherwise ``"dp"``.
+- ``"reference"``: autograd through :func:`lattice_loss_reference` (float64 tests).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Protocol
+import math
+from typing import Callable, NamedTuple, Optional, Protocol
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from asr.registry import RNNT_LOSSES
 
@@ -63,14 +75,14 @@ __all__ = [
     "lattice_from_logits",
     "lattice_loss",
     "lattice_loss_reference",
+    "lattice_dp",
+    "LATTICE_ENGINES",
     "pruning_ranges",
 ]
 
 # Finite stand-in for log(0) in the pure-PyTorch DP: logaddexp(-inf, -inf) has NaN
 # gradients, a very negative finite number does not.
 _LOG_ZERO = -1.0e30
-# The same for torchaudio's float32 kernel (sums of a few of these stay finite).
-_TA_LOG_ZERO = -1.0e5
 
 
 class TransducerJoiner(Protocol):
@@ -86,7 +98,13 @@ class TransducerJoiner(Protocol):
         """``(..., Dp) -> (..., Dj)``."""
 
     def join_projected(self, enc_proj: Tensor, dec_proj: Tensor) -> Tensor:
-        """Broadcastable ``(..., Dj)`` and ``(..., Dj)`` -> logits ``(..., V)``."""
+        """Broadcastable ``(..., Dj)`` and ``(..., Dj)`` -> logits ``(..., V)``.
+
+        Optional fast path: a joiner with ``join_hidden(enc_proj, dec_proj) -> (..., Dj)``,
+        ``activation`` (``nn.Tanh`` or ``nn.ReLU``) and ``output`` (``nn.Linear``), so that
+        ``join_projected = output(activation(enc_proj + dec_proj))``, lets the pruned loss
+        run the joiner fused and chunked.
+        """
 
     def simple_am(self, enc: Tensor) -> Tensor:
         """Encoder-only logits for the simple loss: ``(B,T,De) -> (B,T,V)``."""
@@ -209,9 +227,10 @@ def _torchaudio_lattice_loss(lattice: Tensor, logit_lengths: Tensor, target_leng
     B, T, U1, _ = lattice.shape
     ones = torch.ones((B, U1 - 1), dtype=torch.int32, device=lattice.device)
     # The kernel can return NaN when -inf arcs surround reachable nodes; a finite log(0)
-    # stand-in (exp underflows to exactly 0 in float32) avoids that.
-    return ta_rnnt_loss(
-        lattice.float().clamp(min=_TA_LOG_ZERO).contiguous(),
+    # stand-in avoids that (sums of a few hundred stay finite in float32), and a loss of
+    # that size means no path: report inf, as the "dp" engine does.
+    loss = ta_rnnt_loss(
+        lattice.float().clamp(min=_LOG_ZERO).contiguous(),
         ones,
         logit_lengths.to(device=lattice.device, dtype=torch.int32),
         target_lengths.to(device=lattice.device, dtype=torch.int32),
@@ -219,29 +238,86 @@ def _torchaudio_lattice_loss(lattice: Tensor, logit_lengths: Tensor, target_leng
         reduction="none",
         fused_log_softmax=False,
     ).to(lattice.dtype)
+    return torch.where(loss < -_LOG_ZERO / 2, loss, float("inf"))
 
 
-def lattice_loss(lattice: Tensor, logit_lengths: Tensor, target_lengths: Tensor) -> Tensor:
-    """RNN-T negative log-likelihood of a lattice of per-node arc log-probabilities.
+@torch.no_grad()
+def lattice_dp(lattice: Tensor, logit_lengths: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Loss and gradient of an RNN-T lattice in one pass (vectorised forward-backward).
 
-    float64 lattices use :func:`lattice_loss_reference`; other dtypes run torchaudio's C++
-    DP in float32 (with ``fused_log_softmax=False`` and a 2-symbol vocabulary). Padding
-    beyond the longest utterance is cut off first.
+    Forward variables ``alpha`` and backward variables ``beta`` are computed along the
+    ``T + U`` anti-diagonals ``t + u = n`` (each step is a few tensor ops over ``(B, U+1)``),
+    then the gradient of ``-log P`` w.r.t. every arc log-probability is minus its occupancy,
+    ``-exp(alpha + arc + beta_next - log P)``. No autograd graph is kept: memory is
+    ``O(B (T+U) U)``. Works in the lattice dtype (float32 or float64).
 
     Args:
-        lattice: ``(B, T, U+1, 2)`` per-node [log P(blank), log P(next target)].
-        logit_lengths: ``(B,)`` frames per utterance.
-        target_lengths: ``(B,)`` labels per utterance.
+        lattice: ``(B, T, U+1, 2)`` per-node [log P(blank), log P(next target)]; ``-inf`` allowed.
+        logit_lengths: ``(B,)`` frames per utterance (``<= T``).
+        target_lengths: ``(B,)`` labels per utterance (``<= U``).
 
     Returns:
-        ``(B,)`` per-utterance loss.
+        loss ``(B,)`` (``inf`` where no path exists) and gradient ``(B, T, U+1, 2)`` (``<= 0``,
+        zero for impossible utterances).
     """
-    t_max = int(logit_lengths.max())
-    u_max = int(target_lengths.max())
-    lattice = lattice[:, :t_max, : u_max + 1]
-    if lattice.dtype == torch.float64:
-        return lattice_loss_reference(lattice, logit_lengths, target_lengths)
-    return _torchaudio_lattice_loss(lattice, logit_lengths, target_lengths)
+    if lattice.dtype not in (torch.float32, torch.float64):  # half types: -1e30 would overflow
+        loss, grad = lattice_dp(lattice.float(), logit_lengths, target_lengths)
+        return loss, grad.to(lattice.dtype)
+    B, T, U1, _ = lattice.shape
+    device, dtype = lattice.device, lattice.dtype
+    neg = _LOG_ZERO
+    lat = lattice.clamp(min=neg)
+    n_diag = T + U1 - 1
+    n = torch.arange(n_diag, device=device)[:, None]
+    u = torch.arange(U1, device=device)[None, :]
+    t_of = n - u  # (N, U1)
+    t_cl = t_of.clamp(0, T - 1)
+    t_len = logit_lengths.to(device).long()[:, None, None]
+    u_len = target_lengths.to(device).long()[:, None, None]
+    # nodes (t, u) of each utterance: 0 <= t < T_b, u <= U_b   -> (B, N, U1)
+    node_ok = (t_of >= 0)[None] & (t_of[None] < t_len) & (u[None] <= u_len)
+    terminal = (n[None] == t_len - 1 + u_len) & (u[None] == u_len)  # (B, N, U1)
+    u_full = u.expand(n_diag, U1)
+    blank_s = torch.where(node_ok, lat[:, t_cl, u_full, 0], neg)  # skewed: [b, n, u] = lat[b, n-u, u]
+    emit_s = torch.where(node_ok & (u[None] < u_len), lat[:, t_cl, u_full, 1], neg)
+
+    alpha = torch.full((B, n_diag, U1), neg, dtype=dtype, device=device)
+    alpha[:, 0, 0] = 0.0
+    for d in range(1, n_diag):
+        prev = alpha[:, d - 1]
+        cur = prev + blank_s[:, d - 1]  # (t-1, u) -> (t, u)
+        cur[:, 1:] = torch.logaddexp(cur[:, 1:], prev[:, :-1] + emit_s[:, d - 1, :-1])  # (t, u-1) -> (t, u)
+        alpha[:, d] = torch.where(node_ok[:, d], cur, neg)
+    beta = torch.full((B, n_diag + 1, U1), neg, dtype=dtype, device=device)  # row N: beyond the end
+    final_blank = torch.where(terminal, blank_s, neg)
+    for d in range(n_diag - 1, -1, -1):
+        nxt = beta[:, d + 1]
+        cur = blank_s[:, d] + nxt  # (t, u) -> (t+1, u)
+        cur[:, :-1] = torch.logaddexp(cur[:, :-1], emit_s[:, d, :-1] + nxt[:, 1:])  # (t, u) -> (t, u+1)
+        cur = torch.where(terminal[:, d], final_blank[:, d], cur)
+        beta[:, d] = torch.where(node_ok[:, d], cur, neg)
+    log_like = beta[:, 0, 0]
+    feasible = log_like > neg / 2
+    log_like_safe = torch.where(feasible, log_like, torch.zeros_like(log_like))[:, None, None]
+    beta_next_blank = torch.where(terminal, torch.zeros_like(blank_s), beta[:, 1:])
+    beta_next_emit = torch.nn.functional.pad(beta[:, 1:, 1:], (0, 1), value=neg)
+    keep = node_ok & feasible[:, None, None]
+    # float32: occupancies below exp(-50) ~ 2e-22 become exactly 0. Left in, they turn into
+    # denormal numbers in the joiner's backward matmuls, which then run ~7x slower on x86.
+    floor = -50.0 if dtype == torch.float32 else -math.inf
+    t_idx = torch.arange(T, device=device)[:, None]
+    diag_of = (t_idx + u).expand(T, U1)
+    u_of = u.expand(T, U1)
+    grad = torch.empty((B, T, U1, 2), dtype=dtype, device=device)
+    for k, (arc, beta_next) in enumerate(((blank_s, beta_next_blank), (emit_s, beta_next_emit))):
+        log_occ = alpha + arc  # in place from here on: one (B, N, U+1) buffer per arc type
+        log_occ += beta_next
+        log_occ -= log_like_safe
+        drop = ~(keep & (log_occ > floor))
+        occ = log_occ.clamp_(max=0.0).exp_().neg_().masked_fill_(drop, 0.0)
+        grad[..., k] = occ[:, diag_of, u_of]  # unskew: grad[b, t, u] = g[b, t + u, u]
+    loss = torch.where(feasible, -log_like, torch.full_like(log_like, float("inf")))
+    return loss, grad
 
 
 class _AttachGradient(torch.autograd.Function):
@@ -259,8 +335,12 @@ class _AttachGradient(torch.autograd.Function):
         return grad * grad_out.reshape(shape), None, None
 
 
+LATTICE_ENGINES = ("auto", "dp", "torchaudio", "reference")
+AUTO_TORCHAUDIO_MAX_NODES = 1 << 17
+
+
 def _lattice_loss_and_occupancy(
-    lattice: Tensor, logit_lengths: Tensor, target_lengths: Tensor
+    lattice: Tensor, logit_lengths: Tensor, target_lengths: Tensor, engine: str = "auto"
 ) -> tuple[Tensor, Tensor]:
     """Lattice loss plus its gradient w.r.t. the lattice (minus the arc occupancies).
 
@@ -271,13 +351,51 @@ def _lattice_loss_and_occupancy(
     Returns:
         loss ``(B,)`` and occupancy gradient ``(B, T, U+1, 2)`` (detached, ``<= 0``).
     """
-    detached = lattice.detach().requires_grad_(True)
-    with torch.enable_grad():
-        loss = lattice_loss(detached, logit_lengths, target_lengths)
-        (grad,) = torch.autograd.grad(loss.sum(), detached)
+    if engine not in LATTICE_ENGINES:
+        raise ValueError(f"unknown lattice engine {engine!r}; known: {LATTICE_ENGINES}")
+    B, T, U1, _ = lattice.shape
+    t_max = int(logit_lengths.max())
+    u_max = int(target_lengths.max())
+    cut = lattice.detach()[:, :t_max, : u_max + 1]
+    if engine == "auto":
+        small = cut.shape[0] * cut.shape[1] * cut.shape[2] <= AUTO_TORCHAUDIO_MAX_NODES
+        engine = "torchaudio" if small and cut.dtype == torch.float32 else "dp"
+    if engine == "dp":
+        loss, grad = lattice_dp(cut, logit_lengths, target_lengths)
+    else:
+        detached = cut.requires_grad_(True)
+        with torch.enable_grad():
+            if engine == "torchaudio":
+                loss = _torchaudio_lattice_loss(detached, logit_lengths, target_lengths)
+            else:
+                loss = lattice_loss_reference(detached, logit_lengths, target_lengths)
+            (grad,) = torch.autograd.grad(loss.sum(), detached)
+        loss = loss.detach()
+    if grad.shape != lattice.shape:
+        grad = torch.nn.functional.pad(grad, (0, 0, 0, U1 - grad.shape[2], 0, T - grad.shape[1]))
     if lattice.requires_grad and torch.is_grad_enabled():
-        return _AttachGradient.apply(lattice, loss.detach(), grad), grad
-    return loss.detach(), grad
+        return _AttachGradient.apply(lattice, loss, grad), grad
+    return loss, grad
+
+
+def lattice_loss(lattice: Tensor, logit_lengths: Tensor, target_lengths: Tensor, engine: str = "auto") -> Tensor:
+    """RNN-T negative log-likelihood of a lattice of per-node arc log-probabilities.
+
+    Engines (all give the same values and gradients; tests check it): ``"auto"``,
+    ``"dp"`` (:func:`lattice_dp`), ``"torchaudio"`` (its C++ kernel on the 2-symbol
+    lattice, float32), ``"reference"`` (autograd through :func:`lattice_loss_reference`).
+    See the module docstring.
+
+    Args:
+        lattice: ``(B, T, U+1, 2)`` per-node [log P(blank), log P(next target)].
+        logit_lengths: ``(B,)`` frames per utterance.
+        target_lengths: ``(B,)`` labels per utterance.
+        engine: one of ``LATTICE_ENGINES``.
+
+    Returns:
+        ``(B,)`` per-utterance loss, differentiable w.r.t. ``lattice``.
+    """
+    return _lattice_loss_and_occupancy(lattice, logit_lengths, target_lengths, engine)[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -430,7 +548,7 @@ def pruning_ranges(
     For each frame the window start maximises the summed node occupancy of the simple
     loss, then it is made consistent so that the pruned lattice still has a path:
     ``s[0] = 0``, the last frame's window holds ``U_b``, ``s`` is non-decreasing and grows by
-    at most ``S - 1`` per frame. Infeasible (a huge finite loss, about ``1e5`` in float32) only
+    at most ``S - 1`` per frame. Infeasible (loss ``inf``, zero gradient) only
     when ``U_b + 1 - S > (S - 1) (T_b - 1)``, i.e. more than ``S - 1`` labels per frame.
 
     Args:
@@ -467,6 +585,148 @@ def pruning_ranges(
     return start
 
 
+class _ArcLogProbs(torch.autograd.Function):
+    """``log_softmax(logits)`` at blank and at the next label, without the full log-softmax.
+
+    Forward keeps only ``logits`` and the ``(B, T, S)`` normaliser; backward builds the
+    gradient ``softmax * -(g_blank + g_emit) + onehot terms`` in one tensor, in place
+    (autograd through ``logsumexp``/``gather``/``select`` would allocate and fill several
+    ``(B, T, S, V)`` tensors).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, blank: int, labels: Tensor):  # type: ignore[override]
+        # logsumexp with a single (B, T, S, V) temporary (torch.logsumexp makes two)
+        top = logits.amax(dim=-1, keepdim=True)
+        lse = torch.sub(logits, top).exp_().sum(dim=-1).log_().add_(top.squeeze(-1))  # (B, T, S)
+        blank_lp = logits[..., blank] - lse
+        emit_lp = logits.gather(-1, labels[..., None]).squeeze(-1) - lse
+        ctx.blank = blank
+        ctx.save_for_backward(logits, lse, labels)
+        return blank_lp, emit_lp
+
+    @staticmethod
+    def backward(ctx, g_blank: Tensor, g_emit: Tensor):  # type: ignore[override]
+        logits, lse, labels = ctx.saved_tensors
+        grad = torch.sub(logits, lse[..., None]).exp_()
+        grad.mul_(-(g_blank + g_emit)[..., None])
+        grad[..., ctx.blank] += g_blank
+        grad.scatter_add_(-1, labels[..., None], g_emit[..., None])
+        return grad, None, None
+
+
+class _FusedJoinerArcLogProbs(torch.autograd.Function):
+    """The whole joiner on the pruned window plus the two arc log-probabilities, in chunks.
+
+    For each chunk of frames: ``hidden = act(enc_p[t] + dec_rows[idx])``,
+    ``logits = hidden @ weight.T + bias``, normaliser, blank and next-label log-probs.
+    Nothing of size ``(B, T, S, Dj)`` or ``(B, T, S, V)`` is kept: backward recomputes
+    each chunk's hidden layer and logits (one extra GEMM) and forms
+    ``grad_logits = softmax * -(g_blank + g_emit) + onehot terms`` in place. Peak memory is
+    one chunk. ``act`` is ``tanh`` or ``relu``.
+    """
+
+    @staticmethod
+    def forward(ctx, enc_p: Tensor, dec_rows: Tensor, weight: Tensor, bias: Optional[Tensor],  # type: ignore[override]
+                flat_idx: Tensor, labels: Tensor, blank: int, activation: str, frames: int):
+        B, T, S = flat_idx.shape
+        lse = enc_p.new_empty(B, T, S)
+        blank_lp = enc_p.new_empty(B, T, S)
+        emit_lp = enc_p.new_empty(B, T, S)
+        for t0 in range(0, T, frames):
+            sl = slice(t0, min(T, t0 + frames))
+            hidden = _hidden(enc_p[:, sl], dec_rows, flat_idx[:, sl], activation)
+            logits = _linear(hidden.reshape(-1, hidden.shape[-1]), weight, bias)  # (rows, V)
+            lab = labels[:, sl].reshape(-1, 1)
+            picked_blank = logits[:, blank].clone()
+            picked_emit = logits.gather(1, lab).squeeze(1)
+            top = logits.amax(dim=1, keepdim=True)
+            norm = logits.sub_(top).exp_().sum(dim=1).log_().add_(top.squeeze(1))
+            shape = lse[:, sl].shape
+            lse[:, sl] = norm.reshape(shape)
+            blank_lp[:, sl] = (picked_blank - norm).reshape(shape)
+            emit_lp[:, sl] = (picked_emit - norm).reshape(shape)
+        ctx.blank, ctx.activation, ctx.frames, ctx.has_bias = blank, activation, frames, bias is not None
+        ctx.save_for_backward(enc_p, dec_rows, weight, bias if bias is not None else weight.new_empty(0),
+                              flat_idx, labels, lse)
+        return blank_lp, emit_lp
+
+    @staticmethod
+    def backward(ctx, g_blank: Tensor, g_emit: Tensor):  # type: ignore[override]
+        enc_p, dec_rows, weight, bias, flat_idx, labels, lse = ctx.saved_tensors
+        bias = bias if ctx.has_bias else None
+        B, T, S = flat_idx.shape
+        grad_enc = torch.zeros_like(enc_p)
+        grad_dec = torch.zeros_like(dec_rows)
+        grad_w = torch.zeros_like(weight)
+        grad_b = torch.zeros_like(bias) if bias is not None else None
+        for t0 in range(0, T, ctx.frames):
+            sl = slice(t0, min(T, t0 + ctx.frames))
+            idx = flat_idx[:, sl]
+            pre = enc_p[:, sl, None, :] + dec_rows[idx]  # (B, Tc, S, Dj)
+            hidden = torch.tanh(pre) if ctx.activation == "tanh" else torch.relu(pre)
+            h2 = hidden.reshape(-1, hidden.shape[-1])
+            gb, ge = g_blank[:, sl].reshape(-1), g_emit[:, sl].reshape(-1)
+            grad = _linear(h2, weight, bias).sub_(lse[:, sl].reshape(-1, 1)).exp_()  # softmax
+            grad.mul_(-(gb + ge)[:, None])
+            grad[:, ctx.blank] += gb
+            grad.scatter_add_(1, labels[:, sl].reshape(-1, 1), ge[:, None])  # d loss / d logits
+            grad_w.addmm_(grad.t(), h2)
+            if grad_b is not None:
+                grad_b += grad.sum(dim=0)
+            grad_pre = torch.mm(grad, weight).reshape(pre.shape)  # d loss / d hidden
+            if ctx.activation == "tanh":
+                grad_pre.mul_(1.0 - hidden.square_())
+            else:
+                grad_pre.mul_(pre > 0)
+            grad_enc[:, sl] = grad_pre.sum(dim=2)
+            grad_dec.index_add_(0, idx.reshape(-1), grad_pre.reshape(-1, grad_pre.shape[-1]))
+        return grad_enc, grad_dec, grad_w, grad_b, None, None, None, None, None
+
+
+def _hidden(enc_p: Tensor, dec_rows: Tensor, flat_idx: Tensor, activation: str) -> Tensor:
+    pre = enc_p[:, :, None, :] + dec_rows[flat_idx]
+    return pre.tanh_() if activation == "tanh" else pre.relu_()
+
+
+def _fused_activation(joiner: object) -> Optional[str]:
+    """``"tanh"``/``"relu"`` when the joiner is ``output(act(enc_proj + dec_proj))`` with
+    known pieces (``TransducerHead`` is), else ``None``."""
+    output = getattr(joiner, "output", None)
+    activation = getattr(joiner, "activation", None)
+    if not hasattr(joiner, "join_hidden") or not isinstance(output, torch.nn.Linear):
+        return None
+    if isinstance(activation, torch.nn.Tanh):
+        return "tanh"
+    if isinstance(activation, torch.nn.ReLU):
+        return "relu"
+    return None
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return torch.addmm(bias, x, weight.t()) if bias is not None else torch.mm(x, weight.t())
+
+
+def _window_arc_logprobs(
+    joiner: TransducerJoiner, enc_p: Tensor, dec_rows: Tensor, flat_idx: Tensor, labels: Tensor, blank: int
+) -> tuple[Tensor, Tensor]:
+    """Joiner on the pruned window and the two arc log-probabilities per node.
+
+    Args:
+        joiner: the joiner pieces.
+        enc_p: ``(B, Tc, Dj)`` projected encoder frames.
+        dec_rows: ``(B*(U+1), Dj)`` projected prediction outputs, flattened.
+        flat_idx: ``(B, Tc, S)`` rows of ``dec_rows`` in each frame's window.
+        labels: ``(B, Tc, S)`` next label at each window node.
+        blank: blank index.
+
+    Returns:
+        blank and next-label log-probabilities, each ``(B, Tc, S)``.
+    """
+    logits = joiner.join_projected(enc_p[:, :, None, :], dec_rows[flat_idx])  # (B, Tc, S, V)
+    return _ArcLogProbs.apply(logits, blank, labels)
+
+
 @RNNT_LOSSES.register("pruned")
 @_backend(takes_joiner=True)
 def pruned_rnnt_loss(
@@ -479,10 +739,12 @@ def pruned_rnnt_loss(
     blank: int = 0,
     prune_range: int = 5,
     simple_loss_scale: float = 0.5,
+    lattice_engine: str = "auto",
+    joiner_chunk_elements: Optional[int] = 1 << 20,
 ) -> PrunedLossOutput:
     """Memory-efficient pruned RNN-T loss (simple loss -> pruning -> pruned joiner loss).
 
-    Peak extra memory is ``O(B*T*S*V + B*T*U)`` instead of ``O(B*T*U*V)``.
+    Peak extra memory is ``O(B*T*S*Dj + B*T*U + chunk)`` instead of ``O(B*T*U*V)``.
 
     Args:
         joiner: the joiner pieces (``project_enc``, ``project_dec``, ``join_projected``,
@@ -496,6 +758,15 @@ def pruned_rnnt_loss(
         prune_range: window width ``S``; ``S >= U + 1`` gives exactly the full loss of the
             joiner (plus the simple term).
         simple_loss_scale: weight of the simple loss in ``total``.
+        lattice_engine: DP engine for both lattices (see :func:`lattice_loss`).
+        joiner_chunk_elements: memory bound for the joiner, in elements of its largest
+            per-chunk tensor (``chunk * max(Dj, V)``). When the joiner is
+            ``output(act(enc_proj + dec_proj))`` with ``join_hidden``, an ``output``
+            ``nn.Linear`` and ``activation`` ``nn.Tanh``/``nn.ReLU`` (``TransducerHead``), the
+            whole joiner and the log-softmax run fused in chunks of frames and nothing of
+            size ``(B, T, S, Dj)`` or ``(B, T, S, V)`` is stored (backward recomputes each
+            chunk: one extra GEMM). Other joiners run in chunks of frames with activation
+            checkpointing when ``B*T*S*max(Dj, V)`` exceeds it. ``None`` or 0: one pass.
 
     Returns:
         :class:`PrunedLossOutput` with ``total``, ``simple``, ``pruned`` ``(B,)`` and ``ranges``.
@@ -510,7 +781,9 @@ def pruned_rnnt_loss(
     am = joiner.simple_am(enc)  # (B, T, V)
     lm = joiner.simple_lm(dec)  # (B, U1, V)
     V = am.shape[-1]
-    simple, occupancy = _lattice_loss_and_occupancy(simple_lattice(am, lm, targets, blank), enc_lens, target_lens)
+    simple, occupancy = _lattice_loss_and_occupancy(
+        simple_lattice(am, lm, targets, blank), enc_lens, target_lens, lattice_engine
+    )
 
     # 2. Pruning windows.
     ranges = pruning_ranges(occupancy, enc_lens, target_lens, prune_range)  # (B, T)
@@ -519,22 +792,43 @@ def pruned_rnnt_loss(
     # 3. Real joiner on the (B, T, S) window.
     enc_p = joiner.project_enc(enc)  # (B, T, Dj)
     dec_p = joiner.project_dec(dec)  # (B, U1, Dj)
-    Dj = dec_p.shape[-1]
-    dec_win = torch.gather(dec_p[:, None].expand(B, T, U1, Dj), 2, u_idx[..., None].expand(B, T, S, Dj))
-    logits = joiner.join_projected(enc_p[:, :, None, :], dec_win)  # (B, T, S, V)
-    lse = logits.logsumexp(dim=-1)  # (B, T, S)
     next_label = torch.nn.functional.pad(targets.clamp(0, V - 1), (0, 1), value=blank)  # (B, U1)
     y_win = torch.gather(next_label, 1, u_idx.reshape(B, T * S)).reshape(B, T, S)
-    blank_lp = logits[..., blank] - lse
-    emit_lp = logits.gather(3, y_win[..., None]).squeeze(-1) - lse
+    # Row lookup into (B*(U+1), Dj) (its backward is an index_add); a gather on an expanded
+    # (B, T, U+1, Dj) view would allocate that full tensor for its gradient.
+    flat_idx = u_idx + U1 * torch.arange(B, device=enc.device)[:, None, None]
+    dec_rows = dec_p.reshape(B * U1, dec_p.shape[-1])
+    Dj = dec_p.shape[-1]
+    chunk = joiner_chunk_elements or 0
+    activation = _fused_activation(joiner)
+    if activation is not None:
+        # Fused path: joiner hidden layer, output layer and log-softmax in chunks of frames;
+        # neither (B, T, S, Dj) activations nor (B, T, S, V) logits are stored.
+        frames = max(1, chunk // (B * S * max(Dj, V))) if chunk else T
+        output = joiner.output  # type: ignore[attr-defined]
+        blank_lp, emit_lp = _FusedJoinerArcLogProbs.apply(
+            enc_p, dec_rows, output.weight, output.bias, flat_idx, y_win, blank, activation, frames
+        )
+    elif chunk and B * T * S * max(Dj, V) > chunk:
+        # Generic joiner: frames in chunks, each recomputed in backward (activation
+        # checkpointing), so one chunk's logits and activations live at a time.
+        frames = max(1, chunk // (B * S * max(Dj, V)))
+        parts = [
+            checkpoint(_window_arc_logprobs, joiner, e, dec_rows, i, y, blank, use_reentrant=False)
+            for e, i, y in zip(enc_p.split(frames, 1), flat_idx.split(frames, 1), y_win.split(frames, 1))
+        ]
+        blank_lp = torch.cat([p[0] for p in parts], dim=1)
+        emit_lp = torch.cat([p[1] for p in parts], dim=1)
+    else:
+        blank_lp, emit_lp = _window_arc_logprobs(joiner, enc_p, dec_rows, flat_idx, y_win, blank)
     u_len = target_lens.to(enc.device).long()[:, None, None]
-    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    neg_inf = torch.tensor(float("-inf"), dtype=blank_lp.dtype, device=blank_lp.device)
     blank_lp = torch.where(u_idx <= u_len, blank_lp, neg_inf)
     emit_lp = torch.where(u_idx < u_len, emit_lp, neg_inf)
     window = torch.stack([blank_lp, emit_lp], dim=-1)  # (B, T, S, 2)
-    lattice = logits.new_full((B, T, U1, 2), float("-inf"))
+    lattice = blank_lp.new_full((B, T, U1, 2), float("-inf"))
     lattice = lattice.scatter(2, u_idx[..., None].expand(B, T, S, 2), window)
-    pruned = lattice_loss(lattice, enc_lens, target_lens)
+    pruned = lattice_loss(lattice, enc_lens, target_lens, lattice_engine)
     total = simple_loss_scale * simple + pruned
     return PrunedLossOutput(total=total, simple=simple, pruned=pruned, ranges=ranges)
 
