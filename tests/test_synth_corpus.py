@@ -209,3 +209,13 @@ def test_failed_utterance_is_skipped(tmp_path, monkeypatch, capsys):
     assert all("zz-no-such-voice" not in r["speaker"] for recs in manifests.values()
                for r in recs)
     assert "FAILED" in capsys.readouterr().err
+
+
+def test_kind_weights_select_single_digits():
+    voices = g.split_voices(["espeak"])["train"]
+    specs = g.plan_split("train", 30, 0, voices, ["turn on the lights"], ["a sentence here"],
+                         kinds={"digit": 1.0})
+    assert {s.kind for s in specs} == {"digit"}
+    assert all(s.text in g.DIGIT_WORDS for s in specs)
+    with pytest.raises(ValueError, match="unknown text kinds"):
+        g.generate("/nonexistent", counts={"train": 1}, kinds={"poems": 1.0})

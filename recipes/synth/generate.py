@@ -246,6 +246,8 @@ def load_texts(name: str) -> list[str]:
 def make_text(kind: str, rng: np.random.Generator, commands: list[str],
               sentences: list[str]) -> str:
     """Draw one text of the given kind."""
+    if kind == "digit":  # one isolated digit word, e.g. to augment FSDD
+        return DIGIT_WORDS[int(rng.integers(0, 10))]
     if kind == "digits":
         n = int(rng.integers(1, 8))
         return " ".join(DIGIT_WORDS[int(d)] for d in rng.integers(0, 10, size=n))
@@ -297,8 +299,10 @@ def _choice(rng: np.random.Generator, weights: dict[str, float]) -> str:
 
 
 def plan_split(split: str, n: int, seed: int, voices: list[Voice], commands: list[str],
-               sentences: list[str]) -> list[UttSpec]:
-    """Plan ``n`` utterances of one split; utterance ``i`` depends only on (seed, split, i)."""
+               sentences: list[str], kinds: dict[str, float] | None = None) -> list[UttSpec]:
+    """Plan ``n`` utterances of one split; utterance ``i`` depends only on (seed, split, i).
+
+    ``kinds`` weights the text kinds (default :data:`KIND_WEIGHTS`)."""
     by_engine: dict[str, list[Voice]] = {}
     for v in voices:
         by_engine.setdefault(v.engine, []).append(v)
@@ -308,7 +312,7 @@ def plan_split(split: str, n: int, seed: int, voices: list[Voice], commands: lis
         rng = _rng("synth", seed, split, i)
         engine = _choice(rng, engine_weights)
         voice = by_engine[engine][int(rng.integers(len(by_engine[engine])))]
-        kind = _choice(rng, KIND_WEIGHTS)
+        kind = _choice(rng, kinds or KIND_WEIGHTS)
         text = make_text(kind, rng, commands, sentences)
         speed = round(float(rng.uniform(*SPEED_RANGE)), 3)
         pitch = round(float(math.exp(rng.uniform(*np.log(PITCH_RANGE)))), 3)
@@ -685,9 +689,13 @@ def _valid_wav(path: Path) -> float | None:
 # --------------------------------------------------------------------------------------
 
 
-def _config(size: str, counts: dict[str, int], seed: int, engines: list[str]) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "sample_rate": SAMPLE_RATE, "size": size,
-            "counts": counts, "seed": seed, "engines": sorted(engines)}
+def _config(size: str, counts: dict[str, int], seed: int, engines: list[str],
+            kinds: dict[str, float] | None = None) -> dict:
+    config = {"generator_version": GENERATOR_VERSION, "sample_rate": SAMPLE_RATE, "size": size,
+              "counts": counts, "seed": seed, "engines": sorted(engines)}
+    if kinds:
+        config["kinds"] = kinds
+    return config
 
 
 def _manifest_record(spec: UttSpec, wav: Path, duration: float) -> dict:
@@ -717,7 +725,7 @@ def _up_to_date(out: Path, config: dict) -> dict[str, Path] | None:
 
 def generate(out_dir: str | Path, size: str = "default", seed: int = 0, jobs: int = 2,
              counts: dict[str, int] | None = None, engines: list[str] | None = None,
-             progress: bool = True) -> dict[str, Path]:
+             progress: bool = True, kinds: dict[str, float] | None = None) -> dict[str, Path]:
     """Generate (or update) the corpus in ``out_dir``; returns split -> manifest path.
 
     ``counts`` (e.g. ``{"train": 8, "dev": 2, "test": 4}``) overrides the named ``size``.
@@ -734,7 +742,9 @@ def generate(out_dir: str | Path, size: str = "default", seed: int = 0, jobs: in
     if unknown:
         raise ValueError(f"unknown engines {sorted(unknown)}")
     out = Path(out_dir).resolve()
-    config = _config(size, counts, seed, engines)
+    if kinds and set(kinds) - set(KIND_WEIGHTS) - {"digit"}:
+        raise ValueError(f"unknown text kinds {sorted(set(kinds) - set(KIND_WEIGHTS) - {'digit'})}")
+    config = _config(size, counts, seed, engines, kinds)
     done = _up_to_date(out, config)
     if done is not None:
         return done
@@ -743,7 +753,8 @@ def generate(out_dir: str | Path, size: str = "default", seed: int = 0, jobs: in
     t0 = time.time()
     commands, sentences = load_texts("commands"), load_texts("sentences")
     voices = split_voices(engines)
-    specs = {s: plan_split(s, counts[s], seed, voices[s], commands, sentences) for s in SPLITS}
+    specs = {s: plan_split(s, counts[s], seed, voices[s], commands, sentences, kinds)
+             for s in SPLITS}
 
     todo, durations = [], {}
     for split in SPLITS:
