@@ -36,10 +36,27 @@ def _evaluate(args) -> int:
     options = {}
     if args.beam:
         options.update(beam=args.beam)
+    if args.lm_texts:
+        from asr.lm import NgramLM
+        from asr.text import normalize_text
+
+        options.update(lm=NgramLM.train(
+            (tokenizer.encode(normalize_text(t)) for t in _read_texts(args.lm_texts)),
+            args.lm_order, tokenizer.vocab_size), lm_weight=args.lm_weight,
+            length_bonus=args.length_bonus)
     metrics = evaluate_model(model, tokenizer, utts, head=args.head, method=args.search,
                              results_path=args.results, **options)
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
     return 0
+
+
+def _read_texts(path: str):
+    """Transcripts from a manifest (.jsonl) or a plain text file, one sentence a line."""
+    if path.endswith(".jsonl"):
+        from asr.data import read_manifest
+
+        return [u.text for u in read_manifest(path)]
+    return [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
 
 
 def _transcribe(args) -> int:
@@ -81,6 +98,11 @@ def main(argv=None) -> int:
     e.add_argument("--head", help="head to decode with (default: the model's first)")
     e.add_argument("--search", help="search method, e.g. ctc_greedy, ctc_prefix_beam")
     e.add_argument("--beam", type=int)
+    e.add_argument("--lm-texts", help="train an n-gram LM for shallow fusion on these "
+                   "transcripts (.jsonl manifest or text file); needs a beam search")
+    e.add_argument("--lm-order", type=int, default=6)
+    e.add_argument("--lm-weight", type=float, default=0.5)
+    e.add_argument("--length-bonus", type=float, default=1.0)
     e.add_argument("--results", type=Path, help="write per-utterance results (JSON lines)")
     e.add_argument("--limit", type=int, help="evaluate only the first N utterances")
     e.add_argument("--threads", type=int, default=2)
