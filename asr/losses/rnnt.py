@@ -281,21 +281,22 @@ def lattice_dp(lattice: Tensor, logit_lengths: Tensor, target_lengths: Tensor) -
     blank_s = torch.where(node_ok, lat[:, t_cl, u_full, 0], neg)  # skewed: [b, n, u] = lat[b, n-u, u]
     emit_s = torch.where(node_ok & (u[None] < u_len), lat[:, t_cl, u_full, 1], neg)
 
+    # Arcs out of invalid nodes are log(0), so invalid nodes never feed valid ones and the
+    # loops need no masking (values at invalid nodes are junk, masked in the gradient).
+    # Three or four ops per diagonal, written in place.
     alpha = torch.full((B, n_diag, U1), neg, dtype=dtype, device=device)
     alpha[:, 0, 0] = 0.0
     for d in range(1, n_diag):
-        prev = alpha[:, d - 1]
-        cur = prev + blank_s[:, d - 1]  # (t-1, u) -> (t, u)
-        cur[:, 1:] = torch.logaddexp(cur[:, 1:], prev[:, :-1] + emit_s[:, d - 1, :-1])  # (t, u-1) -> (t, u)
-        alpha[:, d] = torch.where(node_ok[:, d], cur, neg)
+        prev, cur = alpha[:, d - 1], alpha[:, d]
+        torch.add(prev, blank_s[:, d - 1], out=cur)  # (t-1, u) -> (t, u)
+        torch.logaddexp(cur[:, 1:], prev[:, :-1] + emit_s[:, d - 1, :-1], out=cur[:, 1:])  # (t, u-1) -> (t, u)
     beta = torch.full((B, n_diag + 1, U1), neg, dtype=dtype, device=device)  # row N: beyond the end
-    final_blank = torch.where(terminal, blank_s, neg)
+    final_blank = torch.where(terminal, blank_s, neg)  # the last blank, out of (T_b - 1, U_b)
     for d in range(n_diag - 1, -1, -1):
-        nxt = beta[:, d + 1]
-        cur = blank_s[:, d] + nxt  # (t, u) -> (t+1, u)
-        cur[:, :-1] = torch.logaddexp(cur[:, :-1], emit_s[:, d, :-1] + nxt[:, 1:])  # (t, u) -> (t, u+1)
-        cur = torch.where(terminal[:, d], final_blank[:, d], cur)
-        beta[:, d] = torch.where(node_ok[:, d], cur, neg)
+        nxt, cur = beta[:, d + 1], beta[:, d]
+        torch.add(blank_s[:, d], nxt, out=cur)  # (t, u) -> (t+1, u)
+        torch.logaddexp(cur[:, :-1], emit_s[:, d, :-1] + nxt[:, 1:], out=cur[:, :-1])  # (t, u) -> (t, u+1)
+        torch.logaddexp(cur, final_blank[:, d], out=cur)
     log_like = beta[:, 0, 0]
     feasible = log_like > neg / 2
     log_like_safe = torch.where(feasible, log_like, torch.zeros_like(log_like))[:, None, None]
@@ -656,6 +657,7 @@ class _FusedJoinerArcLogProbs(torch.autograd.Function):
         enc_p, dec_rows, weight, bias, flat_idx, labels, lse = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
         B, T, S = flat_idx.shape
+        U1 = dec_rows.shape[0] // B
         grad_enc = torch.zeros_like(enc_p)
         grad_dec = torch.zeros_like(dec_rows)
         grad_w = torch.zeros_like(weight)
@@ -670,17 +672,26 @@ class _FusedJoinerArcLogProbs(torch.autograd.Function):
             grad = _linear(h2, weight, bias).sub_(lse[:, sl].reshape(-1, 1)).exp_()  # softmax
             grad.mul_(-(gb + ge)[:, None])
             grad[:, ctx.blank] += gb
-            grad.scatter_add_(1, labels[:, sl].reshape(-1, 1), ge[:, None])  # d loss / d logits
-            grad_w.addmm_(grad.t(), h2)
+            rows, V = grad.shape
+            at_label = torch.arange(rows, device=grad.device) * V + labels[:, sl].reshape(-1)
+            flat = grad.view(-1)
+            flat[at_label] += ge  # one label per row: no duplicate positions
+            grad_w.addmm_(grad.t(), h2)  # grad is now d loss / d logits
             if grad_b is not None:
-                grad_b += grad.sum(dim=0)
+                grad_b.addmv_(grad.t(), torch.ones(rows, dtype=grad.dtype, device=grad.device))
             grad_pre = torch.mm(grad, weight).reshape(pre.shape)  # d loss / d hidden
             if ctx.activation == "tanh":
                 grad_pre.mul_(1.0 - hidden.square_())
             else:
                 grad_pre.mul_(pre > 0)
             grad_enc[:, sl] = grad_pre.sum(dim=2)
-            grad_dec.index_add_(0, idx.reshape(-1), grad_pre.reshape(-1, grad_pre.shape[-1]))
+            # d loss / d dec rows: a batched one-hot matmul; index_add_ on CPU falls back to
+            # an elementwise scatter that was ~10x slower here.
+            Tc = idx.shape[1]
+            local = (idx - U1 * torch.arange(B, device=idx.device)[:, None, None]).reshape(B, 1, Tc * S)
+            onehot = torch.zeros(B, U1, Tc * S, dtype=grad.dtype, device=grad.device)
+            onehot.scatter_(1, local, 1.0)
+            grad_dec.view(B, U1, -1).baddbmm_(onehot, grad_pre.reshape(B, Tc * S, -1))
         return grad_enc, grad_dec, grad_w, grad_b, None, None, None, None, None
 
 
@@ -740,7 +751,7 @@ def pruned_rnnt_loss(
     prune_range: int = 5,
     simple_loss_scale: float = 0.5,
     lattice_engine: str = "auto",
-    joiner_chunk_elements: Optional[int] = 1 << 20,
+    joiner_chunk_elements: Optional[int] = None,
 ) -> PrunedLossOutput:
     """Memory-efficient pruned RNN-T loss (simple loss -> pruning -> pruned joiner loss).
 
@@ -766,7 +777,10 @@ def pruned_rnnt_loss(
             whole joiner and the log-softmax run fused in chunks of frames and nothing of
             size ``(B, T, S, Dj)`` or ``(B, T, S, V)`` is stored (backward recomputes each
             chunk: one extra GEMM). Other joiners run in chunks of frames with activation
-            checkpointing when ``B*T*S*max(Dj, V)`` exceeds it. ``None`` or 0: one pass.
+            checkpointing when ``B*T*S*max(Dj, V)`` exceeds it. ``None`` (default): at most
+            about 8 chunks of at least ``2**20`` elements (fewer, larger chunks cost less
+            per-op overhead; the bound still keeps the joiner far below the full lattice).
+            0: one pass.
 
     Returns:
         :class:`PrunedLossOutput` with ``total``, ``simple``, ``pruned`` ``(B,)`` and ``ranges``.
@@ -799,7 +813,10 @@ def pruned_rnnt_loss(
     flat_idx = u_idx + U1 * torch.arange(B, device=enc.device)[:, None, None]
     dec_rows = dec_p.reshape(B * U1, dec_p.shape[-1])
     Dj = dec_p.shape[-1]
-    chunk = joiner_chunk_elements or 0
+    if joiner_chunk_elements is None:  # auto: at most ~8 chunks, each >= 2**20 elements
+        chunk = max(1 << 20, -(-B * T * S * max(Dj, V) // 8))
+    else:
+        chunk = joiner_chunk_elements
     activation = _fused_activation(joiner)
     if activation is not None:
         # Fused path: joiner hidden layer, output layer and log-softmax in chunks of frames;
