@@ -64,6 +64,7 @@ class KWSTrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     class_balance: bool = True  # draw each class equally often
+    class_weights: Dict[str, float] = field(default_factory=dict)  # e.g. {_unknown_: 1.5}
     synthetic_weight: float = 0.5  # sampling weight of a synthetic clip relative to a real one
     hard_negative_every: int = 0  # epochs between hard-negative mining rounds (0 = off)
     hard_negative_start: int = 3  # first epoch that mines

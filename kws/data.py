@@ -250,9 +250,11 @@ class WindowMaker:
 
 
 def balanced_draws(clips: Sequence[Clip], num: int, num_classes: int, rng: random.Random,
-                   class_balance: bool = True, synthetic_weight: float = 0.5) -> List[int]:
-    """Indices of ``num`` draws: every class equally often (when ``class_balance``), and
-    within a class a synthetic clip weighs ``synthetic_weight`` against a real one."""
+                   class_balance: bool = True, synthetic_weight: float = 0.5,
+                   class_weights: Optional[Dict[int, float]] = None) -> List[int]:
+    """Indices of ``num`` draws: every class equally often (when ``class_balance``; a
+    class in ``class_weights`` is drawn that many times as often), and within a class a
+    synthetic clip weighs ``synthetic_weight`` against a real one."""
     by_class: Dict[int, List[int]] = {}
     for i, c in enumerate(clips):
         by_class.setdefault(c.label, []).append(i)
@@ -262,7 +264,8 @@ def balanced_draws(clips: Sequence[Clip], num: int, num_classes: int, rng: rando
     classes = sorted(by_class)
     out = []
     per_class_w = {k: [weights[i] for i in by_class[k]] for k in classes}
+    cw = [float((class_weights or {}).get(k, 1.0)) for k in classes]
     for _ in range(num):
-        k = rng.choice(classes)
+        k = rng.choices(classes, weights=cw)[0]
         out.append(rng.choices(by_class[k], weights=per_class_w[k], k=1)[0])
     return out

@@ -156,13 +156,18 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
         missing = [cfg.labels[k] for k in range(num_classes) if k not in seen]
         raise ValueError(f"no training clips for class(es) {missing}")
 
+    unknown = sorted(set(tc.class_weights) - set(cfg.labels))
+    if unknown:
+        raise ValueError(f"train.class_weights names unknown classes {unknown}; labels: {cfg.labels}")
+    class_weights = {cfg.labels.index(k): w for k, w in tc.class_weights.items()}
     spotter = Spotter(cfg)
     maker = WindowMaker(cfg.window_samples, cfg.augment, noise, cfg.features.sample_rate)
     specaug = SpecAugment(cfg.augment.specaugment) if cfg.augment.specaugment else None
 
     # normalisation statistics from augmented training windows
     with torch.no_grad():
-        idx = balanced_draws(train_clips, 512, num_classes, rng, tc.class_balance, tc.synthetic_weight)
+        idx = balanced_draws(train_clips, 512, num_classes, rng, tc.class_balance, tc.synthetic_weight,
+                             class_weights)
         feats = spotter.features(torch.stack([maker(train_clips[i], rng) for i in idx]))
         spotter.crnn.set_normalization(feats.mean(dim=(0, 1)), feats.std(dim=(0, 1)))
 
@@ -200,7 +205,7 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
     for epoch in range(1, tc.epochs + 1):
         spotter.train()
         draws = balanced_draws(train_clips, tc.examples_per_epoch, num_classes, rng,
-                               tc.class_balance, tc.synthetic_weight)
+                               tc.class_balance, tc.synthetic_weight, class_weights)
         tot_loss, tot_correct, tot_n = 0.0, 0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{tc.epochs}", leave=False, mininterval=2.0)
         for step in bar:

@@ -88,7 +88,7 @@ def _link_all(entries: List[dict], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for e in entries:
         src = Path(e["audio"]).resolve()
-        dst = folder / src.name
+        dst = folder / f"{src.parent.name}__{src.name}"  # unique: Speech Commands reuses names
         if not dst.exists():
             os.symlink(src, dst)
 
@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> dict:
         spotter = load_checkpoint(ckpt)
         export_onnx(spotter.crnn, spotter.cfg, fp32, frontend=spotter.frontend)
         # operating threshold: the one meeting 0.5 false alarms/hour on the validation split
-        val_negs = [str(d) for d in sorted((out / "val" / "negatives").iterdir())]
+        val_negs = [str(d) for d in sorted((out / "val" / "negatives").iterdir()) if any(d.iterdir())]
         res = evaluate_detection(KWSModel(str(fp32)), [str(out / "val" / "positives")], val_negs)
         thr = max(0.5, min(0.99, res["threshold_at_0.5_fa_per_hour"]))
         spotter.cfg.detector.threshold = round(thr, 4)
