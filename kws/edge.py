@@ -59,6 +59,9 @@ class KWSModel:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # int8 weights (DequantizeLinear on constants, see kws.export.quantize_int8) are
+        # folded to float once at load instead of on every run
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
         try:
             self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from kws.config import load_kws_config
-    from kws.data import NoiseBank, add_pitch_variants, load_clips
+    from kws.data import Clip, NoiseBank, add_pitch_variants, load_clips
     from kws.edge import KWSModel
     from kws.evaluate import evaluate_commands
     from kws.export import export_onnx, quantize_int8
@@ -128,6 +128,14 @@ def run(args: argparse.Namespace) -> dict:
                 c.focus = None
         add_pitch_variants(clips, cfg.augment.pitch_semitones, cfg.features.sample_rate)
         val = load_clips(read_manifest(out / "val.jsonl"), index, cfg.features.sample_rate, desc="val clips")
+        if args.train_on_val:  # final model: the validation speakers join training (test stays out)
+            extra_val = [Clip(c.wave, c.label, c.source, c.path, c.speaker, c.focus) for c in val]
+            for c in extra_val:
+                if cfg.labels[c.label] == "_silence_":
+                    c.focus = None
+            add_pitch_variants(extra_val, cfg.augment.pitch_semitones, cfg.features.sample_rate)
+            clips += extra_val
+            val = []
         noise_files = (out / "noise_files.txt").read_text().split()
         noise = NoiseBank.from_files(noise_files, cfg.features.sample_rate, cfg.augment.colored_noise_prob)
         summary["train"] = train(cfg, clips, val, ckpt, noise)
@@ -145,7 +153,7 @@ def run(args: argparse.Namespace) -> dict:
         res = {}
         for tag, path in (("fp32", fp32), ("int8", int8)):
             m = KWSModel(str(path))
-            for split in ("val", "test"):
+            for split in ("test",) if args.train_on_val else ("val", "test"):
                 rep = evaluate_commands(m, str(out / f"{split}_layout"),
                                         plot=str(ckpt / f"confusion_{tag}_{split}.png"))
                 res[f"{tag}_{split}"] = {k: rep[k] for k in ("accuracy", "per_class_accuracy", "n", "speakers")}
@@ -169,6 +177,8 @@ def main(argv=None) -> int:
     p.add_argument("--tts-per-other", type=int, default=25)
     p.add_argument("--extra-unknown", type=int, default=400, help="FSDD / not-wake-word clips added to _unknown_")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--train-on-val", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the final model on the validation speakers too (default)")
     p.add_argument("-o", "--override", action="append", default=[], help="section.key=value")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,73 @@
+"""The models shipped in data/models: size limits, metadata, int8 vs fp32, and (where the
+shared corpora are present) their held-out results."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kws.edge import KWSModel
+from kws.export import read_metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "data" / "models"
+SHARED = ROOT.parent / "shared" / "corpora"
+NAMES = {"speech_commands_crnn": ["_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right",
+                                  "on", "off", "stop", "go"],
+         "computer_crnn": ["_background_", "computer"]}
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not built (run its recipe)")
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(NAMES))
+def test_shipped_model_limits_and_metadata(name):
+    fp32, int8 = _need(MODELS / f"{name}.onnx"), _need(MODELS / f"{name}_int8.onnx")
+    assert int8.stat().st_size <= 300 * 1024
+    for path in (fp32, int8):
+        meta = read_metadata(path)
+        assert int(meta["num_params"]) <= 250_000
+        assert json.loads(meta["labels"]) == NAMES[name]
+        feats = json.loads(meta["feature_config"])
+        assert feats["n_mels"] == 40 and feats["kind"] in ("logmel", "pcen")
+        cfg = json.loads(meta["config"])  # the resolved training config travels inside
+        assert cfg["model"]["gru_layers"] >= 1 and cfg["labels"] == NAMES[name]
+    rng = np.random.default_rng(0)
+    a, b = KWSModel(str(fp32)), KWSModel(str(int8))
+    x = rng.standard_normal((32, a.window_frames, 40)).astype(np.float32) * 2 - 6
+    pa, pb = a.predict(x), b.predict(x)
+    assert (pa.argmax(1) == pb.argmax(1)).mean() >= 0.9
+    assert np.abs(pa - pb).max() < 0.2
+
+
+def test_speech_commands_model_on_held_out_speakers():
+    """12-class accuracy on the speakers the recipe held out (SHA-1 split, 20% test)."""
+    from kws.evaluate import evaluate_commands
+
+    data = _need(SHARED / "speech_commands")
+    fp32 = KWSModel(str(_need(MODELS / "speech_commands_crnn.onnx")))
+    int8 = KWSModel(str(_need(MODELS / "speech_commands_crnn_int8.onnx")))
+    a = evaluate_commands(fp32, str(data), split="test")
+    b = evaluate_commands(int8, str(data), split="test")
+    assert a["n"] >= 250
+    assert b["accuracy"] >= a["accuracy"] - 0.01  # int8 costs at most 1 point
+    assert a["accuracy"] >= 0.80  # the recipe README reports the exact figure
+
+
+def test_computer_model_fires_on_held_out_recordings():
+    from kws.data import hash_split
+    from kws.edge import read_audio
+
+    pos = _need(SHARED / "mycroft_precise" / "computer" / "en")
+    model = KWSModel(str(_need(MODELS / "computer_crnn_int8.onnx")))
+    held = [p for p in sorted(pos.glob("*.flac")) if hash_split(p.stem, 10.0, 40.0) == "test"]
+    assert held
+    hits = 0
+    for p in held:
+        s = model.stream()
+        dets = s.accept_waveform(read_audio(str(p), 16000)) + s.flush()
+        hits += any(d.label == "computer" for d in dets)
+    assert hits / len(held) >= 0.8
