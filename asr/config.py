@@ -82,6 +82,9 @@ class ExperimentConfig:
     name: str = "exp"
     sample_rate: int = 16000
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    # "global": train-set statistics (streamable); "utterance": also subtract each
+    # utterance's own mean, which removes microphone/channel colouring (few-speaker corpora)
+    cmvn: str = "global"
     specaugment: Optional[SpecAugmentConfig] = field(default_factory=SpecAugmentConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     heads: Dict[str, HeadConfig] = field(default_factory=lambda: {"ctc": HeadConfig()})

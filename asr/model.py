@@ -32,6 +32,13 @@ class GlobalCMVN(nn.Module):
         return (x - self.mean) * self.inv_std
 
 
+def subtract_utterance_mean(feats: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """feats (B, T, D) minus each utterance's mean over its valid frames (lens (B,))."""
+    mask = (torch.arange(feats.shape[1], device=feats.device)[None, :] < lens[:, None]).unsqueeze(-1)
+    mean = (feats * mask).sum(1, keepdim=True) / lens.clamp(min=1)[:, None, None]
+    return (feats - mean) * mask
+
+
 def build_head(name: str, enc_dim: int, vocab_size: int, head_cfg: HeadConfig) -> nn.Module:
     cls = HEADS.get(name)
     if hasattr(cls, "from_options"):
@@ -54,6 +61,8 @@ class ASRModel(nn.Module):
         self.cfg = cfg
         self.features = FeatureExtractor(cfg.features)
         self.cmvn = GlobalCMVN(self.features.dim)
+        if cfg.cmvn not in ("global", "utterance"):
+            raise ValueError(f"cmvn must be 'global' or 'utterance', got {cfg.cmvn!r}")
         self.specaug = SpecAugment(cfg.specaugment) if cfg.specaugment else None
         self.encoder = build_encoder(self.features.dim, cfg.encoder)
         if not cfg.heads:
@@ -67,6 +76,8 @@ class ASRModel(nn.Module):
     def encode(self, waves: torch.Tensor, wave_lens: torch.Tensor):
         """waves: (B, N), wave_lens: (B,) -> (enc (B, T, D), enc_lens (B,))."""
         feats, feat_lens = self.features(waves, wave_lens)
+        if self.cfg.cmvn == "utterance":
+            feats = subtract_utterance_mean(feats, feat_lens)
         feats = self.cmvn(feats)
         if self.specaug is not None and self.training:
             feats = self.specaug(feats, feat_lens)

@@ -123,7 +123,11 @@ def compute_cmvn(model: ASRModel, dataset: UtteranceDataset, max_utts: int = 300
             wave = dataset.load(i)
             if wave is None:
                 continue
-            feats, _ = model.features(wave[None])
+            feats, lens = model.features(wave[None])
+            if model.cfg.cmvn == "utterance":
+                from asr.model import subtract_utterance_mean
+
+                feats = subtract_utterance_mean(feats, lens)
             f = feats[0].double()
             total = f.sum(0) if total is None else total + f.sum(0)
             sq = f.square().sum(0) if sq is None else sq + f.square().sum(0)

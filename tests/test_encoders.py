@@ -68,3 +68,14 @@ def test_reverse_padded_and_bidirectional_ignores_padding():
     out = rnn(batch, torch.tensor([7, 4]))
     torch.testing.assert_close(out[0:1], rnn(a, torch.tensor([7])))
     torch.testing.assert_close(out[1:, :4], rnn(b, torch.tensor([4])))
+
+
+def test_utterance_cmn_removes_channel_gain_and_ignores_padding():
+    from asr.model import subtract_utterance_mean
+
+    feats = torch.randn(2, 10, 4)
+    lens = torch.tensor([10, 6])
+    out = subtract_utterance_mean(feats + 5.0, lens)  # a constant log-gain offset
+    torch.testing.assert_close(out, subtract_utterance_mean(feats, lens))
+    assert out[0].mean(0).abs().max() < 1e-5 and out[1, :6].mean(0).abs().max() < 1e-5
+    assert torch.all(out[1, 6:] == 0)
