@@ -121,8 +121,9 @@ def plot_history(history: List[dict], path: str | Path, title: str = "") -> None
     ax[0].plot(ep, [h["train_loss"] for h in history], label="train loss")
     ax[0].set_xlabel("epoch"); ax[0].set_ylabel("loss"); ax[0].legend(); ax[0].grid(alpha=0.3)
     ax[1].plot(ep, [h["train_accuracy"] for h in history], label="train (augmented)")
-    ax[1].plot(ep, [h["val_accuracy"] for h in history], label="val")
-    ax[1].plot(ep, [h["val_balanced_accuracy"] for h in history], label="val balanced")
+    if all(h.get("val_accuracy") is not None for h in history):
+        ax[1].plot(ep, [h["val_accuracy"] for h in history], label="val")
+        ax[1].plot(ep, [h["val_balanced_accuracy"] for h in history], label="val balanced")
     ax[1].set_xlabel("epoch"); ax[1].set_ylabel("accuracy"); ax[1].legend(); ax[1].grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -199,7 +200,7 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
     background = cfg.labels.index("_background_") if "_background_" in cfg.labels else None
     hard_pool: List[torch.Tensor] = []
     history: List[dict] = []
-    best = {"val_balanced_accuracy": -1.0}
+    best = {"score": -1.0}
     log.info("CRNN with %d parameters, %d training clips", count_parameters(spotter.crnn), len(train_clips))
     stopped_early = False
     for epoch in range(1, tc.epochs + 1):
@@ -250,8 +251,8 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
             probs = predict_windows(spotter, val_waves)
             m = balanced_accuracy(probs, val_labels, num_classes)
             row.update({"val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"]})
-        else:
-            row.update({"val_accuracy": row["train_accuracy"], "val_balanced_accuracy": row["train_accuracy"]})
+        else:  # no validation set (final models): keep the best augmented training accuracy
+            row.update({"val_accuracy": None, "val_balanced_accuracy": None})
         if (background is not None and tc.hard_negative_every and negative_streams
                 and epoch >= tc.hard_negative_start
                 and (epoch - tc.hard_negative_start) % tc.hard_negative_every == 0):
@@ -266,8 +267,9 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
                                                     for k, v in row.items()}))
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
               flush=True)
-        if row["val_balanced_accuracy"] >= best["val_balanced_accuracy"]:
-            best = dict(row)
+        score = row["val_balanced_accuracy"] if row["val_balanced_accuracy"] is not None else row["train_accuracy"]
+        if score >= best["score"]:
+            best = dict(row, score=score)
             save_checkpoint(spotter, out_dir, extra={"epoch": epoch, "val": row})
         with open(out_dir / "history.json", "w") as f:
             json.dump(history, f, indent=1)
