@@ -40,7 +40,7 @@ def _evaluate(args) -> int:
         from asr.lm import NgramLM
         from asr.text import normalize_text
 
-        options.update(lm=NgramLM.train(
+        options.update(lm_score=NgramLM.train(
             (tokenizer.encode(normalize_text(t)) for t in _read_texts(args.lm_texts)),
             args.lm_order, tokenizer.vocab_size), lm_weight=args.lm_weight,
             length_bonus=args.length_bonus)

@@ -6,7 +6,8 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
-import asr.heads.ctc  # noqa: F401  (registers the CTC head)
+import asr.heads.ctc  # noqa: F401  (registers the heads)
+import asr.heads.transducer  # noqa: F401
 from asr.augment import SpecAugment
 from asr.config import ExperimentConfig, HeadConfig, from_dict
 from asr.encoders import build_encoder

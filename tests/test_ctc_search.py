@@ -61,7 +61,7 @@ def test_respects_lengths_and_lm_fusion():
     assert all(t < 3 for t in short[1].best.times)
     # an LM that forbids token 1 changes the beam result away from it
     fused = ctc_prefix_beam(lp[1:], torch.tensor([6]), beam=8,
-                            lm=lambda prefix, tok: -100.0 if tok == 1 else 0.0, lm_weight=1.0)
+                            lm_score=lambda prefix, tok: -100.0 if tok == 1 else 0.0, lm_weight=1.0)
     assert 1 not in fused[0].best.tokens
 
 

@@ -31,5 +31,5 @@ def test_fusion_fixes_an_acoustically_ambiguous_letter():
     lp[0, 2, k], lp[0, 2, t] = math.log(0.6), math.log(0.4)  # acoustics slightly prefer "cak"
     lens = torch.tensor([3])
     assert tok.decode(ctc_prefix_beam(lp, lens, beam=4)[0].best.tokens) == "cak"
-    fused = ctc_prefix_beam(lp, lens, beam=4, lm=lm, lm_weight=0.5)[0].best
+    fused = ctc_prefix_beam(lp, lens, beam=4, lm_score=lm, lm_weight=0.5)[0].best
     assert tok.decode(fused.tokens) == "cat"

@@ -56,7 +56,7 @@ def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0,
 @SEARCHES.register("ctc_prefix_beam")
 def ctc_prefix_beam(log_probs: torch.Tensor, lengths: torch.Tensor, beam: int = 8,
                     nbest: int = 1, blank: int = 0, token_prune: Optional[int] = None,
-                    lm: Optional[LMScore] = None, lm_weight: float = 0.0,
+                    lm_score: Optional[LMScore] = None, lm_weight: float = 0.0,
                     length_bonus: float = 0.0, **_: object) -> List[SearchResult]:
     """CTC prefix beam search (Hannun et al. 2014), in log space.
 
@@ -69,13 +69,13 @@ def ctc_prefix_beam(log_probs: torch.Tensor, lengths: torch.Tensor, beam: int = 
         beam: prefixes kept after each frame.
         nbest: hypotheses returned per utterance (<= beam).
         token_prune: consider only the top-k tokens per frame (None: all).
-        lm: optional scorer ``lm(prefix, token) -> log-prob`` for shallow fusion.
+        lm_score: optional scorer ``lm_score(prefix, token) -> log-prob`` for shallow fusion.
     """
     lp_all = log_probs.detach().cpu().double()
     results = []
     for b in range(lp_all.shape[0]):
         results.append(_prefix_beam_one(lp_all[b, : int(lengths[b])], beam, nbest, blank,
-                                        token_prune, lm, lm_weight, length_bonus))
+                                        token_prune, lm_score, lm_weight, length_bonus))
     return results
 
 

@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     lm = NgramLM.train((tokenizer.encode(normalize_text(u.text))
                         for u in read_manifest(manifests["train"])), 8, tokenizer.vocab_size)
     fused = evaluate_model(model, tokenizer, test, method="ctc_prefix_beam", beam=8,
-                           token_prune=8, lm=lm, lm_weight=0.8, length_bonus=1.5,
+                           token_prune=8, lm_score=lm, lm_weight=0.8, length_bonus=1.5,
                            results_path=a.out / "test_results_lm.jsonl")
     summary = {
         "corpus": "synth", "split": "test (held-out voices)",
