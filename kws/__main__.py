@@ -80,7 +80,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.corpus != "speech_commands":
         raise SystemExit(f"unknown corpus {args.corpus!r} (supported: speech_commands)")
     model = KWSModel(args.model, num_threads=args.threads)
-    rep = evaluate_commands(model, args.data, split=args.split, plot=args.plot)
+    rep = evaluate_commands(model, args.data, split=args.split, plot=args.plot, shifts_ms=args.shifts_ms)
+    rep["shifts_ms"] = args.shifts_ms
     if not args.confusion:
         rep.pop("confusion", None)
     rep["model"] = args.model
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
                    help="keep only the speakers hashed into this split")
     v.add_argument("--plot", default="", help="confusion matrix PNG")
+    v.add_argument("--shifts-ms", type=float, nargs="+", default=[0.0],
+                   help="average posteriors over these clip shifts (test-time option; default one window)")
     v.add_argument("--confusion", action="store_true", help="include the confusion matrix")
     v.add_argument("--threads", type=int, default=1)
     v.set_defaults(func=cmd_evaluate)

@@ -33,6 +33,7 @@ class CRNNConfig:
     conv_kernel: List[int] = field(default_factory=lambda: [20, 5])  # (time, freq) = (LT, LF)
     conv_stride: List[int] = field(default_factory=lambda: [8, 2])  # (ST, SF)
     conv_batchnorm: bool = True
+    cmn: bool = False  # subtract each window's mean over time per mel channel (channel robustness)
     gru_layers: int = 2
     gru_size: int = 64
     bidirectional: bool = True

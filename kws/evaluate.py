@@ -25,9 +25,12 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_commands(model: KWSModel, data_dir: str, split: str = "all", val_percent: float = 10.0,
-                      test_percent: float = 20.0, plot: Optional[str] = None) -> Dict:
+                      test_percent: float = 20.0, plot: Optional[str] = None,
+                      shifts_ms: Sequence[float] = (0.0,)) -> Dict:
     """Accuracy of ``model`` on ``<class>/<file>`` clips. ``split`` keeps only the speakers
-    that :func:`kws.data.hash_split` puts in that split ('all' keeps every clip)."""
+    that :func:`kws.layout.hash_split` puts in that split ('all' keeps every clip).
+    ``shifts_ms`` other than (0,) averages the posteriors of the clip shifted by each amount
+    (zero-padded), a test-time option; the default is one centered window."""
     items = scan_speech_commands(data_dir, model.labels)
     if split != "all":
         items = [it for it in items if hash_split(it[2], val_percent, test_percent) == split]
@@ -42,9 +45,13 @@ def evaluate_commands(model: KWSModel, data_dir: str, split: str = "all", val_pe
             log.warning("skipping %s", exc)
             skipped.append(str(path))
             continue
-        feats.append(model.features(model.fit_window(wave)))
+        for ms in shifts_ms:
+            k = int(round(ms * model.sample_rate / 1000))
+            shifted = np.concatenate([np.zeros(k, np.float32), wave]) if k > 0 else wave[-k:]
+            feats.append(model.features(model.fit_window(shifted)))
         labels.append(index[label])
     probs = model.predict(np.stack(feats))
+    probs = probs.reshape(len(labels), len(shifts_ms), -1).mean(axis=1)
     rep = classification_report(probs, np.array(labels), model.labels)
     rep["speakers"] = len({it[2] for it in items})
     rep["skipped"] = skipped

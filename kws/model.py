@@ -55,6 +55,8 @@ class CRNN(nn.Module):
 
     def conv_features(self, feats: torch.Tensor) -> torch.Tensor:
         """feats (B, T, F) -> recurrent input (B, T', C * F')."""
+        if self.cfg.cmn:
+            feats = feats - feats.mean(dim=1, keepdim=True)
         x = (feats - self.feat_mean) / self.feat_std
         lt = self.cfg.conv_kernel[0]
         if x.shape[1] < lt:

@@ -170,6 +170,8 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
         idx = balanced_draws(train_clips, 512, num_classes, rng, tc.class_balance, tc.synthetic_weight,
                              class_weights)
         feats = spotter.features(torch.stack([maker(train_clips[i], rng) for i in idx]))
+        if cfg.model.cmn:
+            feats = feats - feats.mean(dim=1, keepdim=True)
         spotter.crnn.set_normalization(feats.mean(dim=(0, 1)), feats.std(dim=(0, 1)))
 
     val_waves = torch.stack([maker(c, rng, augment=False) for c in val_clips]) if val_clips else None

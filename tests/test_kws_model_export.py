@@ -44,10 +44,11 @@ def _random_model(cfg: KWSConfig, seed=0) -> CRNN:
     return m.eval()
 
 
-@pytest.mark.parametrize("bidirectional,pool,bn", [(True, "last", True), (False, "mean", False)])
-def test_onnx_fp32_matches_torch(tmp_path, bidirectional, pool, bn):
+@pytest.mark.parametrize("bidirectional,pool,bn,cmn", [(True, "last", True, False), (False, "mean", False, True)])
+def test_onnx_fp32_matches_torch(tmp_path, bidirectional, pool, bn, cmn):
     cfg = KWSConfig(labels=["_silence_", "_unknown_", "a", "b", "c"],
-                    model=CRNNConfig(gru_size=24, bidirectional=bidirectional, pool=pool, conv_batchnorm=bn))
+                    model=CRNNConfig(gru_size=24, bidirectional=bidirectional, pool=pool, conv_batchnorm=bn,
+                                     cmn=cmn, conv_kernel=[10, 5], conv_stride=[3, 2]))
     m = _random_model(cfg)
     path = export_onnx(m, cfg, tmp_path / "m.onnx")
     edge = KWSModel(str(path))
