@@ -206,8 +206,9 @@ def run(args: argparse.Namespace) -> dict:
     cfg.data.options = {"tts_positives": args.tts_positives, "tts_near_miss_per_word": args.tts_near_miss,
                         "tts_sentences": args.tts_sentences}
     summary: dict = {}
-    if (out / "results.json").exists():
-        summary = json.loads((out / "results.json").read_text())
+    ckpt = out / args.checkpoint
+    if (ckpt / "results.json").exists():
+        summary = json.loads((ckpt / "results.json").read_text())
     if "prepare" in args.stages:
         summary["prepare"] = prepare(args.keyword, shared, out, args.positives)
         print(json.dumps({"prepare": summary["prepare"]}), flush=True)
@@ -215,7 +216,6 @@ def run(args: argparse.Namespace) -> dict:
         summary["synth"] = synthesize(args.keyword, shared, out, args.tts_positives, args.tts_near_miss,
                                       args.tts_sentences, args.near_miss, args.jobs)
         print(json.dumps({"synth": summary["synth"]}), flush=True)
-    ckpt = out / "checkpoint"
     if "train" in args.stages:
         torch.set_num_threads(cfg.train.num_threads)
         index = {n: i for i, n in enumerate(cfg.labels)}
@@ -274,12 +274,13 @@ def run(args: argparse.Namespace) -> dict:
                 res[f"{tag}_{cond}"] = r
                 print(json.dumps({f"{tag}_{cond}": {k: r[k] for k in (
                     "frr_at_0.5_fa_per_hour", "frr_at_1_fa_per_hour", "negative_hours", "positives")}}), flush=True)
-        plot_det(curves, str(out / "det.png"), title=f"'{args.keyword}' held-out: "
+        plot_det(curves, str(ckpt / "det.png"), title=f"'{args.keyword}' held-out: "
                  f"{res['fp32_clean']['negative_hours']:.2f} h negatives, {res['fp32_clean']['positives']} positives")
         summary["evaluate"] = res
         summary["evaluate_commands"] = {
             "negatives": negs, "positives": str(held / "positives"), "noise": noise}
-    with open(out / "results.json", "w") as f:
+    ckpt.mkdir(parents=True, exist_ok=True)
+    with open(ckpt / "results.json", "w") as f:
         json.dump(summary, f, indent=1, default=str)
     return summary
 
@@ -291,6 +292,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="")
     p.add_argument("--models", default="data/models")
     p.add_argument("--name", default="", help="model file stem (default <keyword>_crnn)")
+    p.add_argument("--checkpoint", default="checkpoint", help="checkpoint folder name inside --out")
     p.add_argument("--config", default=str(HERE / "conf" / "crnn.yaml"))
     p.add_argument("--positives", nargs="*", default=[], help="extra folders of real keyword recordings")
     p.add_argument("--near-miss", nargs="*", default=[], help="extra confusable words or phrases")
