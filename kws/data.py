@@ -224,6 +224,8 @@ class WindowMaker:
         return out
 
     def __call__(self, clip: Clip, rng: random.Random, augment: bool = True) -> torch.Tensor:
+        """clip.wave (N,) -> window (window_samples,): pitch variant, speed, placement,
+        gain and noise when ``augment``; the evaluation placement alone otherwise."""
         c = self.cfg
         wave, focus = clip.wave, clip.focus
         if augment and clip.variants and rng.random() < 0.5:

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import torch
 from tqdm import tqdm
 
 from asr.audio import AudioError, load_audio, save_audio

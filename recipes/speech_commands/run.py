@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import List
 
-from kws.data import (SPEECH_COMMANDS_LABELS, SPEECH_COMMANDS_WORDS, hash_split, list_audio,
+from kws.data import (SPEECH_COMMANDS_WORDS, hash_split, list_audio,
                       manifest_entry, read_manifest, scan_speech_commands, write_manifest)
 
 log = logging.getLogger("recipes.speech_commands")
