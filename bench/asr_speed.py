@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--model", help="trained checkpoint for the decoding part (else untrained)")
     p.add_argument("--manifest", help="audio to decode with --model")
     p.add_argument("--batches", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--beam", type=int, default=8)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
