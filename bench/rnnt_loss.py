@@ -119,7 +119,7 @@ def machine() -> str:
     return platform.processor() or platform.machine()
 
 
-def markdown(results: List[Dict], args, command: str) -> str:
+def markdown(results: List[Dict], args, command: str, load: str = "") -> str:
     import torch
     import torchaudio
 
@@ -133,6 +133,8 @@ def markdown(results: List[Dict], args, command: str) -> str:
         f"- Machine: {machine()}, {args.threads} threads (`torch.set_num_threads({args.threads})`)",
         f"- torch {torch.__version__}, torchaudio {torchaudio.__version__}, Python {platform.python_version()}",
         f"- Command: `{command}`",
+        f"- Load average (1/5/15 min) at start and end: {load} (the machine is shared with other jobs; "
+        "both methods ran under the same conditions, cases interleaved).",
         f"- Joiner: enc/dec dim {args.dim} -> joiner {args.dim} -> tanh -> V (same weights for both); "
         f"pruned loss with prune_range S={args.prune_range}, simple_loss_scale=0.5. "
         "Timed: joiner + loss, forward and backward (prediction network excluded, fp32).",
@@ -178,13 +180,15 @@ def main(argv=None) -> None:
     if args.quick:
         args.batch, args.frames, args.labels = [8], [200], [20]
     command = "python bench/rnnt_loss.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    load_start = "/".join(f"{x:.1f}" for x in os.getloadavg())
     results = []
     for B, T, U, V in itertools.product(args.batch, args.frames, args.labels, args.vocab):
         for method in args.methods:  # sequential: one case in memory at a time
             r = run_case(method, B, T, U, V, args)
             results.append(r)
             print(json.dumps(r), flush=True)
-    text = markdown(results, args, command.strip())
+    load = f"{load_start} -> " + "/".join(f"{x:.1f}" for x in os.getloadavg())
+    text = markdown(results, args, command.strip(), load)
     print(text)
     if args.json:
         with open(args.json, "w") as f:

@@ -31,6 +31,9 @@ Backend that takes the joiner pieces (see :class:`TransducerJoiner`):
     the node occupancy we choose, for every frame, a window of ``S`` label positions.
     The real joiner is then evaluated only on the ``(B,T,S,V)`` window and the RNN-T loss
     is computed on that pruned lattice. ``total = simple_loss_scale * simple + pruned``.
+    For a ``TransducerHead`` joiner the window joiner and its log-softmax run fused in
+    chunks of frames (nothing of size ``(B,T,S,Dj)`` or ``(B,T,S,V)`` is stored; backward
+    recomputes each chunk). ``docs/benchmarks_rnnt.md`` compares it with torchaudio.
 
 Lattice engine
 --------------
@@ -41,7 +44,7 @@ against each other in ``tests/test_rnnt_loss.py``:
 
 - ``"dp"``: :func:`lattice_dp`, our forward-backward over the anti-diagonals
   ``t + u = n``, vectorised over ``B`` and ``U``, returning loss and arc occupancies in
-  one pass without an autograd graph. Any float dtype. About ``14 (T + U)`` small tensor
+  one pass without an autograd graph. Any float dtype. About ``7 (T + U)`` small tensor
   ops, so its cost is mostly per-op overhead on small lattices.
 - ``"torchaudio"``: torchaudio's C++ kernel via ``rnnt_loss(lattice, targets=all ones,
   blank=0, fused_log_softmax=False)``, which treats the last axis as a 2-symbol vocabulary
