@@ -15,7 +15,7 @@ Time is the median of ``--reps`` timed repetitions after one warm-up repetition.
 
     python bench/rnnt_loss.py                 # full grid (a few minutes), prints a table
     python bench/rnnt_loss.py --quick         # B=8, T=200, U=20, V in {32, 500}
-    python bench/rnnt_loss.py --markdown docs/benchmarks_rnnt.md
+    python bench/rnnt_loss.py --markdown /tmp/rnnt.md   (then paste into docs/benchmarks.md)
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ Backend that takes the joiner pieces (see :class:`TransducerJoiner`):
     is computed on that pruned lattice. ``total = simple_loss_scale * simple + pruned``.
     For a ``TransducerHead`` joiner the window joiner and its log-softmax run fused in
     chunks of frames (nothing of size ``(B,T,S,Dj)`` or ``(B,T,S,V)`` is stored; backward
-    recomputes each chunk). ``docs/benchmarks_rnnt.md`` compares it with torchaudio.
+    recomputes each chunk). ``docs/benchmarks.md`` compares it with torchaudio.
 
 Lattice engine
 --------------
