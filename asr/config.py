@@ -143,20 +143,25 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> ExperimentConfig:
-    """Read a YAML experiment config; ``overrides`` are ``section.key=value`` strings."""
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+def apply_overrides(data: Dict[str, Any], overrides: Optional[List[str]]) -> Dict[str, Any]:
+    """Set ``section.key=value`` strings (values parsed as YAML) in nested config data."""
     for item in overrides or []:
-        key, _, raw = item.partition("=")
-        if not _:
+        key, sep, raw = item.partition("=")
+        if not sep:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = yaml.safe_load(raw)
-    return from_dict(ExperimentConfig, data, where=str(path))
+    return data
+
+
+def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> ExperimentConfig:
+    """Read a YAML experiment config; ``overrides`` are ``section.key=value`` strings."""
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    return from_dict(ExperimentConfig, apply_overrides(data, overrides), where=str(path))
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from asr.augment import SpecAugmentConfig
-from asr.config import ConfigError, from_dict, to_dict
+from asr.config import ConfigError, apply_overrides, from_dict, to_dict
 from asr.features import FeatureConfig
 
 __all__ = [
@@ -121,19 +121,6 @@ class KWSConfig:
         return int(round(self.window_s * self.features.sample_rate))
 
 
-def _apply_overrides(data: Dict[str, Any], overrides: Optional[List[str]]) -> Dict[str, Any]:
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-    return data
-
-
 def kws_config_from_dict(data: Dict[str, Any], where: str = "kws config") -> KWSConfig:
     cfg = from_dict(KWSConfig, data, where=where)
     _check(cfg, where)
@@ -157,7 +144,7 @@ def load_kws_config(path: str | Path, overrides: Optional[List[str]] = None) -> 
     """Read a YAML KWS config; ``overrides`` are ``section.key=value`` strings."""
     with open(path) as f:
         data = yaml.safe_load(f) or {}
-    return kws_config_from_dict(_apply_overrides(data, overrides), where=str(path))
+    return kws_config_from_dict(apply_overrides(data, overrides), where=str(path))
 
 
 def save_kws_config(cfg: KWSConfig, path: str | Path) -> None:
