@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable
 
 from asr.data import Utterance, write_manifest
 
@@ -24,6 +24,16 @@ def download(url: str, dest: Path) -> Path:
             f"elsewhere, put it at {dest}, and run prepare on the unpacked folder.") from None
     tmp.replace(dest)
     return dest
+
+
+def download_and_unpack(url: str, dest: Path, archive_name: str) -> Path:
+    """Fetch a tar archive into ``dest`` (kept for re-runs) and unpack it there."""
+    import tarfile
+
+    archive = download(url, Path(dest) / archive_name)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    return Path(dest)
 
 
 def speaker_split(speaker: str, test_fraction: float, salt: str = "") -> bool:

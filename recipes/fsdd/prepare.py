@@ -9,24 +9,18 @@ each training speaker (index 45-49); test holds every recording of the held-out 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import tarfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from asr.corpora import prepare_fsdd
-from recipes.common import download as _download, write_splits
+from recipes.common import download_and_unpack, write_splits
 
 URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
 
 
 def download(dest: str | Path) -> Path:
     """Download and unpack FSDD into ``dest``; returns the dataset folder."""
-    dest = Path(dest)
-    archive = _download(URL, dest / "fsdd.tar.gz")
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    return next(dest.glob("free-spoken-digit-dataset-*"))
+    return next(download_and_unpack(URL, Path(dest), "fsdd.tar.gz").glob("free-spoken-digit-dataset-*"))
 
 
 def prepare(corpus_dir: str | Path, out_dir: str | Path,

@@ -6,12 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import tarfile
 from pathlib import Path
 from typing import Dict, List
 
 from asr.corpora import prepare_librispeech
-from recipes.common import download as _download, write_splits
+from recipes.common import download_and_unpack, write_splits
 
 URL = "https://www.openslr.org/resources/12/{subset}.tar.gz"
 SUBSETS = ["dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100",
@@ -26,9 +25,7 @@ def download(dest: str | Path, subsets: List[str]) -> Path:
             raise ValueError(f"unknown LibriSpeech subset {subset!r}; known: {SUBSETS}")
         if (dest / "LibriSpeech" / subset).is_dir():
             continue
-        archive = _download(URL.format(subset=subset), dest / f"{subset}.tar.gz")
-        with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="data")
+        download_and_unpack(URL.format(subset=subset), dest, f"{subset}.tar.gz")
     return dest / "LibriSpeech"
 
 

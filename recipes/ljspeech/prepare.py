@@ -8,22 +8,17 @@ utterance whose number falls in the last ``test_fraction`` of each chapter's ran
 from __future__ import annotations
 
 import argparse
-import tarfile
 from pathlib import Path
 from typing import Dict
 
 from asr.corpora import prepare_ljspeech
-from recipes.common import download as _download, write_splits
+from recipes.common import download_and_unpack, write_splits
 
 URL = "https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2"
 
 
 def download(dest: str | Path) -> Path:
-    dest = Path(dest)
-    archive = _download(URL, dest / "LJSpeech-1.1.tar.bz2")
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    return dest / "LJSpeech-1.1"
+    return download_and_unpack(URL, Path(dest), "LJSpeech-1.1.tar.bz2") / "LJSpeech-1.1"
 
 
 def prepare(corpus_dir: str | Path, out_dir: str | Path, test_fraction: float = 0.2,
