@@ -9,7 +9,7 @@ import torch.nn as nn
 import asr.heads.ctc  # noqa: F401  (registers the heads)
 import asr.heads.transducer  # noqa: F401
 from asr.augment import SpecAugment
-from asr.config import ExperimentConfig, HeadConfig, from_dict
+from asr.config import ExperimentConfig, HeadConfig
 from asr.encoders import build_encoder
 from asr.features import FeatureExtractor
 from asr.registry import HEADS
