@@ -139,15 +139,21 @@ def evaluate_detection(model: KWSModel, positives: Sequence[str], negatives: Seq
     if not pos_files:
         raise ValueError(f"no positive audio under {list(positives)}")
     pos_max, skipped = [], []
-    for path in tqdm(pos_files, desc="positives", leave=False, mininterval=2.0):
+
+    def load(path):
+        """The clip at the model's rate with noise mixed in, or None (reported, skipped)."""
         try:
             wave = read_audio(str(path), model.sample_rate)
         except EdgeError as exc:
             log.warning("skipping %s", exc)
             skipped.append(str(path))
+            return None
+        return noise.mix(wave, snr_db, model.sample_rate) if noise is not None else wave
+
+    for path in tqdm(pos_files, desc="positives", leave=False, mininterval=2.0):
+        wave = load(path)
+        if wave is None:
             continue
-        if noise is not None:
-            wave = noise.mix(wave, snr_db, model.sample_rate)
         s = model.stream(record=True)
         s.accept_waveform(wave)
         s.flush()
@@ -161,14 +167,9 @@ def evaluate_detection(model: KWSModel, positives: Sequence[str], negatives: Seq
             raise ValueError(f"{d}: no negative audio")
         s = model.stream(record=True)
         for path in tqdm(files, desc=f"negatives {Path(d).name}", leave=False, mininterval=2.0):
-            try:
-                wave = read_audio(str(path), model.sample_rate)
-            except EdgeError as exc:
-                log.warning("skipping %s", exc)
-                skipped.append(str(path))
+            wave = load(path)
+            if wave is None:
                 continue
-            if noise is not None:
-                wave = noise.mix(wave, snr_db, model.sample_rate)
             s.accept_waveform(wave)
             neg_seconds += wave.size / model.sample_rate
             neg_files += 1
