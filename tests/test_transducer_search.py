@@ -9,7 +9,8 @@ import torch
 from asr.heads.transducer import TransducerConfig, TransducerHead
 from asr.losses.rnnt import rnnt_loss
 from asr.registry import SEARCHES
-from asr.search.transducer import NGramLM, transducer_beam, transducer_greedy
+from asr.lm import NgramLM
+from asr.search.transducer import transducer_beam, transducer_greedy
 
 
 def _head(pred_type="lstm", V=4, sharpen=1.0, seed=0, blank_bias=0.0):
@@ -87,8 +88,7 @@ def test_small_beam_is_sorted_and_bounded_by_exhaustive():
 
 def test_beam_with_lm_fusion_matches_exhaustive():
     head = _head("lstm")
-    lm = NGramLM(order=2, vocab_size=4)
-    lm.fit([[1, 1, 2], [1, 2], [2, 1, 1]])
+    lm = NgramLM.train([[1, 1, 2], [1, 2], [2, 1, 1]], order=2, vocab_size=4)
     T, max_len = 4, 3
     enc = _enc(1, T, seed=3)
     lens = torch.tensor([T])

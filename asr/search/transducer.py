@@ -10,13 +10,13 @@ Shape letters: ``B`` batch, ``T`` frames, ``N`` hypotheses, ``V`` vocabulary inc
 
 Shallow fusion: ``lm_score(prev_tokens: tuple[int, ...], token: int) -> float`` returns
 ``log P_lm(token | prev_tokens)``; the beam search adds ``lm_weight * lm_score(...)`` (plus
-``length_bonus``) for every emitted label. See :class:`NGramLM` for a small implementation.
+``length_bonus``) for every emitted label. See :class:`asr.lm.NgramLM`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ from asr.search.types import Hypothesis, SearchResult
 
 LMScore = Callable[[Tuple[int, ...], int], float]
 
-__all__ = ["TransducerModel", "LMScore", "NGramLM", "transducer_greedy", "transducer_beam"]
+__all__ = ["TransducerModel", "LMScore", "transducer_greedy", "transducer_beam"]
 
 
 class TransducerModel(Protocol):
@@ -294,35 +294,3 @@ def _alsd_one(
                     _Hyp(tokens, c.score, c.best, p.times + (p.t,), p.t, dec_p[i], _select(new_state, torch.tensor([i])))
                 )
     return sorted(final.values(), key=lambda h: h.score, reverse=True)
-
-
-class NGramLM:
-    """A tiny add-k smoothed n-gram LM over token ids, implementing the ``lm_score`` interface.
-
-    >>> lm = NGramLM(order=2, vocab_size=4, blank=0)
-    >>> lm.fit([[1, 2, 3], [1, 2]])
-    >>> lm((1,), 2) > lm((1,), 3)
-    True
-    """
-
-    def __init__(self, order: int, vocab_size: int, blank: int = 0, add_k: float = 0.1) -> None:
-        self.order = order
-        self.vocab_size = vocab_size
-        self.blank = blank
-        self.add_k = add_k
-        self.counts: Dict[Tuple[int, ...], Dict[int, int]] = {}
-
-    def fit(self, sequences: Sequence[Sequence[int]]) -> None:
-        for seq in sequences:
-            seq = list(seq)
-            for i, tok in enumerate(seq):
-                ctx = tuple(seq[max(0, i - self.order + 1) : i])
-                self.counts.setdefault(ctx, {}).setdefault(tok, 0)
-                self.counts[ctx][tok] += 1
-
-    def __call__(self, prev_tokens: Tuple[int, ...], token: int) -> float:
-        ctx = tuple(prev_tokens[max(0, len(prev_tokens) - self.order + 1) :]) if self.order > 1 else ()
-        row = self.counts.get(ctx, {})
-        n_labels = self.vocab_size - 1
-        total = sum(row.values()) + self.add_k * n_labels
-        return math.log((row.get(token, 0) + self.add_k) / total)
