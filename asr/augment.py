@@ -45,6 +45,13 @@ def speed_perturb(wave: torch.Tensor, factor: float, sample_rate: int = 16000) -
     return resample(wave, int(round(sample_rate * factor)), sample_rate)
 
 
+def band_limit(wave: torch.Tensor, sample_rate: int, rate: Optional[int]) -> torch.Tensor:
+    """Down- and up-sample through ``rate`` to mimic narrow-band audio. (N,) -> (N,)."""
+    if not rate or rate >= sample_rate:
+        return wave
+    return resample(resample(wave, sample_rate, rate), rate, sample_rate)[: wave.numel()]
+
+
 @dataclass
 class SpecAugmentConfig:
     freq_masks: int = 2

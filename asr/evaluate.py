@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from asr.augment import band_limit
 from asr.data import DurationBatchSampler, Utterance, UtteranceDataset, collate, validate
 from asr.text import Tokenizer, normalize_text
 
@@ -37,8 +38,6 @@ def evaluate_model(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[
     over audio duration, audio reading excluded), ``skipped``, and ``accuracy`` when every
     reference is a single word. Per-utterance rows go to ``results_path`` (JSON lines).
     """
-    from asr.train import band_limit
-
     sample_rate = model.cfg.sample_rate
     kept, rejected = validate(utts, normalize_text, tokenizer.encode, on_error=on_error)
     ds = UtteranceDataset(kept, tokenizer.encode, sample_rate, on_error,

@@ -16,8 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr.augment import add_noise, colored_noise, speed_perturb
-from asr.audio import resample
+from asr.augment import add_noise, band_limit, colored_noise, speed_perturb
 from asr.checkpoint import read_checkpoint, save_checkpoint
 from asr.config import DataConfig, ExperimentConfig, save_config
 from asr.data import DurationBatchSampler, UtteranceDataset, collate, read_manifest, validate
@@ -48,13 +47,6 @@ class Augmenter:
             color = ("white", "pink", "brown")[int(torch.randint(3, (1,), generator=g))]
             wave = add_noise(wave, colored_noise(wave.numel(), color, g), snr, g)
         return band_limit(wave, self.sample_rate, c.band_limit_hz)
-
-
-def band_limit(wave: torch.Tensor, sample_rate: int, rate: Optional[int]) -> torch.Tensor:
-    """Down- and up-sample through ``rate`` to mimic narrow-band audio. (N,) -> (N,)."""
-    if not rate or rate >= sample_rate:
-        return wave
-    return resample(resample(wave, sample_rate, rate), rate, sample_rate)[: wave.numel()]
 
 
 class LRSchedule:
