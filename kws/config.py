@@ -76,6 +76,9 @@ class KWSTrainConfig:
     num_threads: int = 1  # shared 2-core machines: >1 thread makes the GRU much slower
     max_minutes: Optional[float] = 10.0  # stop cleanly after this much training time
     grad_clip: float = 5.0
+    mixup_alpha: float = 0.0  # >0: mixup of feature windows within a batch, lambda ~ Beta(a, a)
+    ema_decay: float = 0.0  # >0: keep an exponential moving average of the weights (per step);
+    # validation, checkpoints and export use the averaged weights
 
 
 @dataclass

@@ -129,9 +129,7 @@ def evaluate_detection(model: KWSModel, positives: Sequence[str], negatives: Seq
                        seed: int = 0, plot: Optional[str] = None, label: str = "") -> Dict:
     """FRR at 0.5 and 1 false alarms per hour, and the DET curve (see module doc)."""
     det = model.detector_config
-    hop_s = float(det["hop_s"])
     smooth = int(det["smooth_hops"])
-    refractory = int(round(det["refractory_s"] / hop_s))
     noise = NumpyNoise(model.sample_rate, noise_dirs, seed) if snr_db is not None else None
     targets = model.targets
 
@@ -160,39 +158,54 @@ def evaluate_detection(model: KWSModel, positives: Sequence[str], negatives: Seq
         scores = _best_target(s.posteriors, targets, smooth)
         pos_max.append(float(scores.max()) if scores.size else 0.0)
 
-    neg_scores, neg_seconds, neg_files = [], 0.0, 0
+    streams = []
     for d in negatives:
         files = list_audio(d)
         if not files:
             raise ValueError(f"{d}: no negative audio")
         s = model.stream(record=True)
+        seconds, n_files = 0.0, 0
         for path in tqdm(files, desc=f"negatives {Path(d).name}", leave=False, mininterval=2.0):
             wave = load(path)
             if wave is None:
                 continue
             s.accept_waveform(wave)
-            neg_seconds += wave.size / model.sample_rate
-            neg_files += 1
+            seconds += wave.size / model.sample_rate
+            n_files += 1
         s.flush()
-        neg_scores.append(_best_target(s.posteriors, targets, smooth))
-    hours = neg_seconds / 3600.0
+        streams.append({"dir": str(d), "scores": _best_target(s.posteriors, targets, smooth),
+                        "seconds": seconds, "files": n_files})
+    result = detection_summary(pos_max, streams, det)
+    result.update({"snr_db": snr_db, "skipped": skipped})
+    if plot:
+        name = label or ("clean" if snr_db is None else f"{snr_db:g} dB SNR")
+        plot_det({name: result["_curve"]}, plot,
+                 title=f"{Path(model.path).name}: {result['negative_hours']:.2f} h of negatives")
+    result["_positive_max"] = pos_max
+    result["_streams"] = streams
+    return result
+
+
+def detection_summary(pos_max: Sequence[float], streams: Sequence[Dict], det: Dict) -> Dict:
+    """FRR at 0.5 / 1 false alarms per hour and the DET curve from the highest score in
+    each positive clip and the score sequences of negative streams (dicts with
+    ``scores``, ``seconds``, ``files``), e.g. a subset of :func:`evaluate_detection`'s
+    ``_streams``."""
+    refractory = int(round(det["refractory_s"] / float(det["hop_s"])))
+    neg_scores = [st["scores"] for st in streams]
+    hours = sum(st["seconds"] for st in streams) / 3600.0
     curve = det_curve(np.array(pos_max), neg_scores, hours, refractory)
     at05, at1 = frr_at_fa(curve, 0.5), frr_at_fa(curve, 1.0)
     thr = float(det["threshold"])
     pos = np.array(pos_max)
     fa_default = sum(count_firings(sc, thr, refractory) for sc in neg_scores)
-    result = {
+    return {
         "frr_at_0.5_fa_per_hour": at05["frr"], "frr_at_1_fa_per_hour": at1["frr"],
         "threshold_at_0.5_fa_per_hour": at05["threshold"], "threshold_at_1_fa_per_hour": at1["threshold"],
-        "negative_hours": round(hours, 6), "negative_files": neg_files,
+        "negative_hours": round(hours, 6), "negative_files": sum(st["files"] for st in streams),
         "false_alarms": fa_default, "threshold": thr,
         "frr_at_threshold": float((pos < thr).mean()) if pos.size else None,
         "fa_per_hour_at_threshold": fa_default / max(hours, 1e-12),
         "positives": int(pos.size), "detected_at_threshold": int((pos >= thr).sum()),
-        "snr_db": snr_db, "skipped": skipped,
+        "_curve": curve,
     }
-    if plot:
-        name = label or ("clean" if snr_db is None else f"{snr_db:g} dB SNR")
-        plot_det({name: curve}, plot, title=f"{Path(model.path).name}: {hours:.2f} h of negatives")
-    result["_curve"] = curve
-    return result

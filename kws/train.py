@@ -79,6 +79,33 @@ def predict_windows(spotter: Spotter, waves: torch.Tensor, batch: int = 256) -> 
     return torch.cat(outs) if outs else torch.zeros(0, len(spotter.cfg.labels))
 
 
+class WeightAverage:
+    """Exponential moving average of a module's parameters and buffers (BatchNorm
+    statistics included), updated after every optimizer step."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))  # short warm-up
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    @torch.no_grad()
+    def swap(self, module: nn.Module) -> None:
+        """Exchange the module's weights and the averaged ones (call twice to restore)."""
+        current = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.load_state_dict(self.shadow)
+        self.shadow = current
+
+
 def balanced_accuracy(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Dict[str, float]:
     pred = probs.argmax(dim=-1)
     acc = float((pred == labels).float().mean()) if labels.numel() else 0.0
@@ -178,6 +205,7 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
     val_labels = torch.tensor([c.label for c in val_clips])
 
     params = [p for p in spotter.parameters() if p.requires_grad]
+    ema = WeightAverage(spotter.crnn, tc.ema_decay) if tc.ema_decay > 0 else None
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     lr = tc.lr
     steps_per_epoch = math.ceil(tc.examples_per_epoch / tc.batch_size)
@@ -235,13 +263,23 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
             if specaug is not None:
                 specaug.train()
                 feats = specaug(feats, torch.full((x.shape[0],), feats.shape[1]))
-            logits = spotter.crnn(feats)
-            loss = F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
+            if tc.mixup_alpha > 0:
+                lam = float(torch.distributions.Beta(tc.mixup_alpha, tc.mixup_alpha).sample())
+                lam = max(lam, 1.0 - lam)  # the first window dominates (its label counts for accuracy)
+                perm = torch.randperm(x.shape[0])
+                logits = spotter.crnn(lam * feats + (1.0 - lam) * feats[perm])
+                loss = (lam * F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
+                        + (1.0 - lam) * F.cross_entropy(logits, y[perm], label_smoothing=tc.label_smoothing))
+            else:
+                logits = spotter.crnn(feats)
+                loss = F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
             lr = set_lr()
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(params, tc.grad_clip)
             opt.step()
+            if ema is not None:
+                ema.update(spotter.crnn)
             done_steps += 1
             tot_loss += loss.item() * len(labels)
             tot_correct += int((logits.argmax(-1) == y).sum())
@@ -249,6 +287,8 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
             bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}")
         row = {"epoch": epoch, "train_loss": tot_loss / max(1, tot_n),
                "train_accuracy": tot_correct / max(1, tot_n), "lr": lr}
+        if ema is not None:  # validate, mine and save with the averaged weights
+            ema.swap(spotter.crnn)
         if val_waves is not None and len(val_clips):
             probs = predict_windows(spotter, val_waves)
             m = balanced_accuracy(probs, val_labels, num_classes)
@@ -273,6 +313,8 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
         if score >= best["score"]:
             best = dict(row, score=score)
             save_checkpoint(spotter, out_dir, extra={"epoch": epoch, "val": row})
+        if ema is not None:
+            ema.swap(spotter.crnn)
         with open(out_dir / "history.json", "w") as f:
             json.dump(history, f, indent=1)
         if progress() >= 1.0 and epoch < tc.epochs:

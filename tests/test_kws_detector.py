@@ -56,3 +56,19 @@ def test_classification_report_counts():
     assert rep["accuracy"] == pytest.approx(0.8)
     assert rep["per_class_accuracy"]["y"] == pytest.approx(2 / 3)
     assert rep["confusion"][1][2] == 1
+
+
+def test_detection_summary_of_a_subset_of_streams():
+    from kws.evaluate import detection_summary
+
+    det = {"hop_s": 0.1, "refractory_s": 0.0, "threshold": 0.75}
+    pos = [0.95, 0.9, 0.8, 0.6, 0.2]
+    a = {"scores": np.array([0.1, 0.7, 0.1]), "seconds": 3600.0, "files": 3}
+    b = {"scores": np.array([0.1, 0.85, 0.1]), "seconds": 3600.0, "files": 2}
+    both = detection_summary(pos, [a, b], det)
+    only_a = detection_summary(pos, [a], det)
+    assert both["negative_hours"] == pytest.approx(2.0) and both["negative_files"] == 5
+    assert both["frr_at_0.5_fa_per_hour"] == pytest.approx(0.4)  # one FA allowed in 2 h
+    assert only_a["negative_hours"] == pytest.approx(1.0)
+    assert only_a["frr_at_0.5_fa_per_hour"] == pytest.approx(0.4)  # above 0.7: 0.95, 0.9, 0.8 pass
+    assert both["false_alarms"] == 1 and both["detected_at_threshold"] == 3

@@ -93,3 +93,22 @@ def test_edge_rejects_a_non_kws_model(tmp_path):
     onnx.save(helper.make_model(g), str(p))
     with pytest.raises(ValueError, match="other.onnx"):
         KWSModel(str(p))
+
+
+def test_weight_average_tracks_and_swaps():
+    import torch
+
+    from kws.train import WeightAverage
+
+    m = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(m, decay=0.9)
+    start = m[0].weight.detach().clone()
+    for _ in range(200):  # move the weights to a new constant value
+        with torch.no_grad():
+            m[0].weight.fill_(1.0)
+        avg.update(m)
+    avg.swap(m)  # now holding the average: close to the new value after many updates
+    assert torch.allclose(m[0].weight, torch.ones_like(start), atol=1e-3)
+    avg.swap(m)  # and back
+    assert torch.equal(m[0].weight, torch.ones_like(start))
+    assert int(avg.shadow["1.num_batches_tracked"]) == int(m[1].num_batches_tracked)
