@@ -177,8 +177,9 @@ def main(argv=None) -> int:
     p.add_argument("--tts-per-other", type=int, default=25)
     p.add_argument("--extra-unknown", type=int, default=400, help="FSDD / not-wake-word clips added to _unknown_")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--train-on-val", action=argparse.BooleanOptionalAction, default=True,
-                   help="train the final model on the validation speakers too (default)")
+    p.add_argument("--train-on-val", action=argparse.BooleanOptionalAction, default=False,
+                   help="let the validation speakers join training (no validation then: the checkpoint "
+                        "is the best augmented training accuracy); by default they choose the checkpoint")
     p.add_argument("-o", "--override", action="append", default=[], help="section.key=value")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
