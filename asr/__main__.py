@@ -26,7 +26,7 @@ def _evaluate(args) -> int:
 
     from asr.checkpoint import load_model
     from asr.corpora import load_corpus
-    from asr.evaluate import evaluate_model
+    from asr.evaluate import evaluate_model, vocab_search
 
     torch.set_num_threads(args.threads)
     model, tokenizer, _ = load_model(args.model)
@@ -40,11 +40,24 @@ def _evaluate(args) -> int:
         from asr.lm import NgramLM
         from asr.text import normalize_text
 
-        options.update(lm_score=NgramLM.train(
-            (tokenizer.encode(normalize_text(t)) for t in _read_texts(args.lm_texts)),
-            args.lm_order, tokenizer.vocab_size), lm_weight=args.lm_weight,
-            length_bonus=args.length_bonus)
-    metrics = evaluate_model(model, tokenizer, utts, head=args.head, method=args.search,
+        texts = [normalize_text(t) for t in _read_texts(args.lm_texts)]
+        if args.lm_kind == "word":
+            from asr.lm import WordLM
+
+            lm = WordLM.train(texts, args.lm_order, tokenizer.encode, tokenizer.word_separator())
+        else:
+            lm = NgramLM.train((tokenizer.encode(t) for t in texts), args.lm_order,
+                               tokenizer.vocab_size)
+        options.update(lm_score=lm, lm_weight=args.lm_weight, length_bonus=args.length_bonus)
+    method = args.search
+    if args.vocab:
+        from asr.text import normalize_text
+
+        phrases = dict.fromkeys(normalize_text(t) for t in _read_texts(args.vocab))
+        options.update(vocabulary=[tokenizer.encode(p) for p in phrases if p])
+        if method is None:
+            method = vocab_search(model, args.head)
+    metrics = evaluate_model(model, tokenizer, utts, head=args.head, method=method,
                              results_path=args.results, **options)
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
     return 0
@@ -100,6 +113,11 @@ def main(argv=None) -> int:
     e.add_argument("--beam", type=int)
     e.add_argument("--lm-texts", help="train an n-gram LM for shallow fusion on these "
                    "transcripts (.jsonl manifest or text file); needs a beam search")
+    e.add_argument("--vocab", help="closed vocabulary: rank only these phrases (.jsonl manifest "
+                   "or text file, one phrase a line), e.g. the ten digit words for FSDD")
+    e.add_argument("--lm-kind", choices=("char", "word"), default="char",
+                   help="token n-gram LM, or a word n-gram LM whose lexicon limits the "
+                   "search to the words of --lm-texts (character models)")
     e.add_argument("--lm-order", type=int, default=6)
     e.add_argument("--lm-weight", type=float, default=0.5)
     e.add_argument("--length-bonus", type=float, default=1.0)

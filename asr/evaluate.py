@@ -27,6 +27,12 @@ def score(refs: Sequence[str], hyps: Sequence[str]) -> Dict[str, float]:
     return {"wer": float(jiwer.wer(list(r), list(h))), "cer": float(jiwer.cer(list(r), list(h)))}
 
 
+def vocab_search(model: torch.nn.Module, head: Optional[str] = None) -> str:
+    """Name of the closed-vocabulary search of ``head`` (default: the model's first)."""
+    h = model.heads[head or next(iter(model.heads))]
+    return next(m for m in h.search_methods if m.endswith("_vocab"))
+
+
 def evaluate_model(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[Utterance],
                    head: Optional[str] = None, method: Optional[str] = None,
                    batch_seconds: float = 120.0, results_path: Optional[Path] = None,

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import asr.search.ctc  # noqa: F401  (registers the CTC searches)
+import asr.search.vocab  # noqa: F401  (registers the closed-vocabulary searches)
 from asr.registry import HEADS, SEARCHES
 from asr.search.types import SearchResult
 
@@ -22,7 +23,7 @@ class CTCConfig:
 class CTCHead(nn.Module):
     """enc (B, T, D) -> log-probs (B, T, V); blank is token 0."""
 
-    search_methods = ("ctc_greedy", "ctc_prefix_beam")
+    search_methods = ("ctc_greedy", "ctc_prefix_beam", "ctc_vocab")
 
     def __init__(self, enc_dim: int, vocab_size: int, cfg: CTCConfig | None = None) -> None:
         super().__init__()

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from asr.losses import rnnt as rnnt_losses
 from asr.registry import HEADS, RNNT_LOSSES, SEARCHES
 from asr.search import transducer as _transducer_search  # noqa: F401  (registers the searches)
+from asr.search import vocab as _vocab_search  # noqa: F401  (closed-vocabulary search)
 from asr.search.types import SearchResult
 
 PredictorState = Tuple[Tensor, ...]
@@ -215,7 +216,7 @@ class TransducerHead(nn.Module):
     2
     """
 
-    search_methods = ("transducer_greedy", "transducer_beam")
+    search_methods = ("transducer_greedy", "transducer_beam", "transducer_vocab")
 
     def __init__(self, config: TransducerConfig) -> None:
         super().__init__()
