@@ -59,6 +59,10 @@ class SpecAugmentConfig:
     time_masks: int = 2
     time_width_ratio: float = 0.05  # max mask width as a fraction of the utterance
     time_width_max: int = 40
+    # vocal-tract-length-style warp: each utterance's frequency axis is stretched by a
+    # factor drawn from [1 - freq_warp, 1 + freq_warp] (0 = off), so new voices with
+    # shorter or longer vocal tracts look like ones heard in training
+    freq_warp: float = 0.0
 
 
 class SpecAugment(nn.Module):
@@ -76,8 +80,8 @@ class SpecAugment(nn.Module):
         if not self.training:
             return feats
         c = self.cfg
-        feats = feats.clone()
         B, T, D = feats.shape
+        feats = warp_frequency(feats, c.freq_warp) if c.freq_warp > 0 else feats.clone()
         for b in range(B):
             length = int(lens[b])
             fill = feats[b, :length].mean()
@@ -91,6 +95,24 @@ class SpecAugment(nn.Module):
                 t0 = int(torch.randint(0, max(1, length - w), (1,)))
                 feats[b, t0:t0 + w, :] = fill
         return feats
+
+
+def warp_frequency(feats: torch.Tensor, max_warp: float,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Stretch each utterance's feature axis by its own factor (VTLP-like augmentation).
+
+    feats (B, T, D) -> (B, T, D). Output bin d reads input bin d / alpha (linear
+    interpolation, clamped at the top bin), alpha uniform in [1 - max_warp, 1 + max_warp]:
+    alpha > 1 moves formants up, as a shorter vocal tract does.
+    """
+    B, T, D = feats.shape
+    alpha = 1.0 + max_warp * (2 * torch.rand(B, 1, generator=generator) - 1)
+    src = (torch.arange(D, dtype=feats.dtype)[None, :] / alpha).clamp(max=D - 1)  # (B, D)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=D - 1)
+    frac = (src - lo)[:, None, :]
+    gather = lambda idx: feats.gather(2, idx[:, None, :].expand(B, T, D))  # noqa: E731
+    return gather(lo) * (1 - frac) + gather(hi) * frac
 
 
 def colored_noise(num_samples: int, color: str = "white",

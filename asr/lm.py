@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 BOS = -1  # sentence start, never emitted
+NEG_INF = float("-inf")
 
 
 class NgramLM:
@@ -72,3 +73,77 @@ class NgramLM:
             for ctx, c in level:
                 lm.counts[k][tuple(ctx)] = Counter({int(t): n for t, n in c.items()})
         return lm
+
+
+EOS_WORD = "</s>"
+
+
+class WordLM:
+    """A word n-gram LM with a lexicon, scored one character token at a time.
+
+    Plugs into the character-level searches (``ctc_prefix_beam``, ``transducer_beam``)
+    through the same ``lm(prefix, token)`` interface as :class:`NgramLM`:
+
+    * a letter costs nothing while the word being spelled is a prefix of a lexicon word,
+      and is forbidden (``-inf``) otherwise, so the search only spells known words;
+    * the word separator (``space_id``) costs ``log P(word | previous words)``;
+    * ``final(prefix)`` scores the last, unterminated word and the end of the sentence;
+      the searches add it before ranking complete hypotheses.
+
+    The lexicon and the LM are built from transcripts (:meth:`train`): a closed-vocabulary
+    decoder for a domain whose words are known (commands, digits, a fixed text set).
+    """
+
+    def __init__(self, lm: NgramLM, words: Sequence[str], encode, space_id: int) -> None:
+        self.lm = lm
+        self.words = list(words)
+        self.word_ids = {w: i for i, w in enumerate(self.words)}
+        self.space_id = space_id
+        self._spelling = {tuple(encode(w)): i for i, w in enumerate(self.words) if w != EOS_WORD}
+        self._prefixes = {s[:k] for s in self._spelling for k in range(len(s) + 1)}
+        self._memo: Dict[Tuple[Tuple[int, ...], int], float] = {}
+
+    @classmethod
+    def train(cls, texts: Iterable[str], order: int, encode, space_id: int) -> "WordLM":
+        """Build from normalised transcripts (words separated by single spaces)."""
+        sentences = [t.split() for t in texts if t.split()]
+        words = sorted({w for s in sentences for w in s}) + [EOS_WORD]
+        index = {w: i for i, w in enumerate(words)}
+        lm = NgramLM.train(([index[w] for w in s] + [index[EOS_WORD]] for s in sentences),
+                           order, len(words))
+        return cls(lm, words, encode, space_id)
+
+    def _split(self, prefix: Tuple[int, ...]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        """Word ids of the completed words, and the tokens of the word being spelled."""
+        words, start = [], 0
+        for i, tok in enumerate(prefix):
+            if tok == self.space_id:
+                words.append(self._spelling.get(prefix[start:i], -2))
+                start = i + 1
+        return tuple(words), prefix[start:]
+
+    def __call__(self, prefix: Tuple[int, ...], token: int) -> float:
+        key = (prefix, token)
+        score = self._memo.get(key)
+        if score is None:
+            words, partial = self._split(prefix)
+            if token != self.space_id:
+                score = 0.0 if partial + (token,) in self._prefixes else NEG_INF
+            else:
+                word = self._spelling.get(partial)
+                score = NEG_INF if word is None else self.lm(words, word)
+            self._memo[key] = score
+        return score
+
+    def final(self, prefix: Tuple[int, ...]) -> float:
+        """log-prob of ending here: the last word (if unterminated) then end of sentence."""
+        words, partial = self._split(prefix)
+        score = 0.0
+        if partial:
+            word = self._spelling.get(partial)
+            if word is None:
+                return NEG_INF
+            score += self.lm(words, word)
+            words = words + (word,)
+        return score + self.lm(words, self.word_ids[EOS_WORD])
+

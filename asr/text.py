@@ -52,6 +52,11 @@ class Tokenizer:
     def token(self, idx: int) -> str:
         raise NotImplementedError
 
+    def word_separator(self) -> int:
+        """The token between words, for word-level LMs over character outputs."""
+        raise ValueError(f"{type(self).__name__} has no single word-separator token; "
+                         "word LMs need a character tokenizer")
+
     def to_dict(self) -> Dict:
         raise NotImplementedError
 
@@ -87,6 +92,11 @@ class CharTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.chars[i - 1] for i in ids if i > 0)
+
+    def word_separator(self) -> int:
+        if " " not in self._index:
+            return super().word_separator()
+        return self._index[" "]
 
     def token(self, idx: int) -> str:
         return "<blank>" if idx == 0 else self.chars[idx - 1]

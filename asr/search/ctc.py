@@ -121,6 +121,8 @@ def _prefix_beam_one(lp: torch.Tensor, beam: int, nbest: int, blank: int,
                     if lm is not None:
                         bonus += lm_weight * lm(prefix, tok)
                     extra[new] = extra[prefix] + bonus
+                if extra[new] == NEG_INF:  # the LM forbids it (e.g. a word not in its lexicon)
+                    continue
                 if new_p > emit_best.get(new, NEG_INF):
                     emit_best[new] = new_p
                     times[new] = times[prefix] + (t,)
@@ -129,6 +131,12 @@ def _prefix_beam_one(lp: torch.Tensor, beam: int, nbest: int, blank: int,
         scored = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]) + extra[kv[0]],
                         reverse=True)
         beams = dict(scored[:beam])
+    # an LM that scores the end of the sentence (e.g. asr.lm.WordLM) gets its last say
+    end = getattr(lm, "final", None)
+    if end is not None:
+        ended = {p: extra[p] + lm_weight * end(p) for p in beams}
+        if any(v > NEG_INF for v in ended.values()):  # else keep the unfinished ones
+            extra = ended
     final = sorted(beams.items(), key=lambda kv: _logaddexp(*kv[1]) + extra[kv[0]], reverse=True)
     hyps = [Hypothesis(list(p), _logaddexp(*s) + extra[p], list(times[p]))
             for p, s in final[:nbest]]

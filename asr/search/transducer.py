@@ -274,6 +274,8 @@ def _alsd_one(
                 extra = length_bonus
                 if lm_score is not None and lm_weight != 0.0:
                     extra += lm_weight * float(lm_score(h.tokens, tok))
+                    if extra == -math.inf:  # the LM forbids it (a word not in its lexicon)
+                        continue
                 offer(h.tokens + (tok,), _Candidate(parent=h, token=tok, score=h.score + lp + extra, best=h.best + lp + extra))
 
         kept = sorted(cands.items(), key=lambda kv: kv[1].score, reverse=True)[:beam]
@@ -293,4 +295,11 @@ def _alsd_one(
                 active.append(
                     _Hyp(tokens, c.score, c.best, p.times + (p.t,), p.t, dec_p[i], _select(new_state, torch.tensor([i])))
                 )
+    # an LM that scores the end of the sentence (e.g. asr.lm.WordLM) gets its last say
+    end = getattr(lm_score, "final", None)
+    if end is not None and lm_weight != 0.0:
+        ended = [h.score + lm_weight * end(h.tokens) for h in final.values()]
+        if any(s > -math.inf for s in ended):  # else keep the unfinished ones
+            for h, s in zip(final.values(), ended):
+                h.score = s
     return sorted(final.values(), key=lambda h: h.score, reverse=True)
