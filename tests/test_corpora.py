@@ -1,5 +1,6 @@
 """Each recipe's prepare runs on a tiny tree generated here in the corpus's public layout."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from recipes.common import download
 from recipes.fsdd.prepare import prepare as prepare_fsdd
 from recipes.librispeech.prepare import prepare as prepare_libri
 from recipes.ljspeech.prepare import prepare as prepare_lj
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _wav(path, seconds=0.3, sr=16000, fmt=None):
@@ -76,3 +79,24 @@ def test_fsdd_layout_and_speaker_holdout(tmp_path):
 def test_download_fails_clearly_offline(tmp_path):
     with pytest.raises(RuntimeError, match="cannot download .* put it at"):
         download("http://127.0.0.1:9/nothing.tar.gz", tmp_path / "x.tar.gz")
+
+
+def test_fsdd_recipe_end_to_end_on_a_tiny_tree(tmp_path):
+    from recipes.fsdd.run import main as run_fsdd
+
+    rec = tmp_path / "fsdd" / "recordings"
+    for spk in ("jackson", "theo"):
+        for d in range(10):
+            for i in (0, 1, 46):
+                _wav(rec / f"{d}_{spk}_{i}.wav", sr=8000)
+    summary = run_fsdd(["--corpus", str(tmp_path / "fsdd"), "--out", str(tmp_path / "exp"),
+                        "--test-speakers", "theo", "--synthetic", "0",
+                        "--set", "train.epochs=1", "--set", "train.max_minutes=1",
+                        "--ship", str(tmp_path / "shipped.pt")])
+    assert summary["test_speakers"] == ["theo"] and summary["utterances"] == 30
+    # free decoding may spell anything; the closed vocabulary only answers digit words
+    assert 0.0 <= summary["accuracy"] <= 1.0 and 0.0 <= summary["accuracy_vocab"] <= 1.0
+    digits = set((ROOT / "recipes" / "fsdd" / "digits.txt").read_text().split())
+    rows = [json.loads(line) for line in open(tmp_path / "exp" / "test_results_vocab.jsonl")]
+    assert len(rows) == 30 and all(r["hyp"] in digits for r in rows)
+    assert (tmp_path / "shipped.pt").is_file()

@@ -30,3 +30,11 @@ def test_shipped_fsdd_model(name, tmp_path):
     metrics = json.loads(out.stdout.strip().splitlines()[-1])
     assert metrics["utterances"] == 60
     assert metrics["accuracy"] >= 0.9, metrics
+    # the closed-vocabulary search over the ten digit words runs on the shipped model too
+    out = subprocess.run([sys.executable, "-m", "asr", "evaluate", "--model", str(model),
+                          "--corpus", "fsdd", "--data", str(tmp_path), "--threads", "1",
+                          "--vocab", str(ROOT / "recipes" / "fsdd" / "digits.txt")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    vocab = json.loads(out.stdout.strip().splitlines()[-1])
+    assert vocab["utterances"] == 60 and vocab["accuracy"] >= 0.9, vocab

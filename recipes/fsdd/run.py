@@ -19,12 +19,13 @@ from pathlib import Path
 from asr.checkpoint import load_model
 from asr.config import load_config
 from asr.data import read_manifest, write_manifest
-from asr.evaluate import evaluate_model
+from asr.evaluate import evaluate_model, vocab_search
 from asr.train import Trainer
 from recipes.fsdd.prepare import prepare
 from recipes.synth.generate import generate
 
 HERE = Path(__file__).resolve().parent
+DIGITS = HERE / "digits.txt"  # the closed vocabulary: zero ... nine
 
 
 def main(argv=None) -> dict:
@@ -33,7 +34,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=Path("exp/fsdd"))
     p.add_argument("--test-speakers", nargs="*", default=[])
     p.add_argument("--config", type=Path, default=HERE / "ctc.yaml")
-    p.add_argument("--synthetic", type=int, default=3000, help="synthetic digit utterances")
+    p.add_argument("--synthetic", type=int, default=5000, help="synthetic digit utterances")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--ship", type=Path, help="copy the trained model here")
@@ -52,9 +53,14 @@ def main(argv=None) -> dict:
                "model": str(result.model_path)}
     if "test" in splits:
         model, tok, _ = load_model(result.model_path)
-        m = evaluate_model(model, tok, read_manifest(splits["test"]),
-                           results_path=a.out / "test_results.jsonl")
+        test = read_manifest(splits["test"])
+        m = evaluate_model(model, tok, test, results_path=a.out / "test_results.jsonl")
         summary.update(test_speakers=a.test_speakers, **{k: m[k] for k in ("accuracy", "wer", "utterances")})
+        # the task's closed vocabulary: rank the ten digit words by their likelihood
+        v = evaluate_model(model, tok, test, method=vocab_search(model),
+                           vocabulary=[tok.encode(w) for w in DIGITS.read_text().split()],
+                           results_path=a.out / "test_results_vocab.jsonl")
+        summary.update(accuracy_vocab=v["accuracy"])
     if a.ship:
         a.ship.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result.model_path, a.ship)
