@@ -72,6 +72,8 @@ class KWSTrainConfig:
     hard_negative_max: int = 2000  # pool size
     hard_negative_threshold: float = 0.2  # keyword posterior above which a window is kept
     hard_negative_weight: float = 0.25  # share of negative draws taken from the pool
+    hard_negative_snr_db: List[float] = field(default_factory=list)  # non-empty: mining also scans a
+    # noisy copy of the negative audio (training noise, an SNR from this list per 10 s)
     seed: int = 0
     num_threads: int = 1  # shared 2-core machines: >1 thread makes the GRU much slower
     max_minutes: Optional[float] = 10.0  # stop cleanly after this much training time

@@ -137,6 +137,21 @@ def mine_hard_negatives(spotter: Spotter, streams: Sequence[torch.Tensor], backg
     return [w for _, w in found[:limit]]
 
 
+def noisy_copy(stream: torch.Tensor, noise: NoiseBank, snrs: Sequence[float], chunk: int,
+               rng: random.Random) -> torch.Tensor:
+    """``stream`` (N,) with noise mixed in, each ``chunk`` samples at an SNR drawn from ``snrs``."""
+    from asr.augment import add_noise
+
+    parts = []
+    for i in range(0, stream.numel(), chunk):
+        part = stream[i:i + chunk]
+        if part.abs().max() < 1e-4:
+            parts.append(part)
+            continue
+        parts.append(add_noise(part, noise.sample(part.numel(), rng), rng.choice(list(snrs))).clamp(-1.0, 1.0))
+    return torch.cat(parts) if parts else stream
+
+
 def plot_history(history: List[dict], path: str | Path, title: str = "") -> None:
     import matplotlib
 
@@ -228,6 +243,10 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
             group["lr"] = lr
         return lr
     background = cfg.labels.index("_background_") if "_background_" in cfg.labels else None
+    if background is not None and tc.hard_negative_every and negative_streams and tc.hard_negative_snr_db:
+        negative_streams = list(negative_streams) + [
+            noisy_copy(st, noise, tc.hard_negative_snr_db, cfg.features.sample_rate * 10, rng)
+            for st in negative_streams]
     hard_pool: List[torch.Tensor] = []
     history: List[dict] = []
     best = {"score": -1.0}

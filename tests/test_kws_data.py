@@ -111,3 +111,31 @@ def test_near_misses_exclude_the_keyword(tmp_path):
     assert "commuter" in words and "complete" in words
     assert not any("computer" in w.replace(" ", "") for w in words)
     assert near_misses("tablet", None, extra=["tablet", "tabloid"]) == ["tabloid"]
+
+
+def test_noisy_copy_keeps_length_and_silence():
+    import random
+
+    import torch
+
+    from kws.data import NoiseBank
+    from kws.train import noisy_copy
+
+    x = torch.cat([0.1 * torch.randn(16000), torch.zeros(16000)])
+    y = noisy_copy(x, NoiseBank([], colored_prob=1.0), [5.0], 16000, random.Random(0))
+    assert y.shape == x.shape
+    assert torch.equal(y[16000:], x[16000:])  # silent chunks stay silent
+    ratio = float((y[:16000] - x[:16000]).square().mean() / x[:16000].square().mean())
+    assert 0.2 < ratio < 0.45  # 5 dB: noise power ~0.32 of the signal's
+
+
+def test_wake_word_training_negatives_are_disjoint_from_the_unused():
+    from recipes.wake_word.run import training_negatives
+
+    real = [{"audio": f"sc{i}", "meta": {"kind": "speech_commands"}} for i in range(10)]
+    real += [{"audio": f"f{i}", "meta": {"kind": "fsdd"}} for i in range(6)]
+    a = training_negatives(real, 4, 2)
+    assert a == training_negatives(real, 4, 2)  # the same draw in prepare and train
+    used = {e["audio"] for e in a["speech_commands"] + a["fsdd"]}
+    unused = {e["audio"] for e in a["speech_commands_unused"] + a["fsdd_unused"]}
+    assert len(used) == 6 and len(unused) == 10 and not used & unused
