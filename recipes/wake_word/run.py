@@ -84,6 +84,20 @@ def negative_sentences(keyword: str, texts_csv: Path, n: int, seed: int = 0) -> 
     return rows[:n]
 
 
+def training_negatives(real_train: List[dict], sc_negatives: int, fsdd_negatives: int
+                       ) -> Dict[str, List[dict]]:
+    """The training split's Speech Commands and FSDD clips: the ones the train stage uses
+    (``sc_negatives`` / ``fsdd_negatives`` drawn with a fixed seed) and the rest, which no
+    stage trains on and the evaluation adds to the held-out negatives."""
+    rng = random.Random(0)
+    sc = [e for e in real_train if e["meta"]["kind"] == "speech_commands"]
+    rng.shuffle(sc)
+    fsdd = [e for e in real_train if e["meta"]["kind"] == "fsdd"]
+    rng.shuffle(fsdd)
+    return {"speech_commands": sc[:sc_negatives], "fsdd": fsdd[:fsdd_negatives],
+            "speech_commands_unused": sc[sc_negatives:], "fsdd_unused": fsdd[fsdd_negatives:]}
+
+
 def _link_all(entries: List[dict], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for e in entries:
@@ -93,8 +107,14 @@ def _link_all(entries: List[dict], folder: Path) -> None:
             os.symlink(src, dst)
 
 
-def prepare(keyword: str, shared: Path, out: Path, positive_dirs: Sequence[str] = ()) -> dict:
-    """Real data by split (manifests) and the held-out folders under ``out/heldout``."""
+def prepare(keyword: str, shared: Path, out: Path, positive_dirs: Sequence[str] = (),
+            sc_negatives: int = 800, fsdd_negatives: int = 500) -> dict:
+    """Real data by split (manifests) and the held-out folders under ``out/heldout``.
+
+    The held-out negatives are the test split's files (speakers or files never trained
+    on) plus, in ``*_train_speakers_unused`` folders, the training split's Speech Commands
+    and FSDD clips that the train stage does not draw (other recordings of training
+    speakers: never trained on, never used to choose anything)."""
     kw = _norm(keyword)
     mp = shared / "mycroft_precise"
     pos_dirs = [Path(d) for d in positive_dirs]
@@ -138,6 +158,9 @@ def prepare(keyword: str, shared: Path, out: Path, positive_dirs: Sequence[str] 
         for kind in ("ljspeech", "not_wake_words", "fsdd", "speech_commands"):
             _link_all([e for e in es if e["meta"]["kind"] == kind], root / "negatives" / kind)
         _link_all([e for e in es if e["meta"]["kind"] == "noise"], root / "noise")
+    unused = training_negatives(entries["train"], sc_negatives, fsdd_negatives)
+    for kind in ("speech_commands", "fsdd"):
+        _link_all(unused[f"{kind}_unused"], held / "negatives" / f"{kind}_train_speakers_unused")
     counts = {}
     for split, es in entries.items():
         write_manifest(es, out / f"real_{split}.jsonl")
@@ -148,6 +171,10 @@ def prepare(keyword: str, shared: Path, out: Path, positive_dirs: Sequence[str] 
             by[k][0] += 1
             by[k][1] += e["duration"] / 3600
         counts[split] = {k: {"files": v[0], "hours": round(v[1], 4)} for k, v in by.items()}
+    counts["test_extra_unused_train_split"] = {
+        k: {"files": len(unused[f"{k}_unused"]),
+            "hours": round(sum(e["duration"] for e in unused[f"{k}_unused"]) / 3600, 4)}
+        for k in ("speech_commands", "fsdd")}
     counts["positive_dirs"] = [str(d) for d in pos_dirs]
     return counts
 
@@ -188,7 +215,7 @@ def run(args: argparse.Namespace) -> dict:
     from kws.config import load_kws_config
     from kws.data import NoiseBank, add_pitch_variants, load_clips
     from kws.edge import KWSModel
-    from kws.evaluate import evaluate_detection
+    from kws.evaluate import detection_summary, evaluate_detection
     from kws.export import export_onnx, quantize_int8
     from kws.metrics import plot_det
     from kws.model import count_parameters
@@ -210,7 +237,8 @@ def run(args: argparse.Namespace) -> dict:
     if (ckpt / "results.json").exists():
         summary = json.loads((ckpt / "results.json").read_text())
     if "prepare" in args.stages:
-        summary["prepare"] = prepare(args.keyword, shared, out, args.positives)
+        summary["prepare"] = prepare(args.keyword, shared, out, args.positives, args.sc_negatives,
+                                     args.fsdd_negatives)
         print(json.dumps({"prepare": summary["prepare"]}), flush=True)
     if "synth" in args.stages:
         summary["synth"] = synthesize(args.keyword, shared, out, args.tts_positives, args.tts_near_miss,
@@ -219,15 +247,11 @@ def run(args: argparse.Namespace) -> dict:
     if "train" in args.stages:
         torch.set_num_threads(cfg.train.num_threads)
         index = {n: i for i, n in enumerate(cfg.labels)}
-        rng = random.Random(0)
         real = read_manifest(out / "real_train.jsonl")
         synth = read_manifest(out / "synth.jsonl")
-        sc = [e for e in real if e["meta"]["kind"] == "speech_commands"]
-        rng.shuffle(sc)
-        fsdd = [e for e in real if e["meta"]["kind"] == "fsdd"]
-        rng.shuffle(fsdd)
+        chosen = training_negatives(real, args.sc_negatives, args.fsdd_negatives)
         keep = [e for e in real if e["meta"]["kind"] in ("positive", "ljspeech", "not_wake_words")]
-        entries = keep + sc[: args.sc_negatives] + fsdd[: args.fsdd_negatives] + synth
+        entries = keep + chosen["speech_commands"] + chosen["fsdd"] + synth
         clips = load_clips(entries, index, cfg.features.sample_rate, desc="train clips")
         kinds = {e["audio"]: e["meta"]["kind"] for e in entries}
         for c in clips:  # long speech: random crops, no single word to keep whole
@@ -253,6 +277,7 @@ def run(args: argparse.Namespace) -> dict:
         # operating threshold: the one meeting 0.5 false alarms/hour on the validation split
         val_negs = [str(d) for d in sorted((out / "val" / "negatives").iterdir()) if any(d.iterdir())]
         res = evaluate_detection(KWSModel(str(fp32)), [str(out / "val" / "positives")], val_negs)
+        res.pop("_streams"), res.pop("_positive_max")
         thr = max(0.5, min(0.99, res["threshold_at_0.5_fa_per_hour"]))
         spotter.cfg.detector.threshold = round(thr, 4)
         export_onnx(spotter.crnn, spotter.cfg, fp32, frontend=spotter.frontend)
@@ -266,14 +291,20 @@ def run(args: argparse.Namespace) -> dict:
         negs = [str(d) for d in sorted((held / "negatives").iterdir()) if any(d.iterdir())]
         noise = [str(held / "noise")] if (held / "noise").exists() and any((held / "noise").iterdir()) else []
         res, curves = {}, {}
+        keys = ("frr_at_0.5_fa_per_hour", "frr_at_1_fa_per_hour", "negative_hours", "positives")
         for tag, path in (("fp32", fp32), ("int8", int8)):
             m = KWSModel(str(path))
             for cond, snr in (("clean", None), ("snr5", 5.0)):
                 r = evaluate_detection(m, [str(held / "positives")], negs, snr_db=snr, noise_dirs=noise)
                 curves[f"{tag} {cond}"] = r.pop("_curve")
+                # the same figures on the test split alone (no training speaker's audio)
+                sub = detection_summary(r.pop("_positive_max"), [st for st in r.pop("_streams")
+                                        if not st["dir"].endswith("_unused")], m.detector_config)
+                sub.pop("_curve")
+                r["test_split_only"] = sub
                 res[f"{tag}_{cond}"] = r
-                print(json.dumps({f"{tag}_{cond}": {k: r[k] for k in (
-                    "frr_at_0.5_fa_per_hour", "frr_at_1_fa_per_hour", "negative_hours", "positives")}}), flush=True)
+                print(json.dumps({f"{tag}_{cond}": {k: r[k] for k in keys},
+                                  "test_split_only": {k: sub[k] for k in keys}}), flush=True)
         plot_det(curves, str(ckpt / "det.png"), title=f"'{args.keyword}' held-out: "
                  f"{res['fp32_clean']['negative_hours']:.2f} h negatives, {res['fp32_clean']['positives']} positives")
         summary["evaluate"] = res
