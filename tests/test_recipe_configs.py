@@ -1,0 +1,37 @@
+"""Every ASR recipe config loads into the typed config and builds its model, and the
+fine-tuning configs have the shapes of the models they start from."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asr.config import load_config
+from asr.model import ASRModel
+from asr.text import CharTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+ASR_CONFIGS = sorted(p for p in ROOT.glob("recipes/*/*.yaml")
+                     if "encoder" in (yaml.safe_load(p.read_text()) or {}))
+
+
+def test_there_are_ctc_and_rnnt_configs_for_synth_fsdd_and_ljspeech():
+    names = {f"{p.parent.name}/{p.name}" for p in ASR_CONFIGS}
+    for corpus in ("synth", "fsdd", "ljspeech"):
+        assert {f"{corpus}/ctc.yaml", f"{corpus}/rnnt.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", ASR_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_recipe_config_builds_a_model(path):
+    cfg = load_config(path)
+    model = ASRModel(cfg, CharTokenizer().vocab_size)
+    assert set(model.heads) == set(cfg.heads)
+    if path.name == "rnnt.yaml":
+        assert "transducer" in model.heads
+
+
+@pytest.mark.parametrize("corpus", ["ljspeech"])
+@pytest.mark.parametrize("kind", ["ctc", "rnnt"])
+def test_fine_tuning_configs_match_the_synthetic_models_they_start_from(corpus, kind):
+    synth = ASRModel(load_config(ROOT / "recipes" / "synth" / f"{kind}.yaml"), CharTokenizer().vocab_size)
+    tuned = ASRModel(load_config(ROOT / "recipes" / corpus / f"{kind}.yaml"), CharTokenizer().vocab_size)
+    tuned.load_state_dict(synth.state_dict())  # raises on any missing key or shape mismatch
