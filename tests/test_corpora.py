@@ -100,3 +100,19 @@ def test_fsdd_recipe_end_to_end_on_a_tiny_tree(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "exp" / "test_results_vocab.jsonl")]
     assert len(rows) == 30 and all(r["hyp"] in digits for r in rows)
     assert (tmp_path / "shipped.pt").is_file()
+
+
+def test_speech_commands_digits_as_extra_fsdd_training_data(tmp_path):
+    from recipes.fsdd.prepare import speech_commands_digits
+
+    sc = tmp_path / "sc"
+    _wav(sc / "_unknown_" / "seven_abc123_nohash_0.flac", fmt="FLAC")
+    _wav(sc / "_unknown_" / "happy_abc123_nohash_0.flac", fmt="FLAC")  # not a digit
+    _wav(sc / "two" / "def456_nohash_1.wav")  # full v0.02 layout: a class folder
+    _wav(sc / "yes" / "def456_nohash_0.wav")
+    utts = speech_commands_digits(sc, repeat=2)
+    assert sorted(u.text for u in utts) == ["seven", "seven", "two", "two"]
+    assert {u.speaker for u in utts} == {"sc:abc123", "sc:def456"}
+    assert len({u.id for u in utts}) == 4  # repeats get their own ids
+    with pytest.raises(FileNotFoundError, match="Speech Commands"):
+        speech_commands_digits(tmp_path / "missing")

@@ -9,10 +9,12 @@ each training speaker (index 45-49); test holds every recording of the held-out 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from asr.corpora import prepare_fsdd
+from asr.corpora import DIGITS, _utt, prepare_fsdd
+from asr.data import Utterance
 from recipes.common import download_and_unpack, write_splits
 
 URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
@@ -41,6 +43,27 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path,
     if test:
         splits["test"] = test
     return write_splits(splits, Path(out_dir))
+
+
+def speech_commands_digits(root: str | Path, repeat: int = 1) -> List[Utterance]:
+    """Spoken digit words from a Speech Commands tree, as extra real training speakers.
+
+    Reads the class folders of the full v0.02 layout (``zero/`` ... ``nine/``) and the
+    digit words filed under ``_unknown_/<word>_<speaker>_nohash_<n>.flac`` in its test-set
+    layout; each clip is listed ``repeat`` times (many voices, few clips: weight them up).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not found; expected a Speech Commands folder")
+    found = []
+    for word in DIGITS:
+        for p in sorted((root / word).glob("*.*")) if (root / word).is_dir() else []:
+            found.append((f"sc_{word}_{p.stem}", p, word, p.stem.split("_")[0]))
+        for p in sorted((root / "_unknown_").glob(f"{word}_*.*")):
+            found.append((f"sc_{p.stem}", p, word, p.stem.split("_")[1]))
+    utts = [u for uid, p, word, spk in found
+            if p.suffix.lower() in (".wav", ".flac") and (u := _utt(uid, p, word, f"sc:{spk}"))]
+    return [dataclasses.replace(u, id=f"{u.id}_r{r}") if r else u for u in utts for r in range(repeat)]
 
 
 def main() -> None:

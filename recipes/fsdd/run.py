@@ -21,7 +21,7 @@ from asr.config import load_config
 from asr.data import read_manifest, write_manifest
 from asr.evaluate import evaluate_model, vocab_search
 from asr.train import Trainer
-from recipes.fsdd.prepare import prepare
+from recipes.fsdd.prepare import prepare, speech_commands_digits
 from recipes.synth.generate import generate
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +35,10 @@ def main(argv=None) -> dict:
     p.add_argument("--test-speakers", nargs="*", default=[])
     p.add_argument("--config", type=Path, default=HERE / "ctc.yaml")
     p.add_argument("--synthetic", type=int, default=5000, help="synthetic digit utterances")
+    p.add_argument("--speech-commands", type=Path,
+                   help="also train on the digit words of this Speech Commands folder (real voices)")
+    p.add_argument("--speech-commands-repeat", type=int, default=4,
+                   help="times each Speech Commands digit clip is listed")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--ship", type=Path, help="copy the trained model here")
@@ -46,6 +50,8 @@ def main(argv=None) -> dict:
         synth = generate(a.out / "synth_digits", counts={"train": a.synthetic, "dev": 0, "test": 0},
                          kinds={"digit": 1.0}, jobs=a.jobs)
         train += read_manifest(synth["train"])
+    if a.speech_commands:
+        train += speech_commands_digits(a.speech_commands, a.speech_commands_repeat)
     train_path = write_manifest(train, a.out / "data" / "train_plus_synth.jsonl")
     cfg = load_config(a.config, [f"data.train={train_path}", f"data.valid={splits['valid']}", *a.set])
     result = Trainer(cfg, a.out / "ctc").fit()
