@@ -47,7 +47,7 @@ def _evaluate(args) -> int:
             lm = WordLM.train(texts, args.lm_order, tokenizer.encode, tokenizer.word_separator())
         else:
             lm = NgramLM.train((tokenizer.encode(t) for t in texts), args.lm_order,
-                               tokenizer.vocab_size)
+                               tokenizer.vocab_size, end_of_sentence=True)
         options.update(lm_score=lm, lm_weight=args.lm_weight, length_bonus=args.length_bonus)
     method = args.search
     if args.vocab:

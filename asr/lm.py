@@ -19,21 +19,28 @@ NEG_INF = float("-inf")
 
 
 class NgramLM:
-    def __init__(self, order: int, vocab_size: int) -> None:
+    """Token n-gram LM. With ``end_of_sentence`` it also models the end of each training
+    sequence (as an extra token id ``vocab_size``) and :meth:`final` scores it, so a
+    search stops preferring hypotheses cut off mid-sentence."""
+
+    def __init__(self, order: int, vocab_size: int, end_of_sentence: bool = False) -> None:
         if order < 1:
             raise ValueError("order must be >= 1")
         self.order = order
         self.vocab_size = vocab_size
+        self.end_of_sentence = end_of_sentence
+        self.eos = vocab_size  # id of the end token when it is modelled
         # counts[k][context of length k] = Counter(next token)
         self.counts: List[Dict[Tuple[int, ...], Counter]] = [defaultdict(Counter) for _ in range(order)]
         self._memo: Dict[Tuple[Tuple[int, ...], int], float] = {}
 
     @classmethod
-    def train(cls, sequences: Iterable[Sequence[int]], order: int, vocab_size: int) -> "NgramLM":
+    def train(cls, sequences: Iterable[Sequence[int]], order: int, vocab_size: int,
+              end_of_sentence: bool = False) -> "NgramLM":
         """Count n-grams over token-id sequences (each starts after ``BOS`` padding)."""
-        lm = cls(order, vocab_size)
+        lm = cls(order, vocab_size, end_of_sentence)
         for seq in sequences:
-            padded = [BOS] * (order - 1) + list(seq)
+            padded = [BOS] * (order - 1) + list(seq) + ([lm.eos] if end_of_sentence else [])
             for i in range(order - 1, len(padded)):
                 tok = padded[i]
                 for k in range(order):
@@ -43,7 +50,7 @@ class NgramLM:
     def _prob(self, context: Tuple[int, ...], token: int) -> float:
         if not context:
             uni = self.counts[0][()]
-            return (uni[token] + 1) / (sum(uni.values()) + self.vocab_size)
+            return (uni[token] + 1) / (sum(uni.values()) + self.vocab_size + self.end_of_sentence)
         lower = self._prob(context[1:], token)
         c = self.counts[len(context)].get(context)
         if not c:
@@ -60,15 +67,20 @@ class NgramLM:
             self._memo[key] = math.log(self._prob(context, token))
         return self._memo[key]
 
+    def final(self, prefix: Tuple[int, ...]) -> float:
+        """log P(end of sentence | prefix), or 0 when the end is not modelled."""
+        return self(prefix, self.eos) if self.end_of_sentence else 0.0
+
     def save(self, path: str | Path) -> None:
         data = {"order": self.order, "vocab_size": self.vocab_size,
+                "end_of_sentence": self.end_of_sentence,
                 "counts": [[[list(ctx), dict(c)] for ctx, c in level.items()] for level in self.counts]}
         Path(path).write_text(json.dumps(data))
 
     @classmethod
     def load(cls, path: str | Path) -> "NgramLM":
         data = json.loads(Path(path).read_text())
-        lm = cls(data["order"], data["vocab_size"])
+        lm = cls(data["order"], data["vocab_size"], data.get("end_of_sentence", False))
         for k, level in enumerate(data["counts"]):
             for ctx, c in level:
                 lm.counts[k][tuple(ctx)] = Counter({int(t): n for t, n in c.items()})
