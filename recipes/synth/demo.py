@@ -54,31 +54,40 @@ def main(argv=None) -> dict:
     test = read_manifest(manifests["test"])
     results_path = a.out / "test_results.jsonl"
     metrics = evaluate_model(model, tokenizer, test, results_path=results_path)
-    # WER per text kind (digits, numbers, commands, sentences): where the errors are
-    kind = {u.id: u.meta.get("kind", "?") for u in test}
-    groups = defaultdict(lambda: ([], []))
-    for row in map(json.loads, open(results_path)):
-        refs, hyps = groups[kind[row["id"]]]
-        refs.append(row["ref"])
-        hyps.append(row["hyp"])
-    # shallow fusion with a character 8-gram LM of the training transcripts
+    # shallow fusion with a character 12-gram LM of the training transcripts that also
+    # models the end of a sentence; search settings chosen on the dev voices
+    # (recipes/synth/README.md)
     lm = NgramLM.train((tokenizer.encode(normalize_text(u.text))
-                        for u in read_manifest(manifests["train"])), 8, tokenizer.vocab_size)
-    fused = evaluate_model(model, tokenizer, test, method="ctc_prefix_beam", beam=8,
-                           token_prune=8, lm_score=lm, lm_weight=0.8, length_bonus=1.5,
+                        for u in read_manifest(manifests["train"])), 12, tokenizer.vocab_size,
+                       end_of_sentence=True)
+    fused = evaluate_model(model, tokenizer, test, method="ctc_prefix_beam", beam=64,
+                           token_prune=16, lm_score=lm, lm_weight=1.0, length_bonus=2.0,
                            results_path=a.out / "test_results_lm.jsonl")
     summary = {
         "corpus": "synth", "split": "test (held-out voices)",
         "wer": round(metrics["wer"], 4), "cer": round(metrics["cer"], 4),
         "wer_lm": round(fused["wer"], 4), "cer_lm": round(fused["cer"], 4),
         "utterances": metrics["utterances"], "rtf": round(metrics["rtf"], 4),
-        "wer_by_kind": {k: round(score(r, h)["wer"], 4) for k, (r, h) in sorted(groups.items())},
+        "wer_by_kind": wer_by_kind(test, results_path),
+        "wer_lm_by_kind": wer_by_kind(test, a.out / "test_results_lm.jsonl"),
+        "rtf_lm": round(fused["rtf"], 4),
         "train_minutes": round(result.train_seconds / 60, 1),
         "total_minutes": round((time.time() - t0) / 60, 1),
         "model": str(result.model_path),
     }
     print(json.dumps(summary), flush=True)
     return summary
+
+
+def wer_by_kind(test, results_path: Path) -> dict:
+    """WER per text kind (digits, numbers, commands, sentences): where the errors are."""
+    kind = {u.id: u.meta.get("kind", "?") for u in test}
+    groups = defaultdict(lambda: ([], []))
+    for row in map(json.loads, open(results_path)):
+        refs, hyps = groups[kind[row["id"]]]
+        refs.append(row["ref"])
+        hyps.append(row["hyp"])
+    return {k: round(score(r, h)["wer"], 4) for k, (r, h) in sorted(groups.items())}
 
 
 if __name__ == "__main__":
