@@ -27,6 +27,7 @@ def _evaluate(args) -> int:
     from asr.checkpoint import load_model
     from asr.corpora import load_corpus
     from asr.evaluate import evaluate_model, vocab_search
+    from asr.text import normalize_text
 
     torch.set_num_threads(args.threads)
     model, tokenizer, _ = load_model(args.model)
@@ -37,13 +38,10 @@ def _evaluate(args) -> int:
     if args.beam:
         options.update(beam=args.beam)
     if args.lm_texts:
-        from asr.lm import NgramLM
-        from asr.text import normalize_text
+        from asr.lm import NgramLM, WordLM
 
         texts = [normalize_text(t) for t in _read_texts(args.lm_texts)]
         if args.lm_kind == "word":
-            from asr.lm import WordLM
-
             lm = WordLM.train(texts, args.lm_order, tokenizer.encode, tokenizer.word_separator())
         else:
             lm = NgramLM.train((tokenizer.encode(t) for t in texts), args.lm_order,
@@ -51,8 +49,6 @@ def _evaluate(args) -> int:
         options.update(lm_score=lm, lm_weight=args.lm_weight, length_bonus=args.length_bonus)
     method = args.search
     if args.vocab:
-        from asr.text import normalize_text
-
         phrases = dict.fromkeys(normalize_text(t) for t in _read_texts(args.vocab))
         options.update(vocabulary=[tokenizer.encode(p) for p in phrases if p])
         if method is None:

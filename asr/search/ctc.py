@@ -118,7 +118,7 @@ def _prefix_beam_one(lp: torch.Tensor, beam: int, nbest: int, blank: int,
                 new = prefix + (tok,)
                 if new not in extra:
                     bonus = length_bonus
-                    if lm is not None:
+                    if lm is not None and lm_weight != 0.0:
                         bonus += lm_weight * lm(prefix, tok)
                     extra[new] = extra[prefix] + bonus
                 if extra[new] == NEG_INF:  # the LM forbids it (e.g. a word not in its lexicon)
@@ -131,9 +131,10 @@ def _prefix_beam_one(lp: torch.Tensor, beam: int, nbest: int, blank: int,
         scored = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]) + extra[kv[0]],
                         reverse=True)
         beams = dict(scored[:beam])
-    # an LM that scores the end of the sentence (e.g. asr.lm.WordLM) gets its last say
+    # an LM that scores the end of the sentence (NgramLM with end_of_sentence, WordLM)
+    # gets its last say
     end = getattr(lm, "final", None)
-    if end is not None:
+    if end is not None and lm_weight != 0.0:
         ended = {p: extra[p] + lm_weight * end(p) for p in beams}
         if any(v > NEG_INF for v in ended.values()):  # else keep the unfinished ones
             extra = ended

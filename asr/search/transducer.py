@@ -295,7 +295,8 @@ def _alsd_one(
                 active.append(
                     _Hyp(tokens, c.score, c.best, p.times + (p.t,), p.t, dec_p[i], _select(new_state, torch.tensor([i])))
                 )
-    # an LM that scores the end of the sentence (e.g. asr.lm.WordLM) gets its last say
+    # an LM that scores the end of the sentence (NgramLM with end_of_sentence, WordLM)
+    # gets its last say
     end = getattr(lm_score, "final", None)
     if end is not None and lm_weight != 0.0:
         ended = [h.score + lm_weight * end(h.tokens) for h in final.values()]
