@@ -816,8 +816,8 @@ def pruned_rnnt_loss(
     flat_idx = u_idx + U1 * torch.arange(B, device=enc.device)[:, None, None]
     dec_rows = dec_p.reshape(B * U1, dec_p.shape[-1])
     Dj = dec_p.shape[-1]
-    if joiner_chunk_elements is None:  # auto: at most ~8 chunks, each >= 2**20 elements
-        chunk = max(1 << 20, -(-B * T * S * max(Dj, V) // 8))
+    if joiner_chunk_elements is None:  # auto: at most ~8 chunks, each >= 2**18 elements
+        chunk = max(1 << 18, -(-B * T * S * max(Dj, V) // 8))
     else:
         chunk = joiner_chunk_elements
     activation = _fused_activation(joiner)
