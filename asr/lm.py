@@ -88,6 +88,7 @@ class NgramLM:
 
 
 EOS_WORD = "</s>"
+UNKNOWN_WORD = -2  # id of a completed word that is not in the lexicon (never scored)
 
 
 class WordLM:
@@ -130,7 +131,7 @@ class WordLM:
         words, start = [], 0
         for i, tok in enumerate(prefix):
             if tok == self.space_id:
-                words.append(self._spelling.get(prefix[start:i], -2))
+                words.append(self._spelling.get(prefix[start:i], UNKNOWN_WORD))
                 start = i + 1
         return tuple(words), prefix[start:]
 

@@ -781,7 +781,7 @@ def pruned_rnnt_loss(
             size ``(B, T, S, Dj)`` or ``(B, T, S, V)`` is stored (backward recomputes each
             chunk: one extra GEMM). Other joiners run in chunks of frames with activation
             checkpointing when ``B*T*S*max(Dj, V)`` exceeds it. ``None`` (default): at most
-            about 8 chunks of at least ``2**20`` elements (fewer, larger chunks cost less
+            about 8 chunks of at least ``2**18`` elements (fewer, larger chunks cost less
             per-op overhead; the bound still keeps the joiner far below the full lattice).
             0: one pass.
 

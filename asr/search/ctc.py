@@ -26,6 +26,17 @@ def _logaddexp(a: float, b: float) -> float:
     return m + math.log1p(math.exp(-abs(a - b)))
 
 
+def collapse_path(path: List[int], blank: int = 0) -> Tuple[List[int], List[int]]:
+    """A frame-level CTC path -> (tokens, first frame of each token): repeats merged, blanks dropped."""
+    tokens, times, prev = [], [], blank
+    for t, tok in enumerate(path):
+        if tok != blank and tok != prev:
+            tokens.append(tok)
+            times.append(t)
+        prev = tok
+    return tokens, times
+
+
 @SEARCHES.register("ctc_greedy")
 def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0,
                **_: object) -> List[SearchResult]:
@@ -42,13 +53,7 @@ def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0,
     results = []
     for b in range(log_probs.shape[0]):
         n = int(lengths[b])
-        path = best[b, :n].tolist()
-        tokens, times, prev = [], [], blank
-        for t, tok in enumerate(path):
-            if tok != blank and tok != prev:
-                tokens.append(tok)
-                times.append(t)
-            prev = tok
+        tokens, times = collapse_path(best[b, :n].tolist(), blank)
         results.append(SearchResult([Hypothesis(tokens, float(best_lp[b, :n].sum()), times)]))
     return results
 

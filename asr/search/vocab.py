@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 
 from asr.registry import SEARCHES
+from asr.search.ctc import collapse_path
 from asr.search.types import Hypothesis, SearchResult
 
 
@@ -70,11 +71,7 @@ def ctc_vocab(log_probs: torch.Tensor, lengths: torch.Tensor,
             if torch.isfinite(scores[k]):
                 path, _ = AF.forced_align(lp[None], targets[k: k + 1, : target_lens[k]].int(),
                                           blank=blank)
-                path, prev = path[0].tolist(), blank
-                for t, tok in enumerate(path):
-                    if tok != blank and tok != prev:
-                        times.append(t)
-                    prev = tok
+                _, times = collapse_path(path[0].tolist(), blank)
             nb.append(Hypothesis(tokens=tokens, score=float(scores[k]), times=times))
         results.append(SearchResult(nb))
     return results
