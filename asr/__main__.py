@@ -47,6 +47,8 @@ def _evaluate(args) -> int:
             lm = NgramLM.train((tokenizer.encode(t) for t in texts), args.lm_order,
                                tokenizer.vocab_size, end_of_sentence=True)
         options.update(lm_score=lm, lm_weight=args.lm_weight, length_bonus=args.length_bonus)
+    if args.warps:
+        options.update(warps=args.warps)
     method = args.search
     if args.vocab:
         phrases = dict.fromkeys(normalize_text(t) for t in _read_texts(args.vocab))
@@ -117,6 +119,9 @@ def main(argv=None) -> int:
     e.add_argument("--lm-order", type=int, default=6)
     e.add_argument("--lm-weight", type=float, default=0.5)
     e.add_argument("--length-bonus", type=float, default=1.0)
+    e.add_argument("--warps", type=float, nargs="+", metavar="ALPHA",
+                   help="test-time VTLN: decode once per frequency-warp factor (e.g. 0.84 0.88 "
+                   "... 1.16) and keep each utterance's best-scoring warp")
     e.add_argument("--results", type=Path, help="write per-utterance results (JSON lines)")
     e.add_argument("--limit", type=int, help="evaluate only the first N utterances")
     e.add_argument("--threads", type=int, default=2)

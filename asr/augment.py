@@ -101,12 +101,22 @@ def warp_frequency(feats: torch.Tensor, max_warp: float,
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Stretch each utterance's feature axis by its own factor (VTLP-like augmentation).
 
-    feats (B, T, D) -> (B, T, D). Output bin d reads input bin d / alpha (linear
-    interpolation, clamped at the top bin), alpha uniform in [1 - max_warp, 1 + max_warp]:
-    alpha > 1 moves formants up, as a shorter vocal tract does.
+    feats (B, T, D) -> (B, T, D); alpha uniform in [1 - max_warp, 1 + max_warp] per
+    utterance (see ``warp_features``).
+    """
+    alpha = 1.0 + max_warp * (2 * torch.rand(feats.shape[0], generator=generator) - 1)
+    return warp_features(feats, alpha)
+
+
+def warp_features(feats: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """Stretch the feature (frequency) axis by ``alpha``: a vocal-tract-length warp.
+
+    feats (B, T, D), alpha a float or (B,) -> (B, T, D). Output bin d reads input bin
+    d / alpha (linear interpolation, clamped at the top bin): alpha > 1 moves formants
+    up, as a shorter vocal tract does. alpha = 1 returns the features unchanged.
     """
     B, T, D = feats.shape
-    alpha = 1.0 + max_warp * (2 * torch.rand(B, 1, generator=generator) - 1)
+    alpha = torch.as_tensor(alpha, dtype=feats.dtype).reshape(-1, 1).expand(B, 1)
     src = (torch.arange(D, dtype=feats.dtype)[None, :] / alpha).clamp(max=D - 1)  # (B, D)
     lo = src.floor().long()
     hi = (lo + 1).clamp(max=D - 1)

@@ -1,19 +1,19 @@
 """The ASR model: features -> shared encoder -> a dict of heads with loss weights."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 import asr.heads.ctc  # noqa: F401  (registers the heads)
 import asr.heads.transducer  # noqa: F401
-from asr.augment import SpecAugment
+from asr.augment import SpecAugment, warp_features
 from asr.config import ExperimentConfig, HeadConfig
 from asr.encoders import build_encoder
 from asr.features import FeatureExtractor
 from asr.registry import HEADS
-from asr.search.types import SearchResult
+from asr.search.types import Hypothesis, SearchResult
 
 
 class GlobalCMVN(nn.Module):
@@ -74,12 +74,18 @@ class ASRModel(nn.Module):
         })
         self.loss_weights = {name: hc.weight for name, hc in cfg.heads.items()}
 
-    def encode(self, waves: torch.Tensor, wave_lens: torch.Tensor):
-        """waves: (B, N), wave_lens: (B,) -> (enc (B, T, D), enc_lens (B,))."""
+    def encode(self, waves: torch.Tensor, wave_lens: torch.Tensor, warp: Optional[float] = None):
+        """waves: (B, N), wave_lens: (B,) -> (enc (B, T, D), enc_lens (B,)).
+
+        ``warp``: stretch the normalised features' frequency axis by this factor first
+        (test-time vocal tract length normalisation; see ``decode``).
+        """
         feats, feat_lens = self.features(waves, wave_lens)
         if self.cfg.cmvn == "utterance":
             feats = subtract_utterance_mean(feats, feat_lens)
         feats = self.cmvn(feats)
+        if warp is not None and warp != 1.0:
+            feats = warp_features(feats, warp)
         if self.specaug is not None and self.training:
             feats = self.specaug(feats, feat_lens)
         return self.encoder(feats, feat_lens)
@@ -95,11 +101,36 @@ class ASRModel(nn.Module):
 
     @torch.no_grad()
     def decode(self, waves: torch.Tensor, wave_lens: torch.Tensor, head: Optional[str] = None,
-               method: Optional[str] = None, **options) -> List[SearchResult]:
-        """Decode with one head (default: the first) and a search method by name."""
+               method: Optional[str] = None, warps: Optional[Sequence[float]] = None,
+               **options) -> List[SearchResult]:
+        """Decode with one head (default: the first) and a search method by name.
+
+        ``warps``: test-time vocal tract length normalisation. The audio is decoded once
+        per frequency-warp factor (e.g. 0.88 ... 1.12) and each utterance keeps the warp
+        whose best hypothesis scores highest: the maximum-likelihood warp of classic VTLN,
+        chosen per utterance, which fits a new voice to the voices the model learnt.
+        The n-best lists are merged (one entry per token sequence, its best score).
+        """
         name = head or next(iter(self.heads))
         if name not in self.heads:
             raise ValueError(f"model has heads {list(self.heads)}, not {name!r}")
         h = self.heads[name]
-        enc, enc_lens = self.encode(waves, wave_lens)
-        return h.decode(enc, enc_lens, method or h.search_methods[0], **options)
+        method = method or h.search_methods[0]
+        if not warps:
+            enc, enc_lens = self.encode(waves, wave_lens)
+            return h.decode(enc, enc_lens, method, **options)
+        if any(not 0.5 <= float(a) <= 2.0 for a in warps):
+            raise ValueError(f"warps must lie in [0.5, 2.0], got {list(warps)}")
+        per_warp = [h.decode(*self.encode(waves, wave_lens, float(a)), method, **options)
+                    for a in warps]
+        merged = []
+        for results in zip(*per_warp):
+            pool: Dict[tuple, Hypothesis] = {}
+            for hyp in (hyp for r in results for hyp in r.nbest):
+                key = tuple(hyp.tokens)
+                if key not in pool or hyp.score > pool[key].score:
+                    pool[key] = hyp
+            # sorted by score, so the first is the best hypothesis of the best-scoring warp
+            ranked = sorted(pool.values(), key=lambda hyp: -hyp.score)
+            merged.append(SearchResult(ranked[: max(len(r.nbest) for r in results)]))
+        return merged

@@ -1,19 +1,24 @@
 """Closed-vocabulary search, the lexicon word LM, and frequency-warp augmentation."""
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from asr.augment import warp_frequency
+from asr.augment import warp_features, warp_frequency
+from asr.config import load_config
 from asr.heads.ctc import CTCHead
 from asr.lm import EOS_WORD, WordLM
+from asr.model import ASRModel
 from asr.registry import SEARCHES
 from asr.search.ctc import ctc_prefix_beam
 from asr.search.vocab import ctc_vocab, transducer_vocab
 from asr.text import CharTokenizer
 from tests.test_ctc_search import brute_force
 from tests.test_transducer_search import _alignment_logprob, _enc, _exhaustive, _head
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -117,3 +122,40 @@ def test_warp_frequency_identity_and_stretch():
         alpha = 1.0 / float(row[1])  # output bin d reads input bin d / alpha
         assert 0.8 - 1e-6 <= alpha <= 1.2 + 1e-6
         assert torch.equal(out[b, 0], out[b, 2])  # one warp per utterance, all frames
+
+
+def test_warp_features_fixed_factor():
+    feats = torch.arange(10.0).repeat(2, 3, 1)  # (B=2, T=3, D=10), value = bin index
+    assert torch.equal(warp_features(feats, 1.0), feats)
+    out = warp_features(feats, 1.25)
+    assert torch.allclose(out[0, 0, :5], torch.arange(5.0) / 1.25)  # bin d reads d / alpha
+    per_utt = warp_features(feats, torch.tensor([1.0, 0.8]))
+    assert torch.equal(per_utt[0], feats[0])
+    assert float(per_utt[1, 0, 4]) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("head,method", [("ctc", "ctc_greedy"), ("transducer", "transducer_vocab")])
+def test_decode_with_warps_keeps_each_utterances_best_scoring_warp(head, method):
+    torch.manual_seed(0)
+    cfg = load_config(ROOT / "recipes" / "fsdd" / "rnnt.yaml")
+    tok = CharTokenizer()
+    model = ASRModel(cfg, tok.vocab_size).eval()
+    waves, lens = torch.randn(3, 8000), torch.tensor([8000, 6000, 4000])
+    options = {"vocabulary": [tok.encode(w) for w in ("one", "two", "six")], "nbest": 3} \
+        if method.endswith("_vocab") else {}
+    warps = [0.9, 1.0, 1.1]
+    plain = model.decode(waves, lens, head=head, method=method, **options)
+    same = model.decode(waves, lens, head=head, method=method, warps=[1.0], **options)
+    assert [r.best.tokens for r in same] == [r.best.tokens for r in plain]
+    merged = model.decode(waves, lens, head=head, method=method, warps=warps, **options)
+    singles = [model.decode(waves, lens, head=head, method=method, warps=[a], **options)
+               for a in warps]
+    for b, res in enumerate(merged):
+        best_warp = max(singles, key=lambda s: s[b].best.score)[b].best
+        assert res.best.tokens == best_warp.tokens
+        assert res.best.score == pytest.approx(max(s[b].best.score for s in singles))
+        scores = [h.score for h in res.nbest]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in res.nbest}) == len(res.nbest)
+    with pytest.raises(ValueError, match="warps"):
+        model.decode(waves, lens, head=head, method=method, warps=[3.0], **options)
