@@ -21,22 +21,46 @@ def _train(args) -> int:
     return 0
 
 
+def _decoding_options(args, model, tokenizer, cfg) -> dict:
+    """Head, search and options from the command line, else from the model's saved
+    ``decoding`` defaults (unless ``--plain``)."""
+    from asr.evaluate import vocab_search
+    from asr.text import normalize_text
+
+    saved = cfg.decoding if not args.plain else type(cfg.decoding)()
+    head = args.head or saved.head
+    method = args.search or saved.method
+    options = {}
+    if getattr(args, "beam", None):
+        options.update(beam=args.beam)
+    if getattr(args, "vocab", None):
+        phrases = _read_texts(args.vocab)
+    else:  # the saved vocabulary, unless an open search was asked for by name
+        phrases = saved.vocabulary if method is None or method.endswith("_vocab") else []
+    if phrases:
+        phrases = [p for p in dict.fromkeys(normalize_text(t) for t in phrases) if p]
+        options.update(vocabulary=[tokenizer.encode(p) for p in phrases])
+        method = method or vocab_search(model, head)
+    warps = args.warps if args.warps is not None else saved.warps
+    if warps:
+        options.update(warps=list(warps))
+    return {"head": head, "method": method, **options}
+
+
 def _evaluate(args) -> int:
     import torch
 
     from asr.checkpoint import load_model
     from asr.corpora import load_corpus
-    from asr.evaluate import evaluate_model, vocab_search
+    from asr.evaluate import evaluate_model
     from asr.text import normalize_text
 
     torch.set_num_threads(args.threads)
-    model, tokenizer, _ = load_model(args.model)
+    model, tokenizer, cfg = load_model(args.model)
     utts = load_corpus(args.corpus, args.data)
     if args.limit:
         utts = utts[: args.limit]
-    options = {}
-    if args.beam:
-        options.update(beam=args.beam)
+    options = _decoding_options(args, model, tokenizer, cfg)
     if args.lm_texts:
         from asr.lm import NgramLM, WordLM
 
@@ -47,16 +71,11 @@ def _evaluate(args) -> int:
             lm = NgramLM.train((tokenizer.encode(t) for t in texts), args.lm_order,
                                tokenizer.vocab_size, end_of_sentence=True)
         options.update(lm_score=lm, lm_weight=args.lm_weight, length_bonus=args.length_bonus)
-    if args.warps:
-        options.update(warps=args.warps)
-    method = args.search
-    if args.vocab:
-        phrases = dict.fromkeys(normalize_text(t) for t in _read_texts(args.vocab))
-        options.update(vocabulary=[tokenizer.encode(p) for p in phrases if p])
-        if method is None:
-            method = vocab_search(model, args.head)
-    metrics = evaluate_model(model, tokenizer, utts, head=args.head, method=method,
-                             results_path=args.results, **options)
+    metrics = evaluate_model(model, tokenizer, utts, results_path=args.results, **options)
+    metrics["decoding"] = {"head": options["head"] or next(iter(model.heads)),
+                           "method": options["method"] or "default",
+                           "vocabulary": len(options.get("vocabulary", [])),
+                           "warps": len(options.get("warps", []))}
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
     return 0
 
@@ -77,16 +96,25 @@ def _transcribe(args) -> int:
     from asr.checkpoint import load_model
 
     model, tokenizer, cfg = load_model(args.model)
+    options = _decoding_options(args, model, tokenizer, cfg)
     for path in args.files:
         wave = load_audio(path, cfg.sample_rate)
-        res = model.decode(wave[None], torch.tensor([wave.numel()]), head=args.head,
-                           method=args.search)[0]
+        res = model.decode(wave[None], torch.tensor([wave.numel()]), **options)[0]
         frame = cfg.features.hop_length * model.encoder.subsampling_factor / cfg.sample_rate
         print(json.dumps({"file": path, "text": tokenizer.decode(res.best.tokens),
                           "score": round(res.best.score, 3),
                           "tokens": [tokenizer.token(t) for t in res.best.tokens],
                           "times": [round(t * frame, 3) for t in res.best.times]}))
     return 0
+
+
+def _add_decoding_arguments(p) -> None:
+    p.add_argument("--warps", type=float, nargs="*", metavar="ALPHA",
+                   help="test-time VTLN: decode once per frequency-warp factor (e.g. 0.84 0.88 "
+                   "... 1.16) and keep each utterance's best-scoring warp (no value: off)")
+    p.add_argument("--plain", action="store_true",
+                   help="ignore the decoding defaults saved in the model (its closed "
+                   "vocabulary, warps, head and search)")
 
 
 def main(argv=None) -> int:
@@ -119,9 +147,7 @@ def main(argv=None) -> int:
     e.add_argument("--lm-order", type=int, default=6)
     e.add_argument("--lm-weight", type=float, default=0.5)
     e.add_argument("--length-bonus", type=float, default=1.0)
-    e.add_argument("--warps", type=float, nargs="+", metavar="ALPHA",
-                   help="test-time VTLN: decode once per frequency-warp factor (e.g. 0.84 0.88 "
-                   "... 1.16) and keep each utterance's best-scoring warp")
+    _add_decoding_arguments(e)
     e.add_argument("--results", type=Path, help="write per-utterance results (JSON lines)")
     e.add_argument("--limit", type=int, help="evaluate only the first N utterances")
     e.add_argument("--threads", type=int, default=2)
@@ -131,6 +157,7 @@ def main(argv=None) -> int:
     r.add_argument("--model", required=True)
     r.add_argument("--head")
     r.add_argument("--search")
+    _add_decoding_arguments(r)
     r.add_argument("files", nargs="+")
     r.set_defaults(func=_transcribe)
 

@@ -78,6 +78,20 @@ class TrainConfig:
 
 
 @dataclass
+class DecodingConfig:
+    """How ``python -m asr evaluate`` / ``transcribe`` decode the model unless told otherwise.
+
+    Saved in the checkpoint with the rest of the config, so a model for a closed task (the
+    ten FSDD digits) carries its vocabulary and test-time warps with it.
+    """
+
+    head: Optional[str] = None  # default: the model's first head
+    method: Optional[str] = None  # default: the head's first search (or its *_vocab search)
+    vocabulary: List[str] = field(default_factory=list)  # closed vocabulary; empty = open
+    warps: List[float] = field(default_factory=list)  # test-time VTLN factors; empty = off
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "exp"
     sample_rate: int = 16000
@@ -91,6 +105,7 @@ class ExperimentConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
 
 
 class ConfigError(ValueError):

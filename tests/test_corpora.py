@@ -96,6 +96,7 @@ def test_fsdd_recipe_end_to_end_on_a_tiny_tree(tmp_path):
     assert summary["test_speakers"] == ["theo"] and summary["utterances"] == 30
     # free decoding may spell anything; the closed vocabulary only answers digit words
     assert 0.0 <= summary["accuracy"] <= 1.0 and 0.0 <= summary["accuracy_vocab"] <= 1.0
+    assert 0.0 <= summary["accuracy_vocab_warps"] <= 1.0  # the config's test-time VTLN
     digits = set((ROOT / "recipes" / "fsdd" / "digits.txt").read_text().split())
     rows = [json.loads(line) for line in open(tmp_path / "exp" / "test_results_vocab.jsonl")]
     assert len(rows) == 30 and all(r["hyp"] in digits for r in rows)

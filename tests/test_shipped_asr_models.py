@@ -1,6 +1,6 @@
-"""The shipped FSDD models load, run through `python -m asr evaluate`, and still decode
-FSDD digits (a regression check on clips of the speakers they were trained on; the
-held-out-speaker figures are in recipes/fsdd/README.md)."""
+"""The shipped FSDD models load, run through `python -m asr evaluate` with their saved
+decoding defaults and without, and still decode FSDD digits (a regression check on clips of
+the speakers they were trained on; the held-out-speaker figures are in recipes/fsdd/README.md)."""
 import json
 import subprocess
 import sys
@@ -23,18 +23,32 @@ def test_shipped_fsdd_model(name, tmp_path):
     data.mkdir()
     for clip in sorted((FSDD / "recordings").glob("*_4[5-9].wav"))[:60]:
         (data / clip.name).symlink_to(clip)
-    out = subprocess.run([sys.executable, "-m", "asr", "evaluate", "--model", str(model),
-                          "--corpus", "fsdd", "--data", str(tmp_path), "--threads", "1"],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    metrics = json.loads(out.stdout.strip().splitlines()[-1])
-    assert metrics["utterances"] == 60
-    assert metrics["accuracy"] >= 0.9, metrics
-    # the closed-vocabulary search over the ten digit words runs on the shipped model too
-    out = subprocess.run([sys.executable, "-m", "asr", "evaluate", "--model", str(model),
-                          "--corpus", "fsdd", "--data", str(tmp_path), "--threads", "1",
-                          "--vocab", str(ROOT / "recipes" / "fsdd" / "digits.txt")],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    vocab = json.loads(out.stdout.strip().splitlines()[-1])
+    evaluate = lambda *flags: _evaluate(model, tmp_path, *flags)  # noqa: E731
+    # by default the model decodes as saved in it: the ten digit words, test-time VTLN
+    metrics, rows = evaluate()
+    assert metrics["decoding"]["vocabulary"] == 10 and metrics["decoding"]["warps"] == 9, metrics
+    assert metrics["utterances"] == 60 and metrics["accuracy"] >= 0.9, metrics
+    digits = set((ROOT / "recipes" / "fsdd" / "digits.txt").read_text().split())
+    assert all(r["hyp"] in digits for r in rows)
+    # --plain: the head's own open search, no warps
+    plain, _ = evaluate("--plain")
+    assert plain["decoding"] == {"head": metrics["decoding"]["head"], "method": "default",
+                                 "vocabulary": 0, "warps": 0}
+    assert plain["utterances"] == 60 and plain["accuracy"] >= 0.9, plain
+    # a named open search leaves the saved vocabulary out; --vocab brings one back
+    greedy, _ = evaluate("--head", "ctc", "--search", "ctc_greedy", "--warps")
+    assert greedy["decoding"] == {"head": "ctc", "method": "ctc_greedy", "vocabulary": 0, "warps": 0}
+    vocab, _ = evaluate("--plain", "--vocab", str(ROOT / "recipes" / "fsdd" / "digits.txt"))
+    assert vocab["decoding"]["vocabulary"] == 10 and vocab["decoding"]["warps"] == 0
     assert vocab["utterances"] == 60 and vocab["accuracy"] >= 0.9, vocab
+
+
+def _evaluate(model: Path, data: Path, *flags: str):
+    results = data / "results.jsonl"
+    out = subprocess.run([sys.executable, "-m", "asr", "evaluate", "--model", str(model),
+                          "--corpus", "fsdd", "--data", str(data), "--threads", "1",
+                          "--results", str(results), *flags],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in open(results)]
+    return json.loads(out.stdout.strip().splitlines()[-1]), rows

@@ -26,8 +26,6 @@ from recipes.synth.generate import generate
 
 HERE = Path(__file__).resolve().parent
 DIGITS = HERE / "digits.txt"  # the closed vocabulary: zero ... nine
-# test-time VTLN grid (fixed before it was measured): +-16% in steps of 4%
-WARPS = [0.84, 0.88, 0.92, 0.96, 1.0, 1.04, 1.08, 1.12, 1.16]
 
 
 def main(argv=None) -> dict:
@@ -43,9 +41,6 @@ def main(argv=None) -> dict:
                    help="times each Speech Commands digit clip is listed")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--warps", type=float, nargs="*", default=WARPS, metavar="ALPHA",
-                   help="also report closed-vocabulary accuracy with test-time VTLN over these "
-                   "frequency-warp factors (none: skip)")
     p.add_argument("--ship", type=Path, help="copy the trained model here")
     a = p.parse_args(argv)
 
@@ -72,8 +67,8 @@ def main(argv=None) -> dict:
                            vocabulary=[tok.encode(w) for w in DIGITS.read_text().split()],
                            results_path=a.out / "test_results_vocab.jsonl")
         summary.update(accuracy_vocab=v["accuracy"])
-        if a.warps:
-            w = evaluate_model(model, tok, test, method=vocab_search(model), warps=a.warps,
+        if cfg.decoding.warps:  # closed vocabulary plus test-time VTLN
+            w = evaluate_model(model, tok, test, method=vocab_search(model), warps=cfg.decoding.warps,
                                vocabulary=[tok.encode(w) for w in DIGITS.read_text().split()],
                                results_path=a.out / "test_results_vocab_warps.jsonl")
             summary.update(accuracy_vocab_warps=w["accuracy"])
