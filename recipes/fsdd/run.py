@@ -41,6 +41,9 @@ def main(argv=None) -> dict:
                    help="times each Speech Commands digit clip is listed")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--init-from", type=Path,
+                   help="start from this checkpoint's weights (same architecture), e.g. a model "
+                   "pre-trained on the synthetic corpus")
     p.add_argument("--ship", type=Path, help="copy the trained model here")
     a = p.parse_args(argv)
 
@@ -54,7 +57,7 @@ def main(argv=None) -> dict:
         train += speech_commands_digits(a.speech_commands, a.speech_commands_repeat)
     train_path = write_manifest(train, a.out / "data" / "train_plus_synth.jsonl")
     cfg = load_config(a.config, [f"data.train={train_path}", f"data.valid={splits['valid']}", *a.set])
-    result = Trainer(cfg, a.out / "ctc").fit()
+    result = Trainer(cfg, a.out / "ctc", init_from=a.init_from).fit()
     summary = {"train_utterances": len(train), "train_minutes": round(result.train_seconds / 60, 1),
                "model": str(result.model_path)}
     if "test" in splits:
