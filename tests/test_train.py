@@ -55,6 +55,21 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tone_corpus, monkeypat
     assert (tmp_path / "killed" / "config.yaml").exists()
 
 
+def test_init_from_starts_from_the_given_weights(tmp_path, tone_corpus):
+    import dataclasses
+
+    cfg = tiny_config(tone_corpus, epochs=1)
+    start = Trainer(cfg, tmp_path / "start").fit().model_path
+    ref = read_checkpoint(start)["model"]
+    # with a zero learning rate the weights stay where they start: the given model's
+    frozen = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=0.0))
+    got = read_checkpoint(Trainer(frozen, tmp_path / "tuned", init_from=str(start)).fit().model_path)["model"]
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], msg=k)
+    fresh = read_checkpoint(Trainer(frozen, tmp_path / "fresh").fit().model_path)["model"]
+    assert any(not torch.equal(fresh[k], ref[k]) for k in ref)
+
+
 def test_truncated_checkpoint_is_refused_by_name(tmp_path, tone_corpus):
     cfg = tiny_config(tone_corpus, epochs=1)
     result = Trainer(cfg, tmp_path / "exp").fit()
