@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from kws.detector import Detection, PosteriorDetector, target_indices
-from kws.features_np import StreamingFeatures, compute_features, resample
+from kws.features_np import StreamingFeatures, compute_features, resample, window_features
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".sph")
 
@@ -134,6 +134,11 @@ class KeywordStream:
     accept_waveform(samples (n,)) -> [Detection]. The model runs once per hop on the last
     ``window_frames`` frames; before the stream has a full window, the missing frames are
     features of silence. Every chunk size gives the same result.
+
+    Log-mel frames are computed once each. PCEN depends on where its smoother starts, and
+    the model was trained on 1 s windows normalised on their own, so for a PCEN model the
+    stream keeps mel power frames and normalises every window afresh
+    (:func:`kws.features_np.window_features`), as in training and as ``classify`` does.
     """
 
     def __init__(self, model: KWSModel, detector: dict, record: bool = False) -> None:
@@ -142,7 +147,8 @@ class KeywordStream:
         self.detector = PosteriorDetector(
             model.labels, threshold=detector["threshold"], smooth_hops=detector["smooth_hops"],
             refractory_hops=int(round(detector["refractory_s"] / detector["hop_s"])))
-        self.features = StreamingFeatures(model.feature_config)
+        self.per_window = model.feature_config["kind"] == "pcen"
+        self.features = StreamingFeatures(model.feature_config, mel_only=self.per_window)
         self.record = record
         self.reset()
 
@@ -150,7 +156,10 @@ class KeywordStream:
         W = self.model.window_frames
         self.features.reset()
         self.detector.reset()
-        self._hist = np.tile(self.model.silence_frame, (W, 1))
+        # silence: mel power 0 (PCEN, normalised per window) or its log-mel frame
+        silence = (np.zeros_like(self.model.silence_frame) if self.per_window
+                   else self.model.silence_frame)
+        self._hist = np.tile(silence, (W, 1))
         self._frames = 0  # frames seen so far
         self._samples = 0
         self.posteriors: List[np.ndarray] = []  # (C,) per hop, when record=True
@@ -179,7 +188,10 @@ class KeywordStream:
         st = allf.strides
         view = np.lib.stride_tricks.as_strided(
             allf, shape=(allf.shape[0] - W + 1, W, allf.shape[1]), strides=(st[0], st[0], st[1]))
-        probs = self.model.predict(view[rows - W + 1])
+        windows = view[rows - W + 1]
+        if self.per_window:
+            windows = window_features(windows, self.features.fe)
+        probs = self.model.predict(windows)
         dets = []
         fr = self.model.hop_length / self.model.sample_rate
         for k, p in zip(ends, probs):

@@ -9,6 +9,11 @@ Two forms:
 - :class:`StreamingFeatures` - the same frames, produced as samples arrive. The start is
   reflect-padded like the offline form, so every frame but the last ``n_fft // 2 / hop``
   ones equals the offline frame; PCEN's smoother carries its state across chunks.
+  ``mel_only=True`` returns mel power frames instead, for callers that normalise windows
+  themselves (:func:`window_features`).
+- :func:`window_features` - features of windows of mel power frames, each computed as if
+  the window were the whole input: for PCEN the smoother starts afresh in every window,
+  as it does for the 1 s training windows (the keyword stream uses this for PCEN models).
 """
 from __future__ import annotations
 
@@ -109,21 +114,24 @@ class _Frontend:
         return power @ self.fbank
 
     def pcen(self, mel: np.ndarray, m_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """mel (T, C) power, m_prev (C,) smoother state -> (pcen (T, C), new state (C,))."""
+        """mel (..., T, C) power, m_prev (..., C) smoother state -> (pcen (..., T, C),
+        new state (..., C)); leading dimensions are independent inputs (windows)."""
         energy = np.sqrt(np.maximum(mel, 0.0)) * self.scale
         m = np.empty_like(energy)
         s, prev = self.s, m_prev
-        for t in range(energy.shape[0]):  # the EMA M[t] = (1 - s) M[t-1] + s E[t]
-            prev = (1.0 - s) * prev + s * energy[t]
-            m[t] = prev
+        for t in range(energy.shape[-2]):  # the EMA M[t] = (1 - s) M[t-1] + s E[t]
+            prev = (1.0 - s) * prev + s * energy[..., t, :]
+            m[..., t, :] = prev
         smooth = np.exp(-self.alpha * (math.log(self.eps) + np.log1p(m / self.eps)))
         out = (energy * smooth + self.delta) ** self.r - self.delta ** self.r
         return out, prev
 
     def finish(self, mel: np.ndarray, state: Optional[np.ndarray]):
+        """mel power (..., T, C) -> features (..., T, C) and the PCEN state (None: a fresh
+        start, M[-1] = 1 as in asr.features)."""
         if self.kind == "pcen":
             if state is None:
-                state = np.ones(mel.shape[1])
+                state = np.ones(mel.shape[:-2] + mel.shape[-1:])
             return self.pcen(mel, state)
         return np.log(mel + self.log_floor), state
 
@@ -155,16 +163,25 @@ def compute_features(wave: np.ndarray, cfg: dict) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def window_features(mel_windows: np.ndarray, fe: "_Frontend") -> np.ndarray:
+    """mel power windows (K, W, C) -> features (K, W, C) float32, each window on its own
+    (PCEN smoother restarted per window, like the training windows)."""
+    out, _ = fe.finish(np.asarray(mel_windows, dtype=np.float64), None)
+    return out.astype(np.float32)
+
+
 class StreamingFeatures:
     """Incremental features: ``accept(samples (n,)) -> new frames (k, n_mels)``.
 
     Frame ``i`` is centered at sample ``i * hop``; it is emitted once samples up to
     ``i * hop + n_fft // 2`` have arrived. The first ``n_fft // 2`` samples are reflected to
-    the left, as the offline centered STFT does.
+    the left, as the offline centered STFT does. ``mel_only=True``: the frames are mel
+    power (no log, no PCEN).
     """
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict, mel_only: bool = False) -> None:
         self.fe = _Frontend(cfg)
+        self.mel_only = mel_only
         self.reset()
 
     def reset(self) -> None:
@@ -187,7 +204,10 @@ class StreamingFeatures:
             return np.zeros((0, fe.fbank.shape[1]), dtype=np.float32)
         count = 1 + (self._buf.size - fe.n_fft) // fe.hop
         mel = fe.mel_power(_frames(self._buf, fe.n_fft, fe.hop, count))
-        out, self._pcen_state = fe.finish(mel, self._pcen_state)
+        if self.mel_only:
+            out = mel
+        else:
+            out, self._pcen_state = fe.finish(mel, self._pcen_state)
         self._buf = self._buf[count * fe.hop:]
         self.frames_out += count
         return out.astype(np.float32)

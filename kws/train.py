@@ -312,7 +312,7 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
             probs = predict_windows(spotter, val_waves)
             m = balanced_accuracy(probs, val_labels, num_classes)
             row.update({"val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"]})
-        else:  # no validation set (final models): keep the best augmented training accuracy
+        else:  # no validation set (final models): keep the last epoch (see below)
             row.update({"val_accuracy": None, "val_balanced_accuracy": None})
         if (background is not None and tc.hard_negative_every and negative_streams
                 and epoch >= tc.hard_negative_start
@@ -328,7 +328,10 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
                                                     for k, v in row.items()}))
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
               flush=True)
-        score = row["val_balanced_accuracy"] if row["val_balanced_accuracy"] is not None else row["train_accuracy"]
+        # without validation the last epoch is kept: the schedule ends annealed (and averaged
+        # with EMA), and the augmented (mixup) training accuracy says little about new speakers
+        score = (row["val_balanced_accuracy"] if row["val_balanced_accuracy"] is not None
+                 else float(epoch))
         if score >= best["score"]:
             best = dict(row, score=score)
             save_checkpoint(spotter, out_dir, extra={"epoch": epoch, "val": row})

@@ -168,3 +168,19 @@ def test_detect_reads_raw_pcm_from_stdin(trained):
     dets = [json.loads(line) for line in out.strip().splitlines()]
     assert dets and all(set(d) == {"time", "label", "score"} for d in dets)
     assert dets[0]["label"] == "no" and 0.2 < dets[0]["time"] < 1.4
+
+
+def test_without_validation_the_last_epoch_is_kept(trained, tmp_path):
+    """Final models (validation speakers trained on): the checkpoint is the last epoch, not
+    the best augmented training accuracy."""
+    labels = ["_silence_", "_unknown_", "yes", "no"]
+    cfg = KWSConfig(name="tiny", labels=labels,
+                    model=CRNNConfig(conv_channels=4, gru_size=8, dense_size=8, gru_layers=1),
+                    train=KWSTrainConfig(epochs=3, examples_per_epoch=64, batch_size=32, lr=1e-2,
+                                         max_minutes=None, mixup_alpha=0.3, ema_decay=0.9))
+    cfg.augment.pitch_semitones = [0.0]
+    entries = [manifest_entry(p, lab, spk) for p, lab, spk in scan_speech_commands(trained["data"], labels)]
+    clips = load_clips(entries, {n: i for i, n in enumerate(labels)})
+    summary = train(cfg, clips, [], tmp_path / "ckpt", NoiseBank([], colored_prob=1.0))
+    assert summary["best_epoch"] == summary["epochs_run"] == 3
+    assert summary["val_accuracy"] is None

@@ -68,6 +68,25 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, val_percent: float = 10
     return counts
 
 
+def ljspeech_unknown(lj_dir: str | Path, n: int, label: int, seconds: float = 2.0,
+                     sample_rate: int = 16000, seed: int = 0) -> list:
+    """``n`` segments of ``seconds`` of real running speech from LJSpeech as ``_unknown_``
+    clips without a focus (training draws a random 1 s crop of each, every time). Only the
+    files that the wake-word recipe trains on are used (its validation and held-out LJSpeech
+    files stay unseen by every shipped KWS model)."""
+    from kws.data import Clip, load_audio
+
+    files = [p for p in list_audio(lj_dir) if hash_split(p.stem, 15.0, 45.0) == "train"]
+    seg = int(seconds * sample_rate)
+    pieces = []
+    for p in files:
+        wave = load_audio(str(p), sample_rate)
+        for k in range(wave.numel() // seg):
+            pieces.append((str(p), k, wave[k * seg:(k + 1) * seg].clone()))
+    random.Random(seed).shuffle(pieces)
+    return [Clip(w, label, "real", f"{path}#{k * seconds:g}s", "ljspeech", None) for path, k, w in pieces[:n]]
+
+
 def synthesize_words(out_dir: str | Path, per_word: int, per_other: int, seed: int = 0, jobs: int = 2) -> int:
     from kws.synth import sample_voices, synthesize_many
 
@@ -126,6 +145,11 @@ def run(args: argparse.Namespace) -> dict:
         for c in clips:  # silence and whole-clip unknowns: no word to keep in the window
             if cfg.labels[c.label] == "_silence_":
                 c.focus = None
+        if args.lj_unknown > 0:
+            lj = ljspeech_unknown(shared / "ljspeech" / "wavs", args.lj_unknown, index["_unknown_"],
+                                  sample_rate=cfg.features.sample_rate)
+            log.info("%d LJSpeech segments as _unknown_", len(lj))
+            clips += lj
         add_pitch_variants(clips, cfg.augment.pitch_semitones, cfg.features.sample_rate)
         val = load_clips(read_manifest(out / "val.jsonl"), index, cfg.features.sample_rate, desc="val clips")
         if args.train_on_val:  # final model: the validation speakers join training (test stays out)
@@ -176,10 +200,12 @@ def main(argv=None) -> int:
     p.add_argument("--tts-per-word", type=int, default=120)
     p.add_argument("--tts-per-other", type=int, default=25)
     p.add_argument("--extra-unknown", type=int, default=400, help="FSDD / not-wake-word clips added to _unknown_")
+    p.add_argument("--lj-unknown", type=int, default=0,
+                   help="2 s segments of LJSpeech running speech added to _unknown_ (random 1 s crops)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--train-on-val", action=argparse.BooleanOptionalAction, default=False,
                    help="let the validation speakers join training (no validation then: the checkpoint "
-                        "is the best augmented training accuracy); by default they choose the checkpoint")
+                        "is the last epoch, train.epochs fixed beforehand); by default they choose the checkpoint")
     p.add_argument("-o", "--override", action="append", default=[], help="section.key=value")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
