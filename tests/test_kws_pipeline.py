@@ -127,6 +127,38 @@ def test_cli_evaluate_detection_keys_and_counts(trained, tmp_path):
     assert (tmp_path / "det.png").stat().st_size > 1000
 
 
+def test_noisy_validation_conditions_and_means(trained, tmp_path):
+    from kws.evaluate import noisy_validation
+
+    rng = np.random.default_rng(7)
+    for sub in ("positives", "negatives/speech", "noise"):
+        (tmp_path / sub).mkdir(parents=True)
+    for i in range(4):  # the model's "yes" is a 500 Hz burst, "_unknown_" a 3500 Hz one
+        sf.write(tmp_path / "positives" / f"p{i}.wav", _word(500.0, rng), SR)
+        sf.write(tmp_path / "negatives" / "speech" / f"n{i}.wav", _word(3500.0, rng), SR)
+        sf.write(tmp_path / "noise" / f"z{i}.wav", (0.1 * rng.standard_normal(SR)).astype(np.float32), SR)
+    res = noisy_validation(KWSModel(str(trained["fp32"])), tmp_path, snrs=(5.0, -20.0), seeds=(0, 1),
+                           smooth_options=(1, 2))
+    assert res["positives"] == 4 and res["negative_hours"] == pytest.approx(4 / 3600)
+    assert list(res["conditions"]) == ["clean", "snr5_seed0", "snr5_seed1", "snr-20_seed0", "snr-20_seed1"]
+    for row in res["conditions"].values():
+        for h in ("1", "2"):
+            assert 0.0 <= row[h]["frr_at_0.5_fa_per_hour"] <= 1.0
+            assert 0 <= row[h]["missed_at_zero_fa"] <= 4
+    noisy = [v for k, v in res["conditions"].items() if k != "clean"]
+    assert res["mean_noisy"]["2"]["mean_margin"] == pytest.approx(np.mean([r["2"]["mean_margin"] for r in noisy]))
+    # drowning the words in noise 20 dB louder than them costs margin against clean
+    clean, drowned = res["conditions"]["clean"]["1"], res["conditions"]["snr-20_seed0"]["1"]
+    assert drowned["mean_margin"] < clean["mean_margin"]
+    with pytest.raises(FileNotFoundError, match="positives"):  # not a validation folder
+        noisy_validation(KWSModel(str(trained["fp32"])), tmp_path / "noise")
+    empty = tmp_path / "empty"
+    (empty / "positives").mkdir(parents=True)
+    (empty / "negatives").mkdir()
+    with pytest.raises(ValueError, match="empty: needs audio"):
+        noisy_validation(KWSModel(str(trained["fp32"])), empty)
+
+
 def test_stream_is_chunk_invariant_and_finds_the_word(trained):
     edge = KWSModel(str(trained["fp32"]))
     rng = np.random.default_rng(1)

@@ -33,8 +33,6 @@ import shutil
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import numpy as np
-
 from kws.data import hash_split, list_audio, manifest_entry, read_manifest, speaker_of, write_manifest
 
 log = logging.getLogger("recipes.wake_word")
@@ -211,59 +209,6 @@ def synthesize(keyword: str, shared: Path, out: Path, n_pos: int, n_near: int, n
     return {"near_misses": misses, **kinds}
 
 
-def noisy_validation(model_path: str | Path, val_dir: str | Path, snrs: Sequence[float] = (5.0, 0.0),
-                     seeds: Sequence[int] = (0, 1, 2, 3, 4), smooth_options: Sequence[int] = (1, 2, 3, 4)) -> dict:
-    """The validation split, clean and with its own noise (``<val>/noise``, the validation
-    speakers' ``_silence_`` clips) mixed in at each SNR with several noise draws: the
-    clean validation split cannot tell models apart (every one detects all its positives
-    with no false alarm). Per condition: FRR at 0.5 false alarms per hour for each detector
-    smoothing in ``smooth_options``; ``mean_noisy`` averages the noisy conditions."""
-    from kws.detector import smooth_scores
-    from kws.edge import KWSModel, read_audio
-    from kws.evaluate import NumpyNoise, detection_summary
-
-    m = KWSModel(str(model_path))
-    val_dir = Path(val_dir)
-    pos_files = list_audio(val_dir / "positives")
-    neg_dirs = [d for d in sorted((val_dir / "negatives").iterdir()) if list_audio(d)]
-    waves = {p: read_audio(str(p), m.sample_rate) for p in pos_files}
-    negs = {d: [read_audio(str(p), m.sample_rate) for p in list_audio(d)] for d in neg_dirs}
-
-    def posteriors(stream_waves):
-        s = m.stream(record=True)
-        for w in stream_waves:
-            s.accept_waveform(w)
-        s.flush()
-        return np.stack(s.posteriors)[:, m.targets]
-
-    conditions = [("clean", None, 0)] + [(f"snr{snr:g}_seed{seed}", snr, seed) for snr in snrs for seed in seeds]
-    out: dict = {"model": str(model_path), "smooth_options": list(smooth_options), "conditions": {}}
-    for name, snr, seed in conditions:
-        noise = NumpyNoise(m.sample_rate, [str(val_dir / "noise")], seed) if snr is not None else None
-        mix = (lambda w: noise.mix(w, snr, m.sample_rate)) if noise is not None else (lambda w: w)
-        pos = [posteriors([mix(waves[p])]) for p in pos_files]
-        streams = [(posteriors([mix(w) for w in negs[d]]), sum(w.size for w in negs[d]) / m.sample_rate)
-                   for d in neg_dirs]
-        row = {}
-        for h in smooth_options:
-            pos_max = [float(smooth_scores(p, h).max(axis=1).max()) for p in pos]
-            sts = [{"scores": smooth_scores(sc, h).max(axis=1), "seconds": sec, "files": 1} for sc, sec in streams]
-            r = detection_summary(pos_max, sts, m.detector_config)
-            neg_max = max(float(st["scores"].max()) for st in sts)
-            row[str(h)] = {"frr_at_0.5_fa_per_hour": r["frr_at_0.5_fa_per_hour"],
-                           "missed_at_zero_fa": int(sum(x <= neg_max for x in pos_max)),
-                           "mean_margin": float(np.mean([x - neg_max for x in pos_max]))}
-        out["conditions"][name] = row
-    noisy = [k for k in out["conditions"] if k != "clean"]
-    out["positives"] = len(pos_files)
-    out["negative_hours"] = sum(sec for _, sec in streams) / 3600
-    out["mean_noisy"] = {str(h): {
-        "frr_at_0.5_fa_per_hour": float(np.mean([out["conditions"][k][str(h)]["frr_at_0.5_fa_per_hour"] for k in noisy])),
-        "mean_margin": float(np.mean([out["conditions"][k][str(h)]["mean_margin"] for k in noisy]))}
-        for h in smooth_options}
-    return out
-
-
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -342,7 +287,10 @@ def run(args: argparse.Namespace) -> dict:
                              "val_negative_hours": res["negative_hours"]}
         print(json.dumps({"export": summary["export"]}), flush=True)
     if "validate" in args.stages:
-        res = noisy_validation(fp32, out / "val")
+        from kws.edge import KWSModel
+        from kws.evaluate import noisy_validation
+
+        res = noisy_validation(KWSModel(str(fp32)), out / "val")
         summary["validate_noisy"] = res
         print(json.dumps({"validate_noisy": {"clean": res["conditions"]["clean"], "mean_noisy": res["mean_noisy"]}}),
               flush=True)
