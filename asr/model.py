@@ -74,18 +74,17 @@ class ASRModel(nn.Module):
         })
         self.loss_weights = {name: hc.weight for name, hc in cfg.heads.items()}
 
-    def encode(self, waves: torch.Tensor, wave_lens: torch.Tensor, warp: Optional[float] = None):
-        """waves: (B, N), wave_lens: (B,) -> (enc (B, T, D), enc_lens (B,)).
-
-        ``warp``: stretch the normalised features' frequency axis by this factor first
-        (test-time vocal tract length normalisation; see ``decode``).
-        """
+    def normalized_features(self, waves: torch.Tensor, wave_lens: torch.Tensor):
+        """waves: (B, N), wave_lens: (B,) -> (feats (B, T', F), feat_lens (B,)), the
+        encoder's input before augmentation."""
         feats, feat_lens = self.features(waves, wave_lens)
         if self.cfg.cmvn == "utterance":
             feats = subtract_utterance_mean(feats, feat_lens)
-        feats = self.cmvn(feats)
-        if warp is not None and warp != 1.0:
-            feats = warp_features(feats, warp)
+        return self.cmvn(feats), feat_lens
+
+    def encode(self, waves: torch.Tensor, wave_lens: torch.Tensor):
+        """waves: (B, N), wave_lens: (B,) -> (enc (B, T, D), enc_lens (B,))."""
+        feats, feat_lens = self.normalized_features(waves, wave_lens)
         if self.specaug is not None and self.training:
             feats = self.specaug(feats, feat_lens)
         return self.encoder(feats, feat_lens)
@@ -121,8 +120,9 @@ class ASRModel(nn.Module):
             return h.decode(enc, enc_lens, method, **options)
         if any(not 0.5 <= float(a) <= 2.0 for a in warps):
             raise ValueError(f"warps must lie in [0.5, 2.0], got {list(warps)}")
-        per_warp = [h.decode(*self.encode(waves, wave_lens, float(a)), method, **options)
-                    for a in warps]
+        feats, feat_lens = self.normalized_features(waves, wave_lens)  # once for all warps
+        per_warp = [h.decode(*self.encoder(warp_features(feats, float(a)), feat_lens), method,
+                             **options) for a in warps]
         merged = []
         for results in zip(*per_warp):
             pool: Dict[tuple, Hypothesis] = {}
