@@ -66,14 +66,13 @@ def main(argv=None) -> dict:
         m = evaluate_model(model, tok, test, results_path=a.out / "test_results.jsonl")
         summary.update(test_speakers=a.test_speakers, **{k: m[k] for k in ("accuracy", "wer", "utterances")})
         # the task's closed vocabulary: rank the ten digit words by their likelihood
-        v = evaluate_model(model, tok, test, method=vocab_search(model),
-                           vocabulary=[tok.encode(w) for w in DIGITS.read_text().split()],
-                           results_path=a.out / "test_results_vocab.jsonl")
+        closed = {"method": vocab_search(model),
+                  "vocabulary": [tok.encode(word) for word in DIGITS.read_text().split()]}
+        v = evaluate_model(model, tok, test, results_path=a.out / "test_results_vocab.jsonl", **closed)
         summary.update(accuracy_vocab=v["accuracy"])
         if cfg.decoding.warps:  # closed vocabulary plus test-time VTLN
-            w = evaluate_model(model, tok, test, method=vocab_search(model), warps=cfg.decoding.warps,
-                               vocabulary=[tok.encode(w) for w in DIGITS.read_text().split()],
-                               results_path=a.out / "test_results_vocab_warps.jsonl")
+            w = evaluate_model(model, tok, test, warps=cfg.decoding.warps,
+                               results_path=a.out / "test_results_vocab_warps.jsonl", **closed)
             summary.update(accuracy_vocab_warps=w["accuracy"])
     if a.ship:
         a.ship.parent.mkdir(parents=True, exist_ok=True)
