@@ -312,6 +312,9 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
             probs = predict_windows(spotter, val_waves)
             m = balanced_accuracy(probs, val_labels, num_classes)
             row.update({"val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"]})
+            pred = probs.argmax(dim=-1)  # per-class hits, kept for pooling over cross-validation folds
+            row["val_class_correct"] = [int((pred[val_labels == k] == k).sum()) for k in range(num_classes)]
+            row["val_class_n"] = [int((val_labels == k).sum()) for k in range(num_classes)]
         else:  # no validation set (final models): keep the last epoch (see below)
             row.update({"val_accuracy": None, "val_balanced_accuracy": None})
         if (background is not None and tc.hard_negative_every and negative_streams
@@ -325,9 +328,9 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
         row["minutes"] = (time.time() - t0) / 60
         history.append(row)
         log.info("epoch %d %s", epoch, json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                                    for k, v in row.items()}))
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
-              flush=True)
+                                                    for k, v in row.items() if not isinstance(v, list)}))
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
+                          if not isinstance(v, list)}), flush=True)
         # without validation the last epoch is kept: the schedule ends annealed (and averaged
         # with EMA), and the augmented (mixup) training accuracy says little about new speakers
         score = (row["val_balanced_accuracy"] if row["val_balanced_accuracy"] is not None

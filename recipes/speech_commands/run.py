@@ -103,11 +103,41 @@ def synthesize_words(out_dir: str | Path, per_word: int, per_other: int, seed: i
     return write_manifest(entries, out_dir / "synth.jsonl")
 
 
+def training_data(cfg, out: Path, shared: Path, extra_unknown: int = 400, lj_unknown: int = 0):
+    """The prepared data in memory, as the train stage uses it: (training clips, validation
+    clips, noise bank). Training = the training speakers' real clips, ``extra_unknown``
+    FSDD / not-wake-word clips and the synthetic clips (and ``lj_unknown`` LJSpeech
+    segments); no pitch variants yet (:func:`kws.data.add_pitch_variants`)."""
+    from kws.data import NoiseBank, load_clips
+
+    index = {n: i for i, n in enumerate(cfg.labels)}
+    rng = random.Random(0)
+    train_entries = read_manifest(out / "train.jsonl")
+    extra = read_manifest(out / "extra_unknown.jsonl")
+    rng.shuffle(extra)
+    train_entries += extra[:extra_unknown]
+    if (out / "synth.jsonl").exists():
+        train_entries += read_manifest(out / "synth.jsonl")
+    clips = load_clips(train_entries, index, cfg.features.sample_rate, desc="train clips")
+    val = load_clips(read_manifest(out / "val.jsonl"), index, cfg.features.sample_rate, desc="val clips")
+    for c in clips + val:  # silence and whole-clip unknowns: no word to keep in the window
+        if cfg.labels[c.label] == "_silence_":
+            c.focus = None
+    if lj_unknown > 0:
+        lj = ljspeech_unknown(shared / "ljspeech" / "wavs", lj_unknown, index["_unknown_"],
+                              sample_rate=cfg.features.sample_rate)
+        log.info("%d LJSpeech segments as _unknown_", len(lj))
+        clips += lj
+    noise_files = (out / "noise_files.txt").read_text().split()
+    noise = NoiseBank.from_files(noise_files, cfg.features.sample_rate, cfg.augment.colored_noise_prob)
+    return clips, val, noise
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 
     from kws.config import load_kws_config
-    from kws.data import Clip, NoiseBank, add_pitch_variants, load_clips
+    from kws.data import Clip, add_pitch_variants
     from kws.edge import KWSModel
     from kws.evaluate import evaluate_commands
     from kws.export import export_onnx, quantize_int8
@@ -132,36 +162,14 @@ def run(args: argparse.Namespace) -> dict:
         print(json.dumps({"synth": summary["synth"]}), flush=True)
     ckpt = out / args.checkpoint
     if "train" in args.stages:
-        index = {n: i for i, n in enumerate(cfg.labels)}
-        rng = random.Random(0)
-        train_entries = read_manifest(out / "train.jsonl")
-        extra = read_manifest(out / "extra_unknown.jsonl")
-        rng.shuffle(extra)
-        train_entries += extra[: args.extra_unknown]
-        if (out / "synth.jsonl").exists():
-            train_entries += read_manifest(out / "synth.jsonl")
         torch.set_num_threads(cfg.train.num_threads)
-        clips = load_clips(train_entries, index, cfg.features.sample_rate, desc="train clips")
-        for c in clips:  # silence and whole-clip unknowns: no word to keep in the window
-            if cfg.labels[c.label] == "_silence_":
-                c.focus = None
-        if args.lj_unknown > 0:
-            lj = ljspeech_unknown(shared / "ljspeech" / "wavs", args.lj_unknown, index["_unknown_"],
-                                  sample_rate=cfg.features.sample_rate)
-            log.info("%d LJSpeech segments as _unknown_", len(lj))
-            clips += lj
+        clips, val, noise = training_data(cfg, out, shared, args.extra_unknown, args.lj_unknown)
         add_pitch_variants(clips, cfg.augment.pitch_semitones, cfg.features.sample_rate)
-        val = load_clips(read_manifest(out / "val.jsonl"), index, cfg.features.sample_rate, desc="val clips")
         if args.train_on_val:  # final model: the validation speakers join training (test stays out)
             extra_val = [Clip(c.wave, c.label, c.source, c.path, c.speaker, c.focus) for c in val]
-            for c in extra_val:
-                if cfg.labels[c.label] == "_silence_":
-                    c.focus = None
             add_pitch_variants(extra_val, cfg.augment.pitch_semitones, cfg.features.sample_rate)
             clips += extra_val
             val = []
-        noise_files = (out / "noise_files.txt").read_text().split()
-        noise = NoiseBank.from_files(noise_files, cfg.features.sample_rate, cfg.augment.colored_noise_prob)
         summary["train"] = train(cfg, clips, val, ckpt, noise)
     name = args.name
     models = Path(args.models)

@@ -1,0 +1,158 @@
+"""Speech Commands cross-validation by speaker: folds, the FLAC pack, pooling, and a tiny
+end-to-end run in worker processes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kws.data import Clip
+from recipes.speech_commands.crossval import (clip_key, cross_validate, fold_of, parse_variant, pooled,
+                                              read_pack, write_pack)
+
+LABELS = ["_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+
+
+def _int16_wave(rng, n):
+    return torch.from_numpy(rng.integers(-3000, 3000, n).astype(np.float32) / 32768.0)
+
+
+def test_folds_are_stable_disjoint_and_used():
+    speakers = [f"spk{i:03d}" for i in range(60)]
+    folds = [fold_of(s, 4) for s in speakers]
+    assert folds == [fold_of(s, 4) for s in speakers]  # deterministic
+    assert set(folds) == {0, 1, 2, 3}
+    assert all(0 <= f < 4 for f in folds)
+    # a file without a speaker (a _silence_ clip) is keyed by its name
+    assert clip_key(Clip(torch.zeros(4), 0, path="/x/_silence_/7.flac")) == "7"
+
+
+def test_pack_round_trip_and_truncation(tmp_path):
+    rng = np.random.default_rng(0)
+    roles = {"speakers": [Clip(_int16_wave(rng, 16000), 2, "real", "/c/yes/a_nohash_0.flac", "a", (100, 900))],
+             "extra": [Clip(_int16_wave(rng, 7000), 1, "real", "/f/0_j_1.wav", "j", None)],
+             "synth": [Clip(_int16_wave(rng, 9000), 3, "synthetic", "/s/x.wav", "tts:flite:kal", (0, 9000))]}
+    noise = [_int16_wave(rng, 16000)]
+    counts = write_pack(roles, noise, tmp_path / "pack")
+    assert counts == {"speakers": 1, "extra": 1, "synth": 1, "noise": 1}
+    back, noise_back, sr = read_pack(tmp_path / "pack")
+    assert sr == 16000
+    for role, clips in roles.items():
+        (a,), (b,) = clips, back[role]
+        assert torch.equal(a.wave, b.wave)  # 16-bit audio comes back exactly
+        assert (b.label, b.source, b.path, b.speaker, b.focus) == (a.label, a.source, a.path, a.speaker, a.focus)
+    assert torch.equal(noise_back[0], noise[0])
+    index = json.loads((tmp_path / "pack" / "index.json").read_text())
+    index["items"][-1]["length"] += 10 ** 6  # the audio no longer holds what the index says
+    (tmp_path / "pack" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="truncated"):
+        read_pack(tmp_path / "pack")
+    with pytest.raises(ValueError, match="not a readable pack"):
+        read_pack(tmp_path / "missing")
+
+
+def _row(correct, n, acc=None):
+    return {"val_class_correct": correct, "val_class_n": n,
+            "val_accuracy": acc if acc is not None else sum(correct) / sum(n)}
+
+
+def test_pooled_weights_folds_by_clips_and_aligns_at_the_end():
+    labels = ["a", "b"]
+    # fold 0: 10 clips, fold 1: 30 clips; fold 1 ran one epoch more (a clock-limited run)
+    r0 = {"fold": 0, "minutes": 1.0, "history": [_row([0, 0], [5, 5]), _row([5, 4], [5, 5])]}
+    r1 = {"fold": 1, "minutes": 1.0, "history": [_row([0, 0], [10, 20]), _row([10, 10], [10, 20]),
+                                                   _row([10, 14], [10, 20])]}
+    out = pooled([r0, r1], labels, last=2)
+    assert out["accuracy_last_epoch"] == pytest.approx((9 + 24) / 40)
+    assert out["per_epoch_from_end"] == pytest.approx([0.0 + 20 / 40, 33 / 40])
+    assert out["accuracy_last_epochs"] == pytest.approx((20 / 40 + 33 / 40) / 2)
+    assert out["per_class_last_epoch"] == pytest.approx({"a": 15 / 15, "b": 18 / 25})
+    assert out["clips"] == 40 and out["epochs_run"] == [2, 3]
+    assert "error" in pooled([{"fold": 0, "error": "boom"}], labels)
+
+
+def test_parse_variant():
+    assert parse_variant("base=") == ("base", [])
+    assert parse_variant("u=train.class_weights={_unknown_: 3.0}; features.kind=logmel") == (
+        "u", ["train.class_weights={_unknown_: 3.0}", "features.kind=logmel"])
+    with pytest.raises(ValueError, match="name="):
+        parse_variant("no_equals_sign")
+
+
+def test_tiny_cross_validation_end_to_end(tmp_path):
+    rng = np.random.default_rng(1)
+    t = np.arange(16000) / 16000
+
+    def clip(label, speaker, source="real"):
+        wave = 0.3 * np.sin(2 * np.pi * (300 + 150 * label) * t) * (np.abs(t - 0.5) < 0.2)
+        wave = wave + 0.01 * rng.standard_normal(16000)
+        return Clip(torch.tensor(wave, dtype=torch.float32), label, source, f"/c/{speaker}_{label}.flac", speaker,
+                    (4800, 11200))
+
+    roles = {"speakers": [clip(k, f"s{s}") for s in range(8) for k in range(12)],
+             "extra": [], "synth": [clip(k, f"tts{k}", "synthetic") for k in range(12)]}
+    noise = [torch.tensor(0.05 * rng.standard_normal(32000), dtype=torch.float32)]
+    from pathlib import Path
+
+    config = str(Path(__file__).resolve().parent.parent / "recipes" / "speech_commands" / "conf" / "crnn.yaml")
+    report = cross_validate(config, {"a": [], "b": ["features.kind=pcen"]}, roles, noise, tmp_path,
+                            folds=2, jobs=2, overrides=["train.epochs=2", "train.examples_per_epoch=48",
+                                                        "train.batch_size=16", "train.max_minutes=0"])
+    for name in ("a", "b"):
+        r = report["results"][name]
+        assert r["folds"] == 2 and r["failed_folds"] == 0
+        assert r["clips"] == len(roles["speakers"])  # every clip held out exactly once
+        assert r["epochs_run"] == [2, 2]
+        assert 0.0 <= r["accuracy_last_epochs"] <= 1.0
+    assert (tmp_path / "crossval.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "crossval.json").read_text())
+    assert saved["variants"]["b"] == ["features.kind=pcen"]
+    assert (tmp_path / "b" / "fold1" / "config.yaml").read_text().count("pcen") >= 1
+
+
+def test_recipe_and_crossval_on_a_generated_layout(tmp_path):
+    """The Speech Commands recipe (prepare, train, export, evaluate) and cross-validation
+    from its prepared folder, on a tiny corpus written in the v0.02 test-set layout."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import soundfile as sf
+
+    root = Path(__file__).resolve().parent.parent
+    rng = np.random.default_rng(2)
+    corpus = tmp_path / "speech_commands"
+    t = np.arange(16000) / 16000
+    for s in range(24):
+        speaker = f"{s:08x}"
+        for k, label in enumerate(LABELS[2:]):
+            burst = 0.3 * np.sin(2 * np.pi * (300 + 180 * k) * t) * (np.abs(t - 0.5) < 0.2)
+            p = corpus / label / f"{speaker}_nohash_0.wav"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(p, (burst + 0.01 * rng.standard_normal(16000)).astype(np.float32), 16000)
+        p = corpus / "_unknown_" / f"bed_{speaker}_nohash_0.wav"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(p, (0.2 * rng.standard_normal(16000) * (np.abs(t - 0.5) < 0.2)).astype(np.float32), 16000)
+        p = corpus / "_silence_" / f"{s}.wav"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(p, (0.01 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    tiny = ["-o", "train.epochs=1", "-o", "train.examples_per_epoch=64", "-o", "train.batch_size=32",
+            "-o", "model.gru_size=8", "-o", "model.dense_size=8", "-o", "model.conv_channels=4",
+            "-o", "augment.pitch_semitones=[0.0]"]
+    out = tmp_path / "exp"
+    r = subprocess.run([sys.executable, "-m", "recipes.speech_commands.run", "--corpus", str(corpus),
+                        "--out", str(out), "--models", str(tmp_path / "models"),
+                        "--stages", "prepare", "train", "export", "evaluate", *tiny],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads((out / "checkpoint" / "results.json").read_text())
+    assert results["train"]["epochs_run"] == 1
+    assert results["evaluate"]["int8_test"]["n"] == len(list((out / "test_layout").rglob("*.wav")))
+    assert (tmp_path / "models" / "speech_commands_crnn_int8.onnx").exists()
+    r = subprocess.run([sys.executable, "-m", "recipes.speech_commands.crossval", "run", "--prepared", str(out),
+                        "--out", str(tmp_path / "cv"), "--folds", "2", "--jobs", "2", "--variant", "base=",
+                        *tiny], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "cv" / "crossval.json").read_text())["results"]["base"]
+    train_val = sum(1 for _ in open(out / "train.jsonl")) + sum(1 for _ in open(out / "val.jsonl"))
+    assert report["clips"] == train_val and report["failed_folds"] == 0
