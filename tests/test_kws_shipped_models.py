@@ -54,7 +54,7 @@ def test_speech_commands_model_on_held_out_speakers():
     b = evaluate_commands(int8, str(data), split="test")
     assert a["n"] >= 250
     assert b["accuracy"] >= a["accuracy"] - 0.01  # int8 costs at most 1 point
-    assert a["accuracy"] >= 0.80  # the recipe README reports the exact figure
+    assert a["accuracy"] >= 0.90  # the target; the recipe README reports the exact figure (0.903)
 
 
 def test_computer_model_fires_on_held_out_recordings():
