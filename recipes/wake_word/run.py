@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> dict:
         val = load_clips(val_pos + val_neg[:300], index, cfg.features.sample_rate, desc="val clips")
         noise_files = [e["audio"] for e in real if e["meta"]["kind"] == "noise"]
         noise = NoiseBank.from_files(noise_files, cfg.features.sample_rate, cfg.augment.colored_noise_prob)
-        streams = [torch.cat([c.wave for c in clips if kinds.get(c.path) in ("ljspeech", "not_wake_words", "sentence")])]
+        streams = [torch.cat([c.wave for c in clips if kinds.get(c.path) in args.mine_from])]
         summary["train"] = train(cfg, clips, val, ckpt, noise, streams)
         summary["train"]["real_positive_clips"] = sum(1 for e in keep if e["meta"]["kind"] == "positive")
         summary["train"]["synthetic_positive_clips"] = sum(1 for e in synth if e["meta"]["kind"] == "positive")
@@ -342,6 +342,9 @@ def main(argv=None) -> int:
     p.add_argument("--tts-sentences", type=int, default=300)
     p.add_argument("--sc-negatives", type=int, default=800)
     p.add_argument("--fsdd-negatives", type=int, default=500)
+    p.add_argument("--mine-from", nargs="+", default=["ljspeech", "not_wake_words", "sentence"],
+                   choices=["ljspeech", "not_wake_words", "sentence", "speech_commands", "fsdd"],
+                   help="kinds of training negatives scanned for hard negatives")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("-o", "--override", action="append", default=[], help="section.key=value")
     args = p.parse_args(argv)
