@@ -137,16 +137,33 @@ def pitch_shift(wave: torch.Tensor, semitones: float, sample_rate: int = 16000) 
     return speed_perturb(longer, factor, sample_rate)
 
 
+def _pitch_variants(job: Tuple[List[torch.Tensor], List[float], int]) -> List[List[torch.Tensor]]:
+    waves, steps, sample_rate = job
+    with torch.no_grad():
+        return [[pitch_shift(w, s, sample_rate) for s in steps] for w in waves]
+
+
 def add_pitch_variants(clips: Sequence[Clip], semitones: Sequence[float], sample_rate: int = 16000,
-                       sources: Sequence[str] = ("real",)) -> None:
-    """Precompute pitch-shifted copies of the chosen clips (``Clip.variants``)."""
+                       sources: Sequence[str] = ("real",), jobs: int = 1) -> None:
+    """Precompute pitch-shifted copies of the chosen clips (``Clip.variants``), in ``jobs``
+    processes when more than one."""
     steps = [s for s in semitones if s != 0]
-    if not steps:
+    chosen = [c for c in clips if c.source in sources]
+    if not steps or not chosen:
         return
-    for c in tqdm([c for c in clips if c.source in sources], desc="pitch variants", leave=False,
-                  mininterval=2.0):
-        with torch.no_grad():
-            c.variants = [pitch_shift(c.wave, s, sample_rate) for s in steps]
+    if jobs <= 1:
+        for c in tqdm(chosen, desc="pitch variants", leave=False, mininterval=2.0):
+            c.variants = _pitch_variants(([c.wave], steps, sample_rate))[0]
+        return
+    import multiprocessing as mp
+
+    size = len(chosen) // (jobs * 4) + 1
+    parts = [chosen[i:i + size] for i in range(0, len(chosen), size)]
+    with mp.get_context("fork").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        results = pool.map(_pitch_variants, [([c.wave for c in p], steps, sample_rate) for p in parts])
+    for part, variants in zip(parts, results):
+        for c, v in zip(part, variants):
+            c.variants = v
 
 
 # ----------------------------------------------------------------------------- noise

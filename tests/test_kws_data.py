@@ -139,3 +139,17 @@ def test_wake_word_training_negatives_are_disjoint_from_the_unused():
     used = {e["audio"] for e in a["speech_commands"] + a["fsdd"]}
     unused = {e["audio"] for e in a["speech_commands_unused"] + a["fsdd_unused"]}
     assert len(used) == 6 and len(unused) == 10 and not used & unused
+
+
+def test_pitch_variants_in_processes_match_the_sequential_ones():
+    from kws.data import add_pitch_variants
+
+    g = torch.Generator().manual_seed(0)
+    a = [Clip(torch.randn(4000, generator=g) * 0.1, 0, src) for src in ("real", "synthetic", "real")]
+    b = [Clip(c.wave.clone(), c.label, c.source) for c in a]
+    add_pitch_variants(a, [-2.0, 0.0, 2.0], 16000)
+    add_pitch_variants(b, [-2.0, 0.0, 2.0], 16000, jobs=2)
+    for x, y in zip(a, b):
+        assert len(x.variants) == len(y.variants) == (2 if x.source == "real" else 0)
+        for u, v in zip(x.variants, y.variants):
+            assert torch.allclose(u, v, atol=1e-6)

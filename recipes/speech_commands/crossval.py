@@ -138,37 +138,12 @@ def read_pack(pack_dir: str | Path) -> Tuple[Dict[str, list], list, int]:
 _DATA: dict = {}  # set before the worker processes fork (shared copy-on-write)
 
 
-def _pitch_variants(args):
-    import torch
-
-    from kws.data import pitch_shift
-
-    torch.set_num_threads(1)
-    waves, steps, sr = args
-    with torch.no_grad():
-        return [[pitch_shift(w, s, sr) for s in steps] for w in waves]
-
-
-def add_variants_parallel(clips: Sequence, semitones: Sequence[float], sample_rate: int, jobs: int) -> None:
-    """:func:`kws.data.add_pitch_variants` for the real clips, over ``jobs`` processes."""
-    steps = [s for s in semitones if s != 0]
-    real = [c for c in clips if c.source == "real"]
-    if not steps or not real:
-        return
-    chunk = max(1, len(real) // (jobs * 4) + 1)
-    parts = [real[i:i + chunk] for i in range(0, len(real), chunk)]
-    with mp.get_context("fork").Pool(jobs) as pool:
-        results = pool.map(_pitch_variants, [([c.wave for c in p], steps, sample_rate) for p in parts])
-    for p, res in zip(parts, results):
-        for c, v in zip(p, res):
-            c.variants = v
-
-
 def _run_one(task: dict) -> dict:
     """One (variant, fold) training, in a worker process, its output in ``log.txt``."""
     import torch
 
     from kws.config import load_kws_config
+    from kws.data import NoiseBank
     from kws.train import train
 
     out = Path(task["out"])
@@ -187,8 +162,6 @@ def _run_one(task: dict) -> dict:
     held = [c for c in pool if fold_of(clip_key(c), k) == fold]
     training = ([c for c in pool if fold_of(clip_key(c), k) != fold]
                 + _DATA["roles"]["extra"] + _DATA["roles"]["synth"])
-    from kws.data import NoiseBank
-
     noise = NoiseBank(_DATA["noise"], cfg.augment.colored_noise_prob)
     t0 = time.time()
     try:
@@ -312,6 +285,7 @@ def main(argv=None) -> int:
     import torch
 
     from kws.config import load_kws_config
+    from kws.data import add_pitch_variants
 
     torch.set_num_threads(1)
     cfg = load_kws_config(args.config, getattr(args, "override", []))
@@ -324,8 +298,8 @@ def main(argv=None) -> int:
         roles, noise, _ = read_pack(args.pack)
     else:
         roles, noise = load_prepared(args.prepared, cfg)
-    add_variants_parallel(roles["speakers"] + roles["extra"], cfg.augment.pitch_semitones,
-                          cfg.features.sample_rate, args.jobs)
+    add_pitch_variants(roles["speakers"] + roles["extra"], cfg.augment.pitch_semitones,
+                       cfg.features.sample_rate, jobs=args.jobs)
     variants = dict(parse_variant(v) for v in args.variant) or {"base": []}
     report = cross_validate(args.config, variants, roles, noise, args.out, args.folds, args.jobs, args.override)
     for name, r in report["results"].items():
