@@ -106,12 +106,16 @@ class WeightAverage:
         self.shadow = current
 
 
-def balanced_accuracy(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Dict[str, float]:
+def balanced_accuracy(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Dict:
+    """probs (B, C), labels (B,) -> accuracy, balanced accuracy (mean recall over the
+    classes present) and the per-class hits and counts behind it (for pooling)."""
     pred = probs.argmax(dim=-1)
     acc = float((pred == labels).float().mean()) if labels.numel() else 0.0
-    recalls = [float((pred[labels == k] == k).float().mean()) for k in range(num_classes)
-               if (labels == k).any()]
-    return {"accuracy": acc, "balanced_accuracy": sum(recalls) / max(1, len(recalls))}
+    correct = [int((pred[labels == k] == k).sum()) for k in range(num_classes)]
+    count = [int((labels == k).sum()) for k in range(num_classes)]
+    recalls = [c / n for c, n in zip(correct, count) if n]
+    return {"accuracy": acc, "balanced_accuracy": sum(recalls) / max(1, len(recalls)),
+            "class_correct": correct, "class_n": count}
 
 
 @torch.no_grad()
@@ -311,10 +315,9 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
         if val_waves is not None and len(val_clips):
             probs = predict_windows(spotter, val_waves)
             m = balanced_accuracy(probs, val_labels, num_classes)
-            row.update({"val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"]})
-            pred = probs.argmax(dim=-1)  # per-class hits, kept for pooling over cross-validation folds
-            row["val_class_correct"] = [int((pred[val_labels == k] == k).sum()) for k in range(num_classes)]
-            row["val_class_n"] = [int((val_labels == k).sum()) for k in range(num_classes)]
+            row.update({"val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"],
+                        # per-class hits, kept for pooling over cross-validation folds
+                        "val_class_correct": m["class_correct"], "val_class_n": m["class_n"]})
         else:  # no validation set (final models): keep the last epoch (see below)
             row.update({"val_accuracy": None, "val_balanced_accuracy": None})
         if (background is not None and tc.hard_negative_every and negative_streams
