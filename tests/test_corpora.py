@@ -117,3 +117,15 @@ def test_speech_commands_digits_as_extra_fsdd_training_data(tmp_path):
     assert len({u.id for u in utts}) == 4  # repeats get their own ids
     with pytest.raises(FileNotFoundError, match="Speech Commands"):
         speech_commands_digits(tmp_path / "missing")
+
+
+def test_every_speech_commands_word_as_extra_training_data(tmp_path):
+    from recipes.fsdd.prepare import speech_commands_words
+
+    sc = tmp_path / "sc"
+    _wav(sc / "_unknown_" / "happy_abc123_nohash_0.flac", fmt="FLAC")
+    _wav(sc / "yes" / "def456_nohash_0.wav")
+    _wav(sc / "_silence_" / "0.flac", fmt="FLAC")  # background noise: no word, never read
+    utts = speech_commands_words(sc)
+    assert sorted((u.text, u.speaker) for u in utts) == [("happy", "sc:abc123"), ("yes", "sc:def456")]
+    assert [u.text for u in speech_commands_words(sc, words=["yes", "seven"])] == ["yes"]

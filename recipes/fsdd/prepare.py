@@ -45,25 +45,38 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path,
     return write_splits(splits, Path(out_dir))
 
 
-def speech_commands_digits(root: str | Path, repeat: int = 1) -> List[Utterance]:
-    """Spoken digit words from a Speech Commands tree, as extra real training speakers.
+def speech_commands_words(root: str | Path, words: Optional[List[str]] = None,
+                          repeat: int = 1) -> List[Utterance]:
+    """Spoken words from a Speech Commands tree, as extra real training speakers.
 
-    Reads the class folders of the full v0.02 layout (``zero/`` ... ``nine/``) and the
-    digit words filed under ``_unknown_/<word>_<speaker>_nohash_<n>.flac`` in its test-set
-    layout; each clip is listed ``repeat`` times (many voices, few clips: weight them up).
+    Reads the word folders of the full v0.02 layout (``<word>/<speaker>_nohash_<n>``) and
+    the words filed under ``_unknown_/<word>_<speaker>_nohash_<n>`` in its test-set layout;
+    ``words`` keeps only these (None: every word; ``_silence_`` and the background-noise
+    folder are never words). Each clip is listed ``repeat`` times (many voices, few clips:
+    weight them up).
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not found; expected a Speech Commands folder")
+    wanted = None if words is None else set(words)
     found = []
-    for word in DIGITS:
-        for p in sorted((root / word).glob("*.*")) if (root / word).is_dir() else []:
-            found.append((f"sc_{word}_{p.stem}", p, word, p.stem.split("_")[0]))
-        for p in sorted((root / "_unknown_").glob(f"{word}_*.*")):
-            found.append((f"sc_{p.stem}", p, word, p.stem.split("_")[1]))
+    for folder in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("_")):
+        if wanted is None or folder.name in wanted:
+            found += [(f"sc_{folder.name}_{p.stem}", p, folder.name, p.stem.split("_")[0])
+                      for p in sorted(folder.glob("*.*"))]
+    for p in sorted((root / "_unknown_").glob("*_*.*")):
+        word, spk = p.stem.split("_")[:2]
+        if wanted is None or word in wanted:
+            found.append((f"sc_{p.stem}", p, word, spk))
     utts = [u for uid, p, word, spk in found
             if p.suffix.lower() in (".wav", ".flac") and (u := _utt(uid, p, word, f"sc:{spk}"))]
     return [dataclasses.replace(u, id=f"{u.id}_r{r}") if r else u for u in utts for r in range(repeat)]
+
+
+def speech_commands_digits(root: str | Path, repeat: int = 1) -> List[Utterance]:
+    """The digit words (``zero`` ... ``nine``) of a Speech Commands tree; see
+    :func:`speech_commands_words`."""
+    return speech_commands_words(root, DIGITS, repeat)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from asr.config import load_config
 from asr.data import read_manifest, write_manifest
 from asr.evaluate import evaluate_model, vocab_search
 from asr.train import Trainer
-from recipes.fsdd.prepare import prepare, speech_commands_digits
+from recipes.fsdd.prepare import prepare, speech_commands_digits, speech_commands_words
 from recipes.synth.generate import generate
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +39,9 @@ def main(argv=None) -> dict:
                    help="also train on the digit words of this Speech Commands folder (real voices)")
     p.add_argument("--speech-commands-repeat", type=int, default=4,
                    help="times each Speech Commands digit clip is listed")
+    p.add_argument("--speech-commands-other-words", action="store_true",
+                   help="also train on every other word of that folder (yes, no, up, ...: more "
+                   "real voices for the acoustic model), each clip listed once")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--init-from", type=Path,
@@ -55,6 +58,9 @@ def main(argv=None) -> dict:
         train += read_manifest(synth["train"])
     if a.speech_commands:
         train += speech_commands_digits(a.speech_commands, a.speech_commands_repeat)
+        if a.speech_commands_other_words:
+            train += [u for u in speech_commands_words(a.speech_commands)
+                      if u.text not in set(DIGITS.read_text().split())]
     train_path = write_manifest(train, a.out / "data" / "train_plus_synth.jsonl")
     cfg = load_config(a.config, [f"data.train={train_path}", f"data.valid={splits['valid']}", *a.set])
     result = Trainer(cfg, a.out / "ctc", init_from=a.init_from).fit()
