@@ -97,8 +97,11 @@ class ExperimentConfig:
     sample_rate: int = 16000
     features: FeatureConfig = field(default_factory=FeatureConfig)
     # "global": train-set statistics (streamable); "utterance": also subtract each
-    # utterance's own mean, which removes microphone/channel colouring (few-speaker corpora)
+    # utterance's own mean, which removes microphone/channel colouring (few-speaker corpora);
+    # "utterance_smooth": only that mean's cmvn_smooth_order lowest cosine components (level,
+    # tilt, broad colouring), keeping the finer shape that tells short words apart
     cmvn: str = "global"
+    cmvn_smooth_order: int = 4
     specaugment: Optional[SpecAugmentConfig] = field(default_factory=SpecAugmentConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     heads: Dict[str, HeadConfig] = field(default_factory=lambda: {"ctc": HeadConfig()})

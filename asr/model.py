@@ -33,10 +33,27 @@ class GlobalCMVN(nn.Module):
         return (x - self.mean) * self.inv_std
 
 
-def subtract_utterance_mean(feats: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """feats (B, T, D) minus each utterance's mean over its valid frames (lens (B,))."""
+CMVN_KINDS = ("global", "utterance", "utterance_smooth")
+
+
+def subtract_utterance_mean(feats: torch.Tensor, lens: torch.Tensor,
+                            smooth_order: Optional[int] = None) -> torch.Tensor:
+    """feats (B, T, D) minus each utterance's mean over its valid frames (lens (B,)).
+
+    ``smooth_order``: subtract only the mean's ``smooth_order`` lowest cosine (DCT-II)
+    components along D, its smooth part: level, tilt and broad colouring, which is what a
+    microphone or channel adds, while the finer shape (formants, a fricative's band) stays.
+    On short isolated words the whole mean is much of the word itself.
+    """
     mask = (torch.arange(feats.shape[1], device=feats.device)[None, :] < lens[:, None]).unsqueeze(-1)
-    mean = (feats * mask).sum(1, keepdim=True) / lens.clamp(min=1)[:, None, None]
+    mean = (feats * mask).sum(1, keepdim=True) / lens.clamp(min=1)[:, None, None]  # (B, 1, D)
+    if smooth_order is not None:
+        D = feats.shape[-1]
+        n = torch.arange(D, device=feats.device, dtype=feats.dtype)
+        k = torch.arange(min(smooth_order, D), device=feats.device, dtype=feats.dtype)
+        basis = torch.cos(torch.pi / D * (n[None, :] + 0.5) * k[:, None])  # (K, D)
+        basis = basis / basis.norm(dim=1, keepdim=True)  # orthonormal rows
+        mean = (mean @ basis.T) @ basis  # projection onto the K smooth components
     return (feats - mean) * mask
 
 
@@ -62,8 +79,8 @@ class ASRModel(nn.Module):
         self.cfg = cfg
         self.features = FeatureExtractor(cfg.features)
         self.cmvn = GlobalCMVN(self.features.dim)
-        if cfg.cmvn not in ("global", "utterance"):
-            raise ValueError(f"cmvn must be 'global' or 'utterance', got {cfg.cmvn!r}")
+        if cfg.cmvn not in CMVN_KINDS:
+            raise ValueError(f"cmvn must be one of {CMVN_KINDS}, got {cfg.cmvn!r}")
         self.specaug = SpecAugment(cfg.specaugment) if cfg.specaugment else None
         self.encoder = build_encoder(self.features.dim, cfg.encoder)
         if not cfg.heads:
@@ -78,9 +95,15 @@ class ASRModel(nn.Module):
         """waves: (B, N), wave_lens: (B,) -> (feats (B, T', F), feat_lens (B,)), the
         encoder's input before augmentation."""
         feats, feat_lens = self.features(waves, wave_lens)
+        return self.cmvn(self.per_utterance_normalization(feats, feat_lens)), feat_lens
+
+    def per_utterance_normalization(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
+        """What ``cmvn`` takes from each utterance before the global statistics."""
         if self.cfg.cmvn == "utterance":
-            feats = subtract_utterance_mean(feats, feat_lens)
-        return self.cmvn(feats), feat_lens
+            return subtract_utterance_mean(feats, feat_lens)
+        if self.cfg.cmvn == "utterance_smooth":
+            return subtract_utterance_mean(feats, feat_lens, self.cfg.cmvn_smooth_order)
+        return feats
 
     def encode(self, waves: torch.Tensor, wave_lens: torch.Tensor):
         """waves: (B, N), wave_lens: (B,) -> (enc (B, T, D), enc_lens (B,))."""

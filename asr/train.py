@@ -116,10 +116,7 @@ def compute_cmvn(model: ASRModel, dataset: UtteranceDataset, max_utts: int = 300
             if wave is None:
                 continue
             feats, lens = model.features(wave[None])
-            if model.cfg.cmvn == "utterance":
-                from asr.model import subtract_utterance_mean
-
-                feats = subtract_utterance_mean(feats, lens)
+            feats = model.per_utterance_normalization(feats, lens)
             f = feats[0].double()
             total = f.sum(0) if total is None else total + f.sum(0)
             sq = f.square().sum(0) if sq is None else sq + f.square().sum(0)

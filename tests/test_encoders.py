@@ -79,3 +79,28 @@ def test_utterance_cmn_removes_channel_gain_and_ignores_padding():
     torch.testing.assert_close(out, subtract_utterance_mean(feats, lens))
     assert out[0].mean(0).abs().max() < 1e-5 and out[1, :6].mean(0).abs().max() < 1e-5
     assert torch.all(out[1, 6:] == 0)
+
+
+def test_smooth_utterance_cmn_removes_a_channel_tilt_but_keeps_fine_spectral_shape():
+    import math
+
+    from asr.model import subtract_utterance_mean
+
+    T, D = 12, 40
+    lens = torch.tensor([T, 8])
+    feats = torch.randn(2, T, D)
+    bands = torch.arange(D, dtype=torch.float32)
+    # level, tilt and colour: a smooth curve across the bands (the 4 lowest cosines)
+    channel = sum(w * torch.cos(math.pi / D * (bands + 0.5) * k) for k, w in enumerate([3.0, -2.0, 1.0, 0.5]))
+    out = subtract_utterance_mean(feats + channel, lens, smooth_order=4)
+    torch.testing.assert_close(out, subtract_utterance_mean(feats, lens, smooth_order=4),
+                               atol=1e-4, rtol=0)
+    assert torch.all(out[1, 8:] == 0)
+    # a narrow band's energy in every frame (a formant, a fricative) is a fine shape: kept,
+    # where the plain utterance mean takes it away with the channel
+    peak = torch.zeros(D)
+    peak[20] = 6.0
+    flat = torch.zeros(1, T, D)
+    kept = subtract_utterance_mean(flat + peak, lens[:1], smooth_order=4)[0].mean(0)
+    assert kept[20] > 5.0 and kept.argmax() == 20
+    assert subtract_utterance_mean(flat + peak, lens[:1])[0].abs().max() < 1e-5
