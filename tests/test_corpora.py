@@ -89,11 +89,17 @@ def test_fsdd_recipe_end_to_end_on_a_tiny_tree(tmp_path):
         for d in range(10):
             for i in (0, 1, 46):
                 _wav(rec / f"{d}_{spk}_{i}.wav", sr=8000)
+    sc = tmp_path / "sc"  # real voices from Speech Commands: a digit word, and another word
+    _wav(sc / "two" / "abc123_nohash_0.wav")
+    _wav(sc / "yes" / "abc123_nohash_0.wav")
     summary = run_fsdd(["--corpus", str(tmp_path / "fsdd"), "--out", str(tmp_path / "exp"),
                         "--test-speakers", "theo", "--synthetic", "0",
+                        "--speech-commands", str(sc), "--speech-commands-other-words",
                         "--set", "train.epochs=1", "--set", "train.max_minutes=1",
                         "--ship", str(tmp_path / "shipped.pt")])
     assert summary["test_speakers"] == ["theo"] and summary["utterances"] == 30
+    # jackson's 20 training clips, the Speech Commands digit listed 4 times, "yes" once
+    assert summary["train_utterances"] == 25
     # free decoding may spell anything; the closed vocabulary only answers digit words
     assert 0.0 <= summary["accuracy"] <= 1.0 and 0.0 <= summary["accuracy_vocab"] <= 1.0
     assert 0.0 <= summary["accuracy_vocab_warps"] <= 1.0  # the config's test-time VTLN

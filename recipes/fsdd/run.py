@@ -59,8 +59,8 @@ def main(argv=None) -> dict:
     if a.speech_commands:
         train += speech_commands_digits(a.speech_commands, a.speech_commands_repeat)
         if a.speech_commands_other_words:
-            train += [u for u in speech_commands_words(a.speech_commands)
-                      if u.text not in set(DIGITS.read_text().split())]
+            digit_words = set(DIGITS.read_text().split())
+            train += [u for u in speech_commands_words(a.speech_commands) if u.text not in digit_words]
     train_path = write_manifest(train, a.out / "data" / "train_plus_synth.jsonl")
     cfg = load_config(a.config, [f"data.train={train_path}", f"data.valid={splits['valid']}", *a.set])
     result = Trainer(cfg, a.out / "ctc", init_from=a.init_from).fit()
