@@ -1,4 +1,5 @@
-"""Data augmentation: SpecAugment, speed perturbation, additive noise at a set SNR."""
+"""Data augmentation: SpecAugment, speed perturbation, additive noise at a set SNR, and
+silence margins."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,6 +33,45 @@ def add_noise(wave: torch.Tensor, noise: torch.Tensor, snr_db: float,
     p_noise = noise.square().mean().clamp(min=1e-10)
     scale = torch.sqrt(p_signal / (p_noise * 10.0 ** (snr_db / 10.0)))
     return wave + scale * noise
+
+
+def speech_span(wave: torch.Tensor, sample_rate: int, threshold_db: float = 35.0):
+    """(start, end) samples of the speech in ``wave`` (N,): from the first to the last 10 ms
+    frame whose energy is within ``threshold_db`` of the loudest frame's."""
+    hop = max(1, sample_rate // 100)
+    n = wave.numel() // hop * hop
+    if n == 0:
+        return 0, wave.numel()
+    energy = wave[:n].reshape(-1, hop).square().mean(1) + 1e-12
+    db = 10.0 * torch.log10(energy)
+    active = torch.nonzero(db > db.max() - threshold_db).flatten()
+    return int(active[0]) * hop, min(wave.numel(), (int(active[-1]) + 1) * hop)
+
+
+def set_margins(wave: torch.Tensor, sample_rate: int, lead_s: float, trail_s: float,
+                threshold_db: float = 35.0,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The speech in ``wave`` (N,) with ``lead_s`` / ``trail_s`` seconds of margin around it.
+
+    A margin is cut from the clip's own surroundings where it has them; where it has less
+    (a tightly trimmed clip), white noise at the level of the clip's quietest 10 ms frame
+    makes up the rest, so the join is not a jump to digital silence. Corpora differ in
+    how much silence they leave around a word (FSDD: almost none; synthetic or Speech
+    Commands clips: 0.1-0.2 s), and a model trained on one kind learns that as a cue.
+    Returns (M,).
+    """
+    start, end = speech_span(wave, sample_rate, threshold_db)
+    lead, trail = int(round(lead_s * sample_rate)), int(round(trail_s * sample_rate))
+    out = wave[max(0, start - lead):min(wave.numel(), end + trail)]
+    pad_lead, pad_trail = max(0, lead - start), max(0, end + trail - wave.numel())
+    if pad_lead or pad_trail:
+        hop = max(1, sample_rate // 100)
+        n = wave.numel() // hop * hop
+        floor = (wave[:n].reshape(-1, hop).square().mean(1).min().sqrt() if n
+                 else wave.new_zeros(()))
+        noise = lambda k: floor * torch.randn(k, generator=generator, dtype=wave.dtype)  # noqa: E731
+        out = torch.cat([noise(pad_lead), out, noise(pad_trail)])
+    return out
 
 
 def speed_perturb(wave: torch.Tensor, factor: float, sample_rate: int = 16000) -> torch.Tensor:

@@ -56,6 +56,12 @@ class DataConfig:
     noise_prob: float = 0.0
     noise_snr_db: List[float] = field(default_factory=lambda: [10.0, 30.0])
     band_limit_hz: Optional[int] = None  # resample down/up to mimic e.g. 8 kHz audio
+    # with probability margin_prob, a training clip's silence around the speech is set to a
+    # margin drawn from margin_s (seconds, each side): cut from the clip or padded with its
+    # own noise floor (speech = frames within margin_threshold_db of the loudest)
+    margin_prob: float = 0.0
+    margin_s: List[float] = field(default_factory=lambda: [0.0, 0.15])
+    margin_threshold_db: float = 35.0
 
 
 @dataclass

@@ -27,6 +27,10 @@ class FeatureConfig:
     f_max: Optional[float] = None
     center: bool = True
     log_floor: float = 1e-6
+    # keep only each frame's `cepstral_lifter` lowest cosine components across the bands (the
+    # spectral envelope, as MFCCs do), mapped back to bands: narrow low mel bands resolve the
+    # pitch harmonics, which say who speaks, not what. None keeps the full spectrum.
+    cepstral_lifter: Optional[int] = None
     # PCEN (defaults are librosa's)
     pcen_time_constant: float = 0.4
     pcen_alpha: float = 0.98
@@ -48,6 +52,17 @@ def mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
         n_freqs=n_fft // 2 + 1, f_min=f_min, f_max=f_max or sample_rate / 2.0,
         n_mels=n_mels, sample_rate=sample_rate, norm="slaney", mel_scale="slaney",
     )
+
+
+def dct_basis(num_bands: int, order: int, device=None, dtype=None) -> torch.Tensor:
+    """The ``order`` lowest orthonormal DCT-II vectors over ``num_bands`` bands: (K, D) rows.
+
+    ``x @ B.T @ B`` projects x (..., D) onto its K smoothest cosine components.
+    """
+    n = torch.arange(num_bands, device=device, dtype=dtype)
+    k = torch.arange(min(order, num_bands), device=device, dtype=dtype)
+    basis = torch.cos(torch.pi / num_bands * (n[None, :] + 0.5) * k[:, None])
+    return basis / basis.norm(dim=1, keepdim=True)
 
 
 class MelSpectrogram(nn.Module):
@@ -151,6 +166,14 @@ class FeatureExtractor(nn.Module):
                              cfg.pcen_eps, trainable=cfg.pcen_trainable)
         elif cfg.kind != "logmel":
             raise ValueError(f"features.kind must be 'logmel' or 'pcen', got {cfg.kind!r}")
+        lifter = None
+        if cfg.cepstral_lifter is not None:
+            if not 1 <= cfg.cepstral_lifter <= cfg.n_mels:
+                raise ValueError(f"features.cepstral_lifter must lie in [1, n_mels={cfg.n_mels}], "
+                                 f"got {cfg.cepstral_lifter}")
+            basis = dct_basis(cfg.n_mels, cfg.cepstral_lifter)
+            lifter = basis.T @ basis  # (D, D) projection onto the smooth components
+        self.register_buffer("lifter", lifter, persistent=False)
 
     @property
     def dim(self) -> int:
@@ -166,5 +189,7 @@ class FeatureExtractor(nn.Module):
             feats = self.pcen(mel.clamp(min=0).sqrt() * self.cfg.pcen_input_scale)
         else:
             feats = torch.log(mel + self.cfg.log_floor)
+        if self.lifter is not None:
+            feats = feats @ self.lifter
         lens = torch.clamp(self.mel.num_frames(wave_lens), max=feats.shape[1])
         return feats, lens

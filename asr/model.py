@@ -11,7 +11,7 @@ import asr.heads.transducer  # noqa: F401
 from asr.augment import SpecAugment, warp_features
 from asr.config import ExperimentConfig, HeadConfig
 from asr.encoders import build_encoder
-from asr.features import FeatureExtractor
+from asr.features import FeatureExtractor, dct_basis
 from asr.registry import HEADS
 from asr.search.types import Hypothesis, SearchResult
 
@@ -48,11 +48,7 @@ def subtract_utterance_mean(feats: torch.Tensor, lens: torch.Tensor,
     mask = (torch.arange(feats.shape[1], device=feats.device)[None, :] < lens[:, None]).unsqueeze(-1)
     mean = (feats * mask).sum(1, keepdim=True) / lens.clamp(min=1)[:, None, None]  # (B, 1, D)
     if smooth_order is not None:
-        D = feats.shape[-1]
-        n = torch.arange(D, device=feats.device, dtype=feats.dtype)
-        k = torch.arange(min(smooth_order, D), device=feats.device, dtype=feats.dtype)
-        basis = torch.cos(torch.pi / D * (n[None, :] + 0.5) * k[:, None])  # (K, D)
-        basis = basis / basis.norm(dim=1, keepdim=True)  # orthonormal rows
+        basis = dct_basis(feats.shape[-1], smooth_order, feats.device, feats.dtype)  # (K, D)
         mean = (mean @ basis.T) @ basis  # projection onto the K smooth components
     return (feats - mean) * mask
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr.augment import add_noise, band_limit, colored_noise, speed_perturb
+from asr.augment import add_noise, band_limit, colored_noise, set_margins, speed_perturb
 from asr.checkpoint import read_checkpoint, save_checkpoint
 from asr.config import DataConfig, ExperimentConfig, save_config
 from asr.data import DurationBatchSampler, UtteranceDataset, collate, read_manifest, validate
@@ -34,10 +34,17 @@ class Augmenter:
         self.sample_rate = sample_rate
         self.seed = seed
         self.epoch = 0
+        if cfg.margin_prob > 0 and (len(cfg.margin_s) != 2 or not 0 <= cfg.margin_s[0] <= cfg.margin_s[1]):
+            raise ValueError(f"data.margin_s must be [low, high] seconds with 0 <= low <= high, "
+                             f"got {cfg.margin_s}")
 
     def __call__(self, wave: torch.Tensor, index: int) -> torch.Tensor:
         c = self.cfg
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+        if c.margin_prob > 0 and float(torch.rand(1, generator=g)) < c.margin_prob:
+            lo, hi = c.margin_s
+            lead, trail = (lo + (hi - lo) * torch.rand(2, generator=g)).tolist()
+            wave = set_margins(wave, self.sample_rate, lead, trail, c.margin_threshold_db, g)
         if c.speed_perturb:
             factor = c.speed_perturb[int(torch.randint(len(c.speed_perturb), (1,), generator=g))]
             wave = speed_perturb(wave, factor, self.sample_rate)

@@ -30,3 +30,39 @@ def test_specaugment_masks_only_in_training():
     assert out.shape == feats.shape and not torch.equal(out, feats)
     aug.eval()
     assert torch.equal(aug(feats, lens), feats)
+
+
+def test_set_margins_cuts_or_pads_to_the_requested_silence():
+    from asr.augment import set_margins, speech_span
+
+    sr = 8000
+    g = torch.Generator().manual_seed(0)
+    floor = 1e-3 * torch.randn(sr, generator=g)
+    speech = torch.sin(torch.arange(2000) * 0.3)
+    wave = torch.cat([floor[:1600], speech, floor[1600:3200]])  # 0.2 s, 0.25 s, 0.2 s
+    assert speech_span(wave, sr) == (1600, 3600)
+    # cut: 0.05 s lead, no trail, taken from the clip itself
+    cut = set_margins(wave, sr, 0.05, 0.0)
+    assert cut.numel() == 400 + 2000 and torch.equal(cut, wave[1200:3600])
+    # pad: a clip trimmed to its speech gets 0.1 s each side of noise at its quietest frame's level
+    tight = wave[1600:3600]
+    padded = set_margins(tight, sr, 0.1, 0.1, generator=g)
+    assert padded.numel() == 800 + 2000 + 800
+    assert torch.equal(padded[800:2800], tight)
+    quietest = tight[:2000].reshape(-1, 80).square().mean(1).min().sqrt()
+    assert 0.5 * quietest < padded[:800].std() < 2 * quietest
+
+
+def test_margin_augmentation_is_validated_and_reproducible():
+    import pytest
+
+    from asr.config import DataConfig
+    from asr.train import Augmenter
+
+    with pytest.raises(ValueError, match="margin_s"):
+        Augmenter(DataConfig(margin_prob=0.5, margin_s=[0.2, 0.1]), 16000, 0)
+    aug = Augmenter(DataConfig(margin_prob=1.0, margin_s=[0.0, 0.3]), 16000, 0)
+    wave = torch.cat([torch.zeros(4000), torch.sin(torch.arange(4000) * 0.2), torch.zeros(4000)])
+    lengths = {aug(wave, i).numel() for i in range(8)}
+    assert len(lengths) > 1 and all(4000 <= n <= 4000 + 2 * 4800 for n in lengths)
+    assert torch.equal(aug(wave, 3), aug(wave, 3))

@@ -56,3 +56,24 @@ def test_feature_lengths_follow_wave_lengths():
     feats, lens = fe(wave, torch.tensor([16000, 8000]))
     assert feats.shape == (2, 101, 80)
     assert lens.tolist() == [101, 51]
+
+
+def test_cepstral_lifter_keeps_the_lowest_dct_components():
+    # the liftered log-mel equals scipy's orthonormal DCT-II across the bands, truncated to
+    # its K lowest coefficients and inverted: the envelope stays, the fine ripple goes
+    from scipy.fft import dct, idct
+
+    torch.manual_seed(0)
+    wave = torch.randn(2, 8000)
+    cfg = dict(n_mels=40, f_max=4000.0)
+    full, _ = FeatureExtractor(FeatureConfig(**cfg))(wave)
+    liftered, _ = FeatureExtractor(FeatureConfig(**cfg, cepstral_lifter=16))(wave)
+    coeffs = dct(full.numpy().astype(np.float64), type=2, norm="ortho", axis=-1)
+    coeffs[..., 16:] = 0.0
+    expected = idct(coeffs, type=2, norm="ortho", axis=-1)
+    np.testing.assert_allclose(liftered.numpy(), expected, atol=1e-4)
+    assert (liftered - full).abs().mean() > 0.05  # it did remove something
+    same, _ = FeatureExtractor(FeatureConfig(**cfg, cepstral_lifter=40))(wave)
+    torch.testing.assert_close(same, full, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="cepstral_lifter"):
+        FeatureExtractor(FeatureConfig(**cfg, cepstral_lifter=41))
