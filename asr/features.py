@@ -27,6 +27,10 @@ class FeatureConfig:
     f_max: Optional[float] = None
     center: bool = True
     log_floor: float = 1e-6
+    # subtract each frame's mean sample (over the window's support) before windowing, as
+    # Kaldi does: a recording's DC offset is the channel's, not the speaker's, and a Hann
+    # window leaks it into the lowest mel band, where it dominates the quiet frames
+    remove_dc: bool = False
     # keep only each frame's `cepstral_lifter` lowest cosine components across the bands (the
     # spectral envelope, as MFCCs do), mapped back to bands: narrow low mel bands resolve the
     # pitch harmonics, which say who speaks, not what. None keeps the full spectrum.
@@ -83,12 +87,28 @@ class MelSpectrogram(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         c = self.cfg
-        spec = torch.stft(
-            wave, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
-            window=self.window, center=c.center, pad_mode="reflect", return_complex=True,
-        )  # (B, F, T)
+        if c.remove_dc:
+            spec = self._stft_without_dc(wave)
+        else:
+            spec = torch.stft(
+                wave, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
+                window=self.window, center=c.center, pad_mode="reflect", return_complex=True,
+            ).transpose(1, 2)  # (B, T, F)
         power = spec.real.square() + spec.imag.square()
-        return power.transpose(1, 2) @ self.fbank  # (B, T, n_mels)
+        return power @ self.fbank  # (B, T, n_mels)
+
+    def _stft_without_dc(self, wave: torch.Tensor) -> torch.Tensor:
+        """torch.stft's frames (same padding and window placement), each less the mean of the
+        samples under its window. wave (B, N) -> complex (B, T, F)."""
+        c = self.cfg
+        if c.center:
+            pad = c.n_fft // 2
+            wave = torch.nn.functional.pad(wave[:, None], (pad, pad), mode="reflect")[:, 0]
+        frames = wave.unfold(-1, c.n_fft, c.hop_length)  # (B, T, n_fft)
+        left = (c.n_fft - c.win_length) // 2
+        support = frames[..., left:left + c.win_length]
+        windowed = (support - support.mean(-1, keepdim=True)) * self.window
+        return torch.fft.rfft(windowed, n=c.n_fft)  # same bins: only the phase's origin moves
 
     def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
         """Frames produced for (B,) sample counts."""

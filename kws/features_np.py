@@ -85,6 +85,8 @@ class _Frontend:
         left = (self.n_fft - win_length) // 2
         self.window = np.zeros(self.n_fft, dtype=np.float64)
         self.window[left:left + win_length] = win
+        # Kaldi-style: each frame less the mean of the samples under its window
+        self.dc_support = slice(left, left + win_length) if cfg.get("remove_dc") else None
         self.fbank = mel_filters(int(cfg["sample_rate"]), self.n_fft, int(cfg["n_mels"]),
                                  float(cfg["f_min"]), cfg.get("f_max")).astype(np.float64)
         self.log_floor = float(cfg.get("log_floor", 1e-6))
@@ -109,6 +111,8 @@ class _Frontend:
 
     def mel_power(self, frames: np.ndarray) -> np.ndarray:
         """frames (T, n_fft) -> mel power (T, n_mels)."""
+        if self.dc_support is not None:
+            frames = frames - frames[:, self.dc_support].mean(axis=-1, keepdims=True)
         spec = np.fft.rfft(frames * self.window, axis=-1)
         power = spec.real ** 2 + spec.imag ** 2
         return power @ self.fbank

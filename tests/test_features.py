@@ -77,3 +77,19 @@ def test_cepstral_lifter_keeps_the_lowest_dct_components():
     torch.testing.assert_close(same, full, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="cepstral_lifter"):
         FeatureExtractor(FeatureConfig(**cfg, cepstral_lifter=41))
+
+
+def test_remove_dc_ignores_a_recording_offset_and_keeps_the_rest():
+    # a constant offset (as in some FSDD speakers' recordings) leaks through the Hann window
+    # into the lowest mel band; removing each frame's mean makes the features blind to it
+    # and leaves the bands above the window's leakage as they were
+    wave = torch.from_numpy(_tone_noise(n=12000))[None]
+    cfg = dict(n_mels=40, f_max=4000.0)
+    plain = FeatureExtractor(FeatureConfig(**cfg))
+    no_dc = FeatureExtractor(FeatureConfig(**cfg, remove_dc=True))
+    offset = wave + 0.03
+    assert (plain(offset)[0] - plain(wave)[0])[..., 0].abs().mean() > 1.0  # the leak is real
+    ours, lens = no_dc(offset)
+    torch.testing.assert_close(ours, no_dc(wave)[0], atol=1e-3, rtol=0)
+    assert lens.tolist() == plain(wave)[1].tolist()
+    torch.testing.assert_close(ours[..., 4:], plain(wave)[0][..., 4:], atol=0.05, rtol=0)

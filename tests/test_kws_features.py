@@ -24,10 +24,10 @@ def test_mel_filters_equal_torch(sr, n_fft, n_mels, fmin, fmax):
     np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["logmel", "pcen"])
-def test_numpy_features_match_torch(kind):
-    x = _signal()
-    cfg = FeatureConfig(kind=kind, n_mels=40, f_max=7600.0)
+@pytest.mark.parametrize("kind,remove_dc", [("logmel", False), ("pcen", False), ("logmel", True)])
+def test_numpy_features_match_torch(kind, remove_dc):
+    x = _signal() + (0.05 if remove_dc else 0.0)  # a recording's DC offset
+    cfg = FeatureConfig(kind=kind, n_mels=40, f_max=7600.0, remove_dc=remove_dc)
     ref, lens = FeatureExtractor(cfg)(torch.from_numpy(x)[None])
     ours = compute_features(x, dataclasses.asdict(cfg))
     assert ours.shape == tuple(ref.shape[1:]) == (1 + x.size // 160, 40)
