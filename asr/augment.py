@@ -37,12 +37,13 @@ def add_noise(wave: torch.Tensor, noise: torch.Tensor, snr_db: float,
 
 def speech_span(wave: torch.Tensor, sample_rate: int, threshold_db: float = 35.0):
     """(start, end) samples of the speech in ``wave`` (N,): from the first to the last 10 ms
-    frame whose energy is within ``threshold_db`` of the loudest frame's."""
+    frame whose energy is within ``threshold_db`` of the loudest frame's. Energies are taken
+    about the clip's mean, so a recording's DC offset does not count as speech."""
     hop = max(1, sample_rate // 100)
     n = wave.numel() // hop * hop
     if n == 0:
         return 0, wave.numel()
-    energy = wave[:n].reshape(-1, hop).square().mean(1) + 1e-12
+    energy = (wave[:n] - wave.mean()).reshape(-1, hop).square().mean(1) + 1e-12
     db = 10.0 * torch.log10(energy)
     active = torch.nonzero(db > db.max() - threshold_db).flatten()
     return int(active[0]) * hop, min(wave.numel(), (int(active[-1]) + 1) * hop)
@@ -54,8 +55,9 @@ def set_margins(wave: torch.Tensor, sample_rate: int, lead_s: float, trail_s: fl
     """The speech in ``wave`` (N,) with ``lead_s`` / ``trail_s`` seconds of margin around it.
 
     A margin is cut from the clip's own surroundings where it has them; where it has less
-    (a tightly trimmed clip), white noise at the level of the clip's quietest 10 ms frame
-    makes up the rest, so the join is not a jump to digital silence. Corpora differ in
+    (a tightly trimmed clip), white noise at the level of the clip's quietest 10 ms frame,
+    on the clip's own DC offset, makes up the rest, so the join is not a jump to digital
+    silence. Corpora differ in
     how much silence they leave around a word (FSDD: almost none; synthetic or Speech
     Commands clips: 0.1-0.2 s), and a model trained on one kind learns that as a cue.
     Returns (M,).
@@ -67,9 +69,10 @@ def set_margins(wave: torch.Tensor, sample_rate: int, lead_s: float, trail_s: fl
     if pad_lead or pad_trail:
         hop = max(1, sample_rate // 100)
         n = wave.numel() // hop * hop
-        floor = (wave[:n].reshape(-1, hop).square().mean(1).min().sqrt() if n
+        dc = wave.mean()
+        floor = ((wave[:n] - dc).reshape(-1, hop).square().mean(1).min().sqrt() if n
                  else wave.new_zeros(()))
-        noise = lambda k: floor * torch.randn(k, generator=generator, dtype=wave.dtype)  # noqa: E731
+        noise = lambda k: dc + floor * torch.randn(k, generator=generator, dtype=wave.dtype)  # noqa: E731
         out = torch.cat([noise(pad_lead), out, noise(pad_trail)])
     return out
 

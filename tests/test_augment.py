@@ -51,6 +51,13 @@ def test_set_margins_cuts_or_pads_to_the_requested_silence():
     assert torch.equal(padded[800:2800], tight)
     quietest = tight[:2000].reshape(-1, 80).square().mean(1).min().sqrt()
     assert 0.5 * quietest < padded[:800].std() < 2 * quietest
+    # a DC offset (some FSDD recordings have 3% of their peak) is neither speech nor noise:
+    # the span is found about the clip's mean, and the padding sits on the same offset
+    shifted = wave + 0.05
+    assert speech_span(shifted, sr) == (1600, 3600)
+    padded = set_margins(shifted[1600:3600], sr, 0.1, 0.1, generator=g)
+    assert abs(float(padded[:800].mean() - shifted[1600:3600].mean())) < 1e-3
+    assert 0.5 * quietest < padded[:800].std() < 2 * quietest
 
 
 def test_margin_augmentation_is_validated_and_reproducible():
