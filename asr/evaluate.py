@@ -33,17 +33,13 @@ def vocab_search(model: torch.nn.Module, head: Optional[str] = None) -> str:
     return next(m for m in h.search_methods if m.endswith("_vocab"))
 
 
-def evaluate_model(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[Utterance],
-                   head: Optional[str] = None, method: Optional[str] = None,
-                   batch_seconds: float = 120.0, results_path: Optional[Path] = None,
-                   on_error: str = "skip", band_limit_hz: Optional[int] = None,
-                   **search_options) -> Dict:
-    """Decode ``utts`` and score them.
-
-    Returns a dict with ``wer``, ``cer``, ``utterances``, ``rtf`` (decoding compute time
-    over audio duration, audio reading excluded), ``skipped``, and ``accuracy`` when every
-    reference is a single word. Per-utterance rows go to ``results_path`` (JSON lines).
-    """
+def decode_rows(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[Utterance],
+                head: Optional[str] = None, method: Optional[str] = None,
+                batch_seconds: float = 120.0, on_error: str = "skip",
+                band_limit_hz: Optional[int] = None, **search_options) -> Dict:
+    """Decode ``utts``; returns ``rows`` (one dict per decoded utterance: id, ref, hyp,
+    score, times, audio, nbest as [text, score] pairs), ``compute`` and ``audio_seconds``
+    (decoding time and audio duration) and ``skipped`` (utterances rejected)."""
     sample_rate = model.cfg.sample_rate
     kept, rejected = validate(utts, normalize_text, tokenizer.encode, on_error=on_error)
     ds = UtteranceDataset(kept, tokenizer.encode, sample_rate, on_error,
@@ -64,15 +60,21 @@ def evaluate_model(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[
         for uid, res in zip(batch.ids, results):
             hyp = res.best
             rows.append({"id": uid, "ref": by_id[uid].text, "hyp": tokenizer.decode(hyp.tokens),
-                         "score": hyp.score, "times": hyp.times, "audio": by_id[uid].audio})
+                         "score": hyp.score, "times": hyp.times, "audio": by_id[uid].audio,
+                         "nbest": [[tokenizer.decode(h.tokens), h.score] for h in res.nbest]})
+    return {"rows": rows, "compute": compute, "audio_seconds": audio_seconds,
+            "skipped": len(rejected) + len(ds.rejected)}
+
+
+def summarize(rows: Sequence[Dict], compute: float, audio_seconds: float, skipped: int,
+              results_path: Optional[Path] = None) -> Dict:
+    """Metrics of decoded rows (see :func:`decode_rows`); writes them to ``results_path``."""
     if not rows:
-        raise RuntimeError(f"nothing could be decoded ({len(rejected) + len(ds.rejected)} "
-                           "utterances rejected)")
+        raise RuntimeError(f"nothing could be decoded ({skipped} utterances rejected)")
     metrics = score([r["ref"] for r in rows], [r["hyp"] for r in rows])
     for r in rows:
         r["correct"] = normalize_text(r["ref"]) == normalize_text(r["hyp"])
-    metrics.update(utterances=len(rows), rtf=compute / max(audio_seconds, 1e-9),
-                   skipped=len(rejected) + len(ds.rejected))
+    metrics.update(utterances=len(rows), rtf=compute / max(audio_seconds, 1e-9), skipped=skipped)
     if all(len(r["ref"].split()) == 1 for r in rows):
         metrics["accuracy"] = sum(r["correct"] for r in rows) / len(rows)
     if results_path is not None:
@@ -82,3 +84,19 @@ def evaluate_model(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[
             for r in rows:
                 f.write(json.dumps(r) + "\n")
     return metrics
+
+
+def evaluate_model(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[Utterance],
+                   head: Optional[str] = None, method: Optional[str] = None,
+                   batch_seconds: float = 120.0, results_path: Optional[Path] = None,
+                   on_error: str = "skip", band_limit_hz: Optional[int] = None,
+                   **search_options) -> Dict:
+    """Decode ``utts`` and score them.
+
+    Returns a dict with ``wer``, ``cer``, ``utterances``, ``rtf`` (decoding compute time
+    over audio duration, audio reading excluded), ``skipped``, and ``accuracy`` when every
+    reference is a single word. Per-utterance rows go to ``results_path`` (JSON lines).
+    """
+    d = decode_rows(model, tokenizer, utts, head, method, batch_seconds, on_error,
+                    band_limit_hz, **search_options)
+    return summarize(d["rows"], d["compute"], d["audio_seconds"], d["skipped"], results_path)

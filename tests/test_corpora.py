@@ -108,6 +108,17 @@ def test_fsdd_recipe_end_to_end_on_a_tiny_tree(tmp_path):
     assert len(rows) == 30 and all(r["hyp"] in digits for r in rows)
     assert (tmp_path / "shipped.pt").is_file()
 
+    # the self-training adaptation check runs on the fold and labels only with digit words
+    from recipes.fsdd.adapt_check import main as adapt_check
+
+    out = adapt_check([str(tmp_path / "exp"), "--rounds", "1", "--epochs", "1", "--confidence", "0"])
+    assert out["rounds"] == [{"round": 1, "clips": 30, "kept": 30,
+                              "mean_posterior": pytest.approx(out["rounds"][0]["mean_posterior"])}]
+    assert 0.0 <= out["after_vocab"] <= 1.0 and 0.0 <= out["after_default"] <= 1.0
+    assert out["before_vocab"] == pytest.approx(summary["accuracy_vocab"])
+    rows = [json.loads(line) for line in open(tmp_path / "exp" / "adapted_default.jsonl")]
+    assert len(rows) == 30 and all(r["hyp"] in digits for r in rows)
+
 
 def test_speech_commands_digits_as_extra_fsdd_training_data(tmp_path):
     from recipes.fsdd.prepare import speech_commands_digits
