@@ -28,6 +28,7 @@ from asr.augment import band_limit
 from asr.data import UtteranceDataset, Utterance, collate
 from asr.evaluate import decode_rows, summarize, vocab_search
 from asr.text import Tokenizer
+from asr.train import train_step
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,10 @@ def pseudo_labels(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[U
 
 
 def fine_tune(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[Utterance],
-              cfg: AdaptConfig, band_limit_hz: Optional[int] = None, seed: int = 0,
-              grad_clip: float = 5.0) -> torch.nn.Module:
-    """A copy of ``model`` fine-tuned on ``utts`` (their ``text`` as labels)."""
+              cfg: AdaptConfig, band_limit_hz: Optional[int] = None,
+              seed: int = 0) -> torch.nn.Module:
+    """A copy of ``model`` fine-tuned on ``utts`` (their ``text`` as labels), with the
+    gradient clipping the model was trained with."""
     tuned = copy.deepcopy(model)
     sample_rate = model.cfg.sample_rate
     ds = UtteranceDataset(utts, tokenizer.encode, sample_rate, cache_audio=True,
@@ -83,14 +85,8 @@ def fine_tune(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[Utter
             order.shuffle(index)
             batches = [index[i: i + cfg.batch_size] for i in range(0, len(index), cfg.batch_size)]
             for batch in DataLoader(ds, batch_sampler=batches, collate_fn=collate):
-                if batch is None:
-                    continue
-                losses = tuned(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
-                loss = losses["total"].sum() / batch.target_lens.sum().clamp(min=1)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if torch.isfinite(torch.nn.utils.clip_grad_norm_(tuned.parameters(), grad_clip)):
-                    optimizer.step()
+                if batch is not None:
+                    train_step(tuned, optimizer, batch, model.cfg.train.grad_clip)
     tuned.eval()
     return tuned
 

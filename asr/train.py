@@ -114,6 +114,23 @@ class LRSchedule:
         self._set(self.rate())
 
 
+def train_step(model: ASRModel, optimizer: torch.optim.Optimizer, batch, grad_clip: float):
+    """One optimiser step: the loss per target token, gradients clipped to ``grad_clip``,
+    and no update when their norm is not finite.
+
+    Returns ``(loss, per-head losses (B,), target tokens, gradient norm)``.
+    """
+    losses = model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
+    ntok = batch.target_lens.sum().clamp(min=1)
+    loss = losses["total"].sum() / ntok
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if torch.isfinite(gnorm):
+        optimizer.step()
+    return loss, losses, ntok, gnorm
+
+
 def compute_cmvn(model: ASRModel, dataset: UtteranceDataset, max_utts: int = 300):
     """Per-dimension mean and std of the features over up to ``max_utts`` utterances."""
     total, sq, n = None, None, 0
@@ -305,14 +322,8 @@ class Trainer:
                 self.batch_in_epoch += 1
                 if batch is None:
                     continue
-                losses = self.model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
-                ntok = batch.target_lens.sum().clamp(min=1)
-                loss = losses["total"].sum() / ntok
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-                if torch.isfinite(gnorm):
-                    self.optimizer.step()
+                loss, losses, ntok, gnorm = train_step(self.model, self.optimizer, batch,
+                                                       cfg.train.grad_clip)
                 self.scheduler.step(time.time() - t_start)
                 self.step += 1
                 utts_seen += len(batch)

@@ -45,7 +45,6 @@ def main(argv=None) -> dict:
     out = {"fold": str(a.fold), "confidence": a.confidence,
            "before_vocab": evaluate_model(model, tok, test, **closed)["accuracy"],
            "before_default": evaluate_model(model, tok, test, **closed, **warps)["accuracy"]}
-    torch.manual_seed(0)
     adapted, out["rounds"] = adapt_to_speaker(
         model, tok, test, vocabulary,
         AdaptConfig(confidence=a.confidence, rounds=a.rounds, epochs=a.epochs, lr=a.lr))
