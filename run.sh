@@ -27,7 +27,7 @@ install_system() {
 }
 
 install_python() {
-    if ! $PY -c "import asr, torch, torchaudio, librosa, jiwer, onnxruntime" 2>/dev/null; then
+    if ! $PY -c "import asr, torch, torchaudio, librosa, jiwer, onnxruntime, pytest_timeout" 2>/dev/null; then
         echo "installing Python packages (torch 2.14.1, torchaudio 2.11.0, ...)"
         $PY -m pip install -q -e '.[test]'
     fi
