@@ -57,9 +57,10 @@ def _evaluate(args) -> int:
 
     torch.set_num_threads(args.threads)
     model, tokenizer, cfg = load_model(args.model)
-    utts = load_corpus(args.corpus, args.data)
-    if args.limit:
-        utts = utts[: args.limit]
+    corpus = load_corpus(args.corpus, args.data, split=args.split)
+    if args.rejected:
+        _write_rejected(args.rejected, corpus.rejected)
+    utts = corpus[: args.limit] if args.limit else list(corpus)
     options = _decoding_options(args, model, tokenizer, cfg)
     if args.lm_texts:
         from asr.lm import NgramLM, WordLM
@@ -72,12 +73,23 @@ def _evaluate(args) -> int:
                                tokenizer.vocab_size, end_of_sentence=True)
         options.update(lm_score=lm, lm_weight=args.lm_weight, length_bonus=args.length_bonus)
     metrics = evaluate_model(model, tokenizer, utts, results_path=args.results, **options)
+    metrics["skipped"] += len(corpus.rejected)  # entries the corpus reader left out
     metrics["decoding"] = {"head": options["head"] or next(iter(model.heads)),
                            "method": options["method"] or "default",
                            "vocabulary": len(options.get("vocabulary", [])),
                            "warps": len(options.get("warps", []))}
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
     return 0
+
+
+def _write_rejected(path: Path, rejected) -> None:
+    """The entries a corpus reader left out, one JSON line each (id, audio, reason)."""
+    from dataclasses import asdict
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rejected:
+            f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
 
 
 def _read_texts(path: str):
@@ -132,8 +144,13 @@ def main(argv=None) -> int:
 
     e = sub.add_parser("evaluate", help="WER/CER of a model on a corpus; prints one JSON line")
     e.add_argument("--model", required=True)
-    e.add_argument("--corpus", required=True, help="fsdd, ljspeech, librispeech, synth or manifest")
+    e.add_argument("--corpus", required=True, help="speechocean762, an4, commonvoice, kaldi, "
+                   "librispeech, ljspeech, fsdd, synth or manifest")
     e.add_argument("--data", required=True, help="corpus folder (public layout) or manifest")
+    e.add_argument("--split", help="read only this split (e.g. test) of a corpus with several; "
+                   "default: every split present")
+    e.add_argument("--rejected", type=Path, help="write the entries the corpus reader left out "
+                   "(missing or corrupt audio, empty transcripts) as JSON lines")
     e.add_argument("--head", help="head to decode with (default: the model's first)")
     e.add_argument("--search", help="search method, e.g. ctc_greedy, ctc_prefix_beam")
     e.add_argument("--beam", type=int)

@@ -96,6 +96,8 @@ def load_audio(
 
 def audio_info(path: PathLike) -> tuple[float, int]:
     """(duration in seconds, sample rate) from the header; AudioError names a bad file."""
+    if not Path(path).is_file():
+        raise AudioError(path, "no such file")
     try:
         info = sf.info(str(path))
     except Exception as exc:

@@ -3,29 +3,68 @@ name, so ``python -m asr evaluate --corpus NAME --data DIR`` works on any of the
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from asr.audio import AudioError, audio_info
-from asr.data import Utterance, read_manifest
+from asr.data import Rejected, Utterance, read_manifest
 from asr.registry import Registry
+from asr.text import normalize_text
 
 log = logging.getLogger(__name__)
 CORPORA: Registry = Registry("corpus")
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def _utt(uid: str, path: Path, text: str, speaker: Optional[str] = None, **meta) -> Optional[Utterance]:
-    """An utterance with duration and rate from the header; unreadable files are logged
-    by path and left out (the evaluation reports how many)."""
-    try:
-        duration, sr = audio_info(path)
-    except AudioError as exc:
-        log.warning("skipping %s", exc)
-        return None
-    return Utterance(id=uid, audio=str(path.resolve()), duration=duration, text=text, sample_rate=sr,
-                     speaker=speaker, meta=meta)
+AUDIO_EXTENSIONS = (".wav", ".WAV", ".flac", ".FLAC", ".opus", ".ogg", ".mp3", ".MP3")
+
+
+class Corpus(list):
+    """A corpus's utterances (a list of :class:`Utterance`), and ``rejected``: the
+    entries its reader left out, each a :class:`Rejected` naming the file and the reason
+    (missing or unreadable audio, an empty transcript, an unsupported ``wav.scp`` entry)."""
+
+    def __init__(self, utts=(), rejected=()) -> None:
+        super().__init__(utts)
+        self.rejected: List[Rejected] = list(rejected)
+
+    def add(self, uid: str, path: Path, text: str, speaker: Optional[str] = None,
+            offset: float = 0.0, duration: Optional[float] = None, **meta) -> None:
+        """Append an utterance with duration and rate from the audio header, or list it in
+        ``rejected`` (logged by path) when its transcript is empty or its audio unusable."""
+        if not normalize_text(text):
+            return self.reject(uid, path, f"empty transcript (raw: {text!r})")
+        path = find_audio(path)
+        try:
+            file_duration, sr = audio_info(path)
+        except AudioError as exc:
+            return self.reject(uid, path, exc.reason)
+        if duration is None:
+            duration = file_duration - offset
+        if duration <= 0 or offset + duration > file_duration + 0.05:
+            return self.reject(uid, path, f"segment {offset:.2f}+{duration:.2f} s lies outside "
+                               f"the {file_duration:.2f} s recording")
+        self.append(Utterance(id=uid, audio=str(Path(path).resolve()), duration=duration,
+                              text=text, sample_rate=sr, offset=offset, speaker=speaker, meta=meta))
+
+    def reject(self, uid: str, path, reason: str) -> None:
+        log.warning("skipping %s (id %s): %s", path, uid, reason)
+        self.rejected.append(Rejected(uid, str(path), reason))
+
+
+def find_audio(path: Path) -> Path:
+    """``path``, or the same name with another audio extension when only that exists (public
+    layouts name ``.wav`` where a copy holds ``.flac`` or ``.opus``); else ``path``."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for ext in AUDIO_EXTENSIONS:
+        alt = path.with_suffix(ext)
+        if alt.is_file():
+            return alt
+    return path
 
 
 def _need_dir(path: Path, what: str) -> Path:
@@ -43,17 +82,15 @@ def prepare_fsdd(root: str | Path, speakers: Optional[List[str]] = None) -> List
     root = Path(root)
     rec = root / "recordings" if (root / "recordings").is_dir() else _need_dir(
         root, "FSDD layout recordings/<digit>_<speaker>_<idx>.wav")
-    utts = []
+    utts = Corpus()
     for p in sorted(rec.glob("*.wav")):
         parts = p.stem.split("_")
         if len(parts) != 3 or not parts[0].isdigit():
-            log.warning("skipping %s: name is not <digit>_<speaker>_<idx>.wav", p)
+            utts.reject(p.stem, p, "name is not <digit>_<speaker>_<idx>.wav")
             continue
         if speakers is not None and parts[1] not in speakers:
             continue
-        u = _utt(p.stem, p, DIGITS[int(parts[0])], parts[1])
-        if u:
-            utts.append(u)
+        utts.add(p.stem, p, DIGITS[int(parts[0])], parts[1])
     return utts
 
 
@@ -64,17 +101,13 @@ def prepare_ljspeech(root: str | Path) -> List[Utterance]:
     meta = root / "metadata.csv"
     if not meta.is_file():
         raise FileNotFoundError(f"{meta}: not found; expected the LJSpeech layout")
-    utts = []
+    utts = Corpus()
     with open(meta, encoding="utf-8") as f:
         for row in csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE):
             if len(row) < 2:
                 continue
             uid, text = row[0], row[2] if len(row) > 2 and row[2] else row[1]
-            path = next((root / "wavs" / f"{uid}{ext}" for ext in (".wav", ".flac")
-                         if (root / "wavs" / f"{uid}{ext}").exists()), root / "wavs" / f"{uid}.wav")
-            u = _utt(uid, path, text, "LJ")
-            if u:
-                utts.append(u)
+            utts.add(uid, root / "wavs" / f"{uid}.wav", text, "LJ")
     return utts
 
 
@@ -83,7 +116,7 @@ def prepare_librispeech(root: str | Path, subsets: Optional[List[str]] = None) -
     """LibriSpeech: ``<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt`` and
     ``.flac`` files. ``root`` may be ``LibriSpeech/`` or a single subset folder."""
     root = _need_dir(Path(root), "the LibriSpeech layout <subset>/<spk>/<chapter>/")
-    utts = []
+    utts = Corpus()
     for trans in sorted(root.rglob("*.trans.txt")):
         if subsets and not any(s in trans.parts for s in subsets):
             continue
@@ -91,12 +124,161 @@ def prepare_librispeech(root: str | Path, subsets: Optional[List[str]] = None) -
             uid, _, text = line.strip().partition(" ")
             if not uid:
                 continue
-            u = _utt(uid, trans.parent / f"{uid}.flac", text, uid.split("-")[0],
+            utts.add(uid, trans.parent / f"{uid}.flac", text, uid.split("-")[0],
                      subset=trans.parts[-4] if len(trans.parts) >= 4 else None)
-            if u:
-                utts.append(u)
-    if not utts:
+    if not utts and not utts.rejected:
         raise FileNotFoundError(f"{root}: no *.trans.txt files found (LibriSpeech layout)")
+    return utts
+
+
+def _splits(found: Dict[str, object], split: Optional[str], where: Path, layout: str) -> List[str]:
+    """The split names to read: ``split`` if given (it must exist), else every one found."""
+    if not found:
+        raise FileNotFoundError(f"{where}: no split found; expected {layout}")
+    if split is None:
+        return sorted(found)
+    if split not in found:
+        raise FileNotFoundError(f"{where}: no split {split!r} (found: {', '.join(sorted(found))})")
+    return [split]
+
+
+def _read_table(path: Path) -> Dict[str, str]:
+    """A Kaldi table (``key value...`` per line) as a dict; missing file -> empty dict."""
+    table = {}
+    if path.is_file():
+        for line in open(path, encoding="utf-8"):
+            parts = line.strip().split(None, 1)  # Kaldi separates by any whitespace
+            if parts:
+                table[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
+    return table
+
+
+def _kaldi_dir(data_dir: Path, root: Path, utts: Corpus, split: str) -> None:
+    """One Kaldi data folder: ``text`` and ``wav.scp`` (file paths, absolute or relative to
+    the corpus folder), optional ``segments``, ``utt2spk``, ``spk2age``, ``spk2gender``."""
+    texts = _read_table(data_dir / "text")
+    wavs = _read_table(data_dir / "wav.scp")
+    segments = _read_table(data_dir / "segments")
+    utt2spk = _read_table(data_dir / "utt2spk")
+    spk2age, spk2gender = _read_table(data_dir / "spk2age"), _read_table(data_dir / "spk2gender")
+    if segments:  # utt -> (recording, start, end)
+        segments = {u: v.split() for u, v in segments.items()}
+    pipes = 0
+    for uid, text in texts.items():
+        rec, offset, duration = uid, 0.0, None
+        if segments:
+            if uid not in segments or len(segments[uid]) != 3:
+                utts.reject(uid, data_dir / "segments", "no segment for this utterance")
+                continue
+            rec, start, end = segments[uid]
+            offset, duration = float(start), float(end) - float(start)
+        entry = wavs.get(rec)
+        if entry is None:
+            utts.reject(uid, data_dir / "wav.scp", f"recording {rec!r} is not in wav.scp")
+            continue
+        if entry.endswith("|") or len(entry.split()) > 1:
+            pipes += 1
+            utts.reject(uid, data_dir / "wav.scp",
+                        f"wav.scp entry {entry!r} is a command, not a file path: only file paths "
+                        "are supported; write the audio to files (e.g. with sox) and list those")
+            continue
+        path = Path(entry)
+        if not path.is_absolute():  # relative to the corpus folder (or the data folder)
+            candidates = [root / path, data_dir / path, data_dir.parent / path]
+            path = next((c for c in map(find_audio, candidates) if c.is_file()), root / path)
+        spk = utt2spk.get(uid)
+        meta = {"split": split}
+        if spk in spk2age:
+            meta["age"] = spk2age[spk]
+        if spk in spk2gender:
+            meta["gender"] = spk2gender[spk]
+        utts.add(uid, path, text, spk, offset=offset, duration=duration, **meta)
+    if texts and pipes == len(texts):
+        raise ValueError(f"{data_dir / 'wav.scp'}: every entry is a command pipe; only file "
+                         "paths are supported: write the audio to files and list their paths")
+
+
+@CORPORA.register("kaldi")
+def prepare_kaldi(root: str | Path, split: Optional[str] = None) -> Corpus:
+    """A Kaldi data folder (``text``, ``wav.scp``, ``utt2spk``...), or a folder of them
+    (``train/``, ``test/``...): every one found, or the one named ``split``."""
+    root = _need_dir(Path(root), "a Kaldi data folder (text, wav.scp) or a folder of them")
+    if (root / "text").is_file():
+        found = {root.name: root}
+        split = None
+    else:
+        found = {d.name: d for d in sorted(root.iterdir())
+                 if d.is_dir() and (d / "text").is_file() and (d / "wav.scp").is_file()}
+    utts = Corpus()
+    for name in _splits(found, split, root, "<split>/text and <split>/wav.scp (Kaldi layout)"):
+        _kaldi_dir(found[name], root, utts, name)
+    return utts
+
+
+@CORPORA.register("speechocean762")
+def prepare_speechocean762(root: str | Path, split: Optional[str] = None) -> Corpus:
+    """speechocean762: Kaldi folders ``train/`` and ``test/`` whose ``wav.scp`` names
+    ``WAVE/SPEAKERnnnn/<utt>.WAV`` relative to the corpus folder (a copy may hold
+    ``.flac`` or ``.opus`` instead); speaker age and gender go to ``meta``."""
+    return prepare_kaldi(root, split)
+
+
+@CORPORA.register("an4")
+def prepare_an4(root: str | Path, split: Optional[str] = None) -> Corpus:
+    """CMU AN4: ``etc/an4_{train,test}.transcription`` (``<s> WORDS </s> (uttid)``) and
+    audio ``wav/<part>/<speaker>/<uttid>.wav`` (or ``.flac``, ``.sph`` is not read).
+    ``root`` is the ``an4`` folder."""
+    root = Path(root)
+    etc = _need_dir(root / "etc", "the AN4 layout etc/an4_{train,test}.transcription + wav/")
+    found = {p.name[len("an4_"):-len(".transcription")]: p
+             for p in sorted(etc.glob("an4_*.transcription"))}
+    audio = {}
+    if (root / "wav").is_dir():
+        for p in (root / "wav").rglob("*"):
+            if p.suffix in AUDIO_EXTENSIONS:
+                audio.setdefault(p.stem, p)
+    utts = Corpus()
+    for name in _splits(found, split, etc, "an4_<split>.transcription"):
+        for n, line in enumerate(open(found[name], encoding="utf-8"), 1):
+            line = line.strip()
+            if not line:
+                continue
+            if not (line.endswith(")") and "(" in line):
+                utts.reject(f"{found[name].name}:{n}", found[name],
+                            f"line {n} is not '<s> WORDS </s> (uttid)': {line!r}")
+                continue
+            body, _, uid = line[:-1].rpartition("(")
+            uid = uid.strip()
+            words = [w for w in body.split() if not (w.startswith("<") and w.endswith(">"))]
+            path = audio.get(uid, root / "wav" / f"{uid}.wav")
+            speaker = path.parent.name if uid in audio else (uid.split("-") + [None])[1]
+            utts.add(uid, path, " ".join(words), speaker, split=name)
+    return utts
+
+
+@CORPORA.register("commonvoice")
+def prepare_commonvoice(root: str | Path, split: Optional[str] = None) -> Corpus:
+    """Mozilla Common Voice (one locale): ``clips/*.mp3`` and ``train.tsv``, ``dev.tsv``,
+    ``test.tsv`` (columns ``client_id``, ``path``, ``sentence``...): every one present, or
+    the one named ``split``. The speaker is the ``client_id``."""
+    root = _need_dir(Path(root), "the Common Voice layout clips/ + train.tsv/dev.tsv/test.tsv")
+    found = {name: root / f"{name}.tsv" for name in ("train", "dev", "test")
+             if (root / f"{name}.tsv").is_file()}
+    utts = Corpus()
+    for name in _splits(found, split, root, "train.tsv, dev.tsv or test.tsv beside clips/"):
+        with open(found[name], encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            missing = {"path", "sentence"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{found[name]}: no column {', '.join(sorted(missing))} "
+                                 f"(header: {reader.fieldnames})")
+            for row in reader:
+                clip = (row.get("path") or "").strip()
+                if not clip:
+                    utts.reject("?", found[name], f"row without a clip path: {row}")
+                    continue
+                utts.add(Path(clip).stem, root / "clips" / clip, row.get("sentence") or "",
+                         row.get("client_id") or None, split=name)
     return utts
 
 
@@ -112,5 +294,14 @@ def prepare_manifest(path: str | Path) -> List[Utterance]:
 CORPORA.register("synth")(prepare_manifest)
 
 
-def load_corpus(name: str, data: str | Path, **kwargs) -> List[Utterance]:
-    return CORPORA.get(name)(data, **kwargs)
+def load_corpus(name: str, data: str | Path, split: Optional[str] = None, **kwargs) -> Corpus:
+    """Read corpus ``name`` from ``data``; ``split`` picks one split of corpora that have
+    several (kaldi, speechocean762, an4, commonvoice). ``rejected`` on the result lists the
+    entries left out."""
+    reader = CORPORA.get(name)
+    if split is not None:
+        if "split" not in inspect.signature(reader).parameters:
+            raise ValueError(f"corpus {name!r} has no splits to choose from (--split {split})")
+        kwargs["split"] = split
+    utts = reader(data, **kwargs)
+    return utts if isinstance(utts, Corpus) else Corpus(utts)

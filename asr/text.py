@@ -16,19 +16,61 @@ _SPACES = re.compile(r" +")
 _DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
+_ORDINAL = re.compile(r"(\d+)(st|nd|rd|th)\b")
+_DECIMAL = re.compile(r"(\d+)\.(\d+)")
+_GROUPED = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
+_NUMBER = re.compile(r"\d+")
+
+
+def _cardinal(digits: str) -> str:
+    """Spoken form of a digit string: 0-padded strings and very long ones digit by digit
+    ("007", a phone number), four-digit years 1100-1999 and 2010-2099 in pairs ("nineteen
+    ninety"), other integers as cardinals without "and" ("one hundred five")."""
+    from num2words import num2words
+
+    if (len(digits) > 1 and digits[0] == "0") or len(digits) > 9:
+        return " ".join(_DIGIT_WORDS[int(d)] for d in digits)
+    n = int(digits)
+    if len(digits) == 4 and (1100 <= n <= 1999 or 2010 <= n <= 2099):
+        return num2words(n, to="year").replace("-", " ")
+    return _cardinal_words(n)
+
+
+def _cardinal_words(n: int) -> str:
+    from num2words import num2words
+
+    return num2words(n).replace(" and ", " ").replace("-", " ").replace(",", "")
+
+
+def _numbers_as_words(text: str) -> str:
+    from num2words import num2words
+
+    # "1,250" is a count, never a year: spell grouped numbers as cardinals first
+    text = _GROUPED.sub(lambda m: f" {_cardinal_words(int(m.group().replace(',', '')))} ", text)
+    text = _ORDINAL.sub(lambda m: f" {num2words(int(m.group(1)), to='ordinal')} ", text)
+    text = _DECIMAL.sub(lambda m: f" {_cardinal(m.group(1))} point "
+                        + " ".join(_DIGIT_WORDS[int(d)] for d in m.group(2)) + " ", text)
+    text = text.replace("%", " percent ").replace("&", " and ")
+    return _NUMBER.sub(lambda m: f" {_cardinal(m.group())} ", text)
+
+
 def normalize_text(text: str) -> str:
-    """Lowercase, strip accents, spell single digits, keep only a-z, apostrophe and space.
+    """The one normalisation for training targets and scoring, for every corpus.
 
-    Hyphens and other punctuation become spaces; runs of spaces collapse to one;
-    apostrophes at word edges are dropped ("'tis" stays "tis" -> keeps inner ones only).
+    Lowercase; accents stripped; numbers spoken as words (cardinals without "and",
+    ordinals, decimals with "point", years 1100-1999 and 2010-2099 in pairs, 0-padded or
+    longer than 9 digits digit by digit; "%" -> percent, "&" -> and); then only a-z,
+    apostrophe and space are kept: hyphens and other punctuation become spaces, runs of
+    spaces collapse to one, apostrophes at word edges are dropped (inner ones stay).
 
-    >>> normalize_text("Hello, World-wide  Web's 2 cats!")
-    "hello world wide web's two cats"
+    >>> normalize_text("Hello, World-wide  Web's 2 cats, 1st of 25 in 1990!")
+    "hello world wide web's two cats first of twenty five in nineteen ninety"
     """
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
     text = text.replace("\u2019", "'")
-    text = re.sub(r"\d", lambda m: f" {_DIGIT_WORDS[int(m.group())]} ", text)
+    if any(ch.isdigit() for ch in text):
+        text = _numbers_as_words(text)
     text = _NOT_ALLOWED.sub(" ", text)
     words = [w.strip("'") for w in text.split(" ")]
     return _SPACES.sub(" ", " ".join(w for w in words if w)).strip()

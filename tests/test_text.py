@@ -6,7 +6,12 @@ from asr.text import CharTokenizer, SentencePieceTokenizer, Tokenizer, build_tok
 @pytest.mark.parametrize("raw,norm", [
     ("Hello, World!", "hello world"),
     ("  Don't   STOP-now ", "don't stop now"),
-    ("Café 42", "cafe four two"),
+    ("Café 42", "cafe forty two"),
+    ("3 cats, 105 dogs", "three cats one hundred five dogs"),
+    ("the 21st of May 1990", "the twenty first of may nineteen ninety"),
+    ("in 2005 and 2024", "in two thousand five and twenty twenty four"),
+    ("1,250 people, 3.75%", "one thousand two hundred fifty people three point seven five percent"),
+    ("call 007 or 5551234567", "call zero zero seven or five five five one two three four five six seven"),
     ("'quoted' words", "quoted words"),
     ("", ""),
 ])

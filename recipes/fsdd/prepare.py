@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from asr.corpora import DIGITS, _utt, prepare_fsdd
+from asr.corpora import DIGITS, Corpus, prepare_fsdd
 from asr.data import Utterance
 from recipes.common import download_and_unpack, write_splits
 
@@ -68,8 +68,10 @@ def speech_commands_words(root: str | Path, words: Optional[List[str]] = None,
         word, spk = p.stem.split("_")[:2]
         if wanted is None or word in wanted:
             found.append((f"sc_{p.stem}", p, word, spk))
-    utts = [u for uid, p, word, spk in found
-            if p.suffix.lower() in (".wav", ".flac") and (u := _utt(uid, p, word, f"sc:{spk}"))]
+    utts = Corpus()
+    for uid, p, word, spk in found:
+        if p.suffix.lower() in (".wav", ".flac"):
+            utts.add(uid, p, word, f"sc:{spk}")
     return [dataclasses.replace(u, id=f"{u.id}_r{r}") if r else u for u in utts for r in range(repeat)]
 
 
