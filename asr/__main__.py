@@ -22,29 +22,13 @@ def _train(args) -> int:
 
 
 def _decoding_options(args, model, tokenizer, cfg) -> dict:
-    """Head, search and options from the command line, else from the model's saved
-    ``decoding`` defaults (unless ``--plain``)."""
-    from asr.evaluate import vocab_search
-    from asr.text import normalize_text
+    from asr.decoding import decoding_options
 
-    saved = cfg.decoding if not args.plain else type(cfg.decoding)()
-    head = args.head or saved.head
-    method = args.search or saved.method
-    options = {}
-    if getattr(args, "beam", None):
-        options.update(beam=args.beam)
-    if getattr(args, "vocab", None):
-        phrases = _read_texts(args.vocab)
-    else:  # the saved vocabulary, unless an open search was asked for by name
-        phrases = saved.vocabulary if method is None or method.endswith("_vocab") else []
-    if phrases:
-        phrases = [p for p in dict.fromkeys(normalize_text(t) for t in phrases) if p]
-        options.update(vocabulary=[tokenizer.encode(p) for p in phrases])
-        method = method or vocab_search(model, head)
-    warps = args.warps if args.warps is not None else saved.warps
-    if warps:
-        options.update(warps=list(warps))
-    return {"head": head, "method": method, **options}
+    return decoding_options(
+        model, tokenizer, cfg, args.model, plain=args.plain, head=args.head, method=args.search,
+        beam=args.beam, vocab=args.vocab and _read_texts(args.vocab), warps=args.warps,
+        lm_texts=args.lm_texts, lm_kind=args.lm_kind, lm_order=args.lm_order,
+        lm_weight=args.lm_weight, length_bonus=args.length_bonus, no_lm=args.no_lm)
 
 
 def _evaluate(args) -> int:
@@ -53,7 +37,6 @@ def _evaluate(args) -> int:
     from asr.checkpoint import load_model
     from asr.corpora import load_corpus
     from asr.evaluate import evaluate_model
-    from asr.text import normalize_text
 
     torch.set_num_threads(args.threads)
     model, tokenizer, cfg = load_model(args.model)
@@ -62,22 +45,13 @@ def _evaluate(args) -> int:
         _write_rejected(args.rejected, corpus.rejected)
     utts = corpus[: args.limit] if args.limit else list(corpus)
     options = _decoding_options(args, model, tokenizer, cfg)
-    if args.lm_texts:
-        from asr.lm import NgramLM, WordLM
-
-        texts = [normalize_text(t) for t in _read_texts(args.lm_texts)]
-        if args.lm_kind == "word":
-            lm = WordLM.train(texts, args.lm_order, tokenizer.encode, tokenizer.word_separator())
-        else:
-            lm = NgramLM.train((tokenizer.encode(t) for t in texts), args.lm_order,
-                               tokenizer.vocab_size, end_of_sentence=True)
-        options.update(lm_score=lm, lm_weight=args.lm_weight, length_bonus=args.length_bonus)
     metrics = evaluate_model(model, tokenizer, utts, results_path=args.results, **options)
     metrics["skipped"] += len(corpus.rejected)  # entries the corpus reader left out
     metrics["decoding"] = {"head": options["head"] or next(iter(model.heads)),
                            "method": options["method"] or "default",
                            "vocabulary": len(options.get("vocabulary", [])),
-                           "warps": len(options.get("warps", []))}
+                           "warps": len(options.get("warps", [])),
+                           "beam": options.get("beam"), "lm": "lm_score" in options}
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
     return 0
 
@@ -93,12 +67,9 @@ def _write_rejected(path: Path, rejected) -> None:
 
 
 def _read_texts(path: str):
-    """Transcripts from a manifest (.jsonl) or a plain text file, one sentence a line."""
-    if path.endswith(".jsonl"):
-        from asr.data import read_manifest
+    from asr.decoding import read_texts
 
-        return [u.text for u in read_manifest(path)]
-    return [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
+    return read_texts(path)
 
 
 def _transcribe(args) -> int:
@@ -121,12 +92,27 @@ def _transcribe(args) -> int:
 
 
 def _add_decoding_arguments(p) -> None:
+    """Search options; each defaults to the model's saved ``decoding`` section."""
+    p.add_argument("--head", help="head to decode with (default: the model's first)")
+    p.add_argument("--search", help="search method, e.g. ctc_greedy, ctc_prefix_beam")
+    p.add_argument("--beam", type=int)
+    p.add_argument("--vocab", help="closed vocabulary: rank only these phrases (.jsonl manifest "
+                   "or text file, one phrase a line), e.g. the ten digit words for FSDD")
+    p.add_argument("--lm-texts", help="build an n-gram LM for shallow fusion from these "
+                   "transcripts (.jsonl manifest or text file); needs a beam search")
+    p.add_argument("--lm-kind", choices=("char", "word"),
+                   help="token n-gram LM (default), or a word n-gram LM whose lexicon limits "
+                   "the search to the words of --lm-texts (character models)")
+    p.add_argument("--lm-order", type=int)
+    p.add_argument("--lm-weight", type=float)
+    p.add_argument("--length-bonus", type=float)
+    p.add_argument("--no-lm", action="store_true", help="ignore the LM of the model's decoding defaults")
     p.add_argument("--warps", type=float, nargs="*", metavar="ALPHA",
                    help="test-time VTLN: decode once per frequency-warp factor (e.g. 0.84 0.88 "
                    "... 1.16) and keep each utterance's best-scoring warp (no value: off)")
     p.add_argument("--plain", action="store_true",
                    help="ignore the decoding defaults saved in the model (its closed "
-                   "vocabulary, warps, head and search)")
+                   "vocabulary, warps, head, search, beam and LM)")
 
 
 def main(argv=None) -> int:
@@ -151,19 +137,6 @@ def main(argv=None) -> int:
                    "default: every split present")
     e.add_argument("--rejected", type=Path, help="write the entries the corpus reader left out "
                    "(missing or corrupt audio, empty transcripts) as JSON lines")
-    e.add_argument("--head", help="head to decode with (default: the model's first)")
-    e.add_argument("--search", help="search method, e.g. ctc_greedy, ctc_prefix_beam")
-    e.add_argument("--beam", type=int)
-    e.add_argument("--lm-texts", help="train an n-gram LM for shallow fusion on these "
-                   "transcripts (.jsonl manifest or text file); needs a beam search")
-    e.add_argument("--vocab", help="closed vocabulary: rank only these phrases (.jsonl manifest "
-                   "or text file, one phrase a line), e.g. the ten digit words for FSDD")
-    e.add_argument("--lm-kind", choices=("char", "word"), default="char",
-                   help="token n-gram LM, or a word n-gram LM whose lexicon limits the "
-                   "search to the words of --lm-texts (character models)")
-    e.add_argument("--lm-order", type=int, default=6)
-    e.add_argument("--lm-weight", type=float, default=0.5)
-    e.add_argument("--length-bonus", type=float, default=1.0)
     _add_decoding_arguments(e)
     e.add_argument("--results", type=Path, help="write per-utterance results (JSON lines)")
     e.add_argument("--limit", type=int, help="evaluate only the first N utterances")
@@ -172,8 +145,6 @@ def main(argv=None) -> int:
 
     r = sub.add_parser("transcribe", help="transcribe audio files; one JSON line each")
     r.add_argument("--model", required=True)
-    r.add_argument("--head")
-    r.add_argument("--search")
     _add_decoding_arguments(r)
     r.add_argument("files", nargs="+")
     r.set_defaults(func=_transcribe)

@@ -95,6 +95,14 @@ class DecodingConfig:
     method: Optional[str] = None  # default: the head's first search (or its *_vocab search)
     vocabulary: List[str] = field(default_factory=list)  # closed vocabulary; empty = open
     warps: List[float] = field(default_factory=list)  # test-time VTLN factors; empty = off
+    beam: Optional[int] = None  # beam of the search (None: the search's default)
+    # shallow fusion with an n-gram LM built from these texts (one sentence a line, or a
+    # .jsonl manifest); a relative path is found beside the checkpoint. None: no LM.
+    lm_texts: Optional[str] = None
+    lm_kind: str = "char"  # "char": token n-gram (open vocabulary) | "word": word n-gram + lexicon
+    lm_order: int = 6
+    lm_weight: float = 0.5
+    length_bonus: float = 1.0
 
 
 @dataclass

@@ -160,3 +160,18 @@ class WordLM:
             words = words + (word,)
         return score + self.lm(words, self.word_ids[EOS_WORD])
 
+
+
+def build_lm(kind: str, texts: Iterable[str], order: int, tokenizer) -> "NgramLM | WordLM":
+    """An LM for shallow fusion over ``tokenizer``'s tokens from normalised ``texts``:
+    ``char`` a token n-gram with the sentence end modelled (open vocabulary), ``word`` a
+    word n-gram whose lexicon limits the search to the words of ``texts``."""
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError("cannot build an LM from no text")
+    if kind == "word":
+        return WordLM.train(texts, order, tokenizer.encode, tokenizer.word_separator())
+    if kind == "char":
+        return NgramLM.train((tokenizer.encode(t) for t in texts), order, tokenizer.vocab_size,
+                             end_of_sentence=True)
+    raise ValueError(f"lm kind must be 'char' or 'word', got {kind!r}")

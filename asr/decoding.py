@@ -1,0 +1,85 @@
+"""Decoding options of a trained model: its saved ``decoding`` defaults (head, search, beam,
+closed vocabulary, test-time warps, LM fusion), each overridable, resolved into the
+keyword arguments of :meth:`asr.model.ASRModel.decode`. The CLI, the benches and the
+recipes all decode through this, so a shipped model decodes the same way everywhere."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from asr.config import ExperimentConfig
+from asr.text import Tokenizer, normalize_text
+
+
+def read_texts(path: str | Path) -> List[str]:
+    """Transcripts from a manifest (.jsonl) or a plain text file, one sentence a line."""
+    path = str(path)
+    if path.endswith(".jsonl"):
+        from asr.data import read_manifest
+
+        return [u.text for u in read_manifest(path)]
+    return [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
+
+
+@lru_cache(maxsize=4)
+def _cached_lm(kind: str, texts_path: str, mtime: float, order: int, tokenizer_key: str, tokenizer):
+    from asr.lm import build_lm
+
+    return build_lm(kind, (normalize_text(t) for t in read_texts(texts_path)), order, tokenizer)
+
+
+def load_lm(kind: str, texts_path: str | Path, order: int, tokenizer: Tokenizer):
+    """The fusion LM built from a text file, built once per process for the same inputs."""
+    import json
+
+    p = Path(texts_path).resolve()
+    return _cached_lm(kind, str(p), p.stat().st_mtime, order,
+                      json.dumps(tokenizer.to_dict(), sort_keys=True), tokenizer)
+
+
+def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_path: str | Path,
+                     plain: bool = False, head: Optional[str] = None, method: Optional[str] = None,
+                     beam: Optional[int] = None, vocab: Optional[Sequence[str]] = None,
+                     warps: Optional[Sequence[float]] = None, lm_texts: Optional[str] = None,
+                     lm_kind: Optional[str] = None, lm_order: Optional[int] = None,
+                     lm_weight: Optional[float] = None, length_bonus: Optional[float] = None,
+                     no_lm: bool = False) -> Dict:
+    """``head``, ``method`` and search options: each given value, else the model's saved
+    default (none of them with ``plain``). A relative saved ``lm_texts`` is found beside
+    the checkpoint ``model_path``; ``no_lm`` drops the saved LM."""
+    from asr.evaluate import vocab_search
+
+    saved = cfg.decoding if not plain else type(cfg.decoding)()
+    head = head or saved.head
+    method = method or saved.method
+    options: Dict = {}
+    beam = beam or saved.beam
+    if beam:
+        options.update(beam=beam)
+    if vocab:
+        phrases = list(vocab)
+    else:  # the saved vocabulary, unless an open search was asked for by name
+        phrases = saved.vocabulary if method is None or method.endswith("_vocab") else []
+    if phrases:
+        phrases = [p for p in dict.fromkeys(normalize_text(t) for t in phrases) if p]
+        options.update(vocabulary=[tokenizer.encode(p) for p in phrases])
+        method = method or vocab_search(model, head)
+    warps = warps if warps is not None else saved.warps
+    if warps:
+        options.update(warps=list(warps))
+    if lm_texts is None and saved.lm_texts and not no_lm:
+        lm_texts = Path(saved.lm_texts)
+        if not lm_texts.is_absolute():  # shipped beside the checkpoint
+            lm_texts = Path(model_path).resolve().parent / lm_texts
+        if not lm_texts.is_file():
+            raise FileNotFoundError(f"{lm_texts}: the LM texts named in {model_path}'s decoding "
+                                    "defaults are missing (--no-lm decodes without the LM)")
+    if lm_texts:
+        pick = lambda given, default: default if given is None else given
+        options.update(
+            lm_score=load_lm(pick(lm_kind, saved.lm_kind), lm_texts, pick(lm_order, saved.lm_order),
+                             tokenizer),
+            lm_weight=pick(lm_weight, saved.lm_weight),
+            length_bonus=pick(length_bonus, saved.length_bonus))
+    return {"head": head, "method": method, **options}
