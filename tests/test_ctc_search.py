@@ -34,6 +34,7 @@ def test_prefix_beam_matches_brute_force(seed):
     lp = torch.log_softmax(torch.randn(1, T, V, generator=g) * 2, dim=-1)
     exact = brute_force(lp[0])
     res = ctc_prefix_beam(lp, torch.tensor([T]), beam=64, nbest=5)[0]
+    assert len(res.nbest) == 5  # zip below would stop at the shorter list
     for hyp, (labels, p) in zip(res.nbest, exact[:5]):
         assert tuple(hyp.tokens) == labels
         assert hyp.score == pytest.approx(math.log(p), abs=1e-9)
