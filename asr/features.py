@@ -69,11 +69,31 @@ def dct_basis(num_bands: int, order: int, device=None, dtype=None) -> torch.Tens
     return basis / basis.norm(dim=1, keepdim=True)
 
 
+def reflect_pad_within_lengths(wave: torch.Tensor, wave_lens: Optional[torch.Tensor],
+                               pad: int) -> torch.Tensor:
+    """Reflect-pad each row of wave (B, N) by ``pad`` samples on both sides, the right side
+    reflected about the row's own last valid sample (wave_lens (B,); None: N) -> (B, N + 2 pad).
+
+    For a full-length row this is ``F.pad(..., mode="reflect")`` (torch.stft's center=True
+    padding). A row too short to reflect ``pad`` samples is clamped at its ends instead of
+    failing. Samples past ``wave_lens + pad`` fill no valid frame; they repeat the ends.
+    """
+    B, N = wave.shape
+    if wave_lens is None:
+        wave_lens = torch.full((B,), N, dtype=torch.long, device=wave.device)
+    last = (wave_lens.to(wave.device).long() - 1).clamp(min=0)[:, None]  # (B, 1)
+    i = torch.arange(-pad, N + pad, device=wave.device)[None, :]  # (1, N + 2 pad)
+    idx = torch.where(i < 0, -i, torch.where(i > last, 2 * last - i, i))
+    idx = torch.minimum(idx.clamp(min=0), last)
+    return wave.gather(1, idx)
+
+
 class MelSpectrogram(nn.Module):
     """Power mel spectrogram.
 
-    forward(wave (B, N)) -> (B, T, n_mels), T = 1 + N // hop (center) or
-    1 + (N - n_fft) // hop (no centering).
+    forward(wave (B, N), wave_lens (B,) or None) -> (B, T, n_mels), T = 1 + N // hop
+    (center) or 1 + (N - n_fft) // hop (no centering). A frame within an utterance's
+    ``num_frames`` depends only on that utterance's samples.
     """
 
     def __init__(self, cfg: FeatureConfig) -> None:
@@ -85,25 +105,27 @@ class MelSpectrogram(nn.Module):
             persistent=False,
         )
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, wave_lens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """wave (B, N), wave_lens (B,) valid samples (None: all N) -> power mel (B, T, n_mels)."""
         c = self.cfg
+        if c.center:
+            # pad each utterance by reflection at its own end, not at the batch's: a frame
+            # within an utterance then reads only its samples, the same alone or batched
+            wave = reflect_pad_within_lengths(wave, wave_lens, c.n_fft // 2)
         if c.remove_dc:
             spec = self._stft_without_dc(wave)
         else:
             spec = torch.stft(
                 wave, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
-                window=self.window, center=c.center, pad_mode="reflect", return_complex=True,
+                window=self.window, center=False, return_complex=True,
             ).transpose(1, 2)  # (B, T, F)
         power = spec.real.square() + spec.imag.square()
         return power @ self.fbank  # (B, T, n_mels)
 
     def _stft_without_dc(self, wave: torch.Tensor) -> torch.Tensor:
-        """torch.stft's frames (same padding and window placement), each less the mean of the
-        samples under its window. wave (B, N) -> complex (B, T, F)."""
+        """torch.stft's frames of an already padded wave (B, N'), each less the mean of the
+        samples under its window -> complex (B, T, F)."""
         c = self.cfg
-        if c.center:
-            pad = c.n_fft // 2
-            wave = torch.nn.functional.pad(wave[:, None], (pad, pad), mode="reflect")[:, 0]
         frames = wave.unfold(-1, c.n_fft, c.hop_length)  # (B, T, n_fft)
         left = (c.n_fft - c.win_length) // 2
         support = frames[..., left:left + c.win_length]
@@ -203,7 +225,7 @@ class FeatureExtractor(nn.Module):
         if wave_lens is None:
             wave_lens = torch.full((wave.shape[0],), wave.shape[-1], dtype=torch.long,
                                    device=wave.device)
-        mel = self.mel(wave)
+        mel = self.mel(wave, wave_lens)
         if self.pcen is not None:
             # PCEN works on magnitudes: sqrt of power, scaled like int32 audio (librosa docs).
             feats = self.pcen(mel.clamp(min=0).sqrt() * self.cfg.pcen_input_scale)

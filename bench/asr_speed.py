@@ -2,20 +2,25 @@
 
 Each figure is measured beside a peer in the same run:
 - training: our encoder (padded batches, per-length reversal for the backward direction)
-  against the same model using PyTorch's packed-sequence bidirectional RNN;
+  against the same model, with the same starting weights, using PyTorch's packed-sequence
+  bidirectional RNN; each batch is a step of both, who goes first alternating by batch;
 - decoding: our CTC greedy and prefix beam search against torchaudio's flashlight
   ``ctc_decoder`` (lexicon-free, same beam), on the same log-probabilities.
+Every timed part (encoder, each search, the peer) is the median of the same number of
+repetitions (``--reps``), the order rotating each repetition.
 
     python bench/asr_speed.py [--config recipes/synth/ctc.yaml] [--model M.pt --manifest test.jsonl]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
@@ -26,14 +31,24 @@ from asr.search.ctc import ctc_greedy, ctc_prefix_beam
 
 
 class PackedRNN(nn.Module):
-    """The peer: one nn.GRU/LSTM over packed sequences (the usual PyTorch recipe)."""
+    """The peer: one nn.GRU/LSTM over packed sequences (the usual PyTorch recipe), with the
+    weights of ``stacked`` (an asr.encoders.StackedRNN) copied in."""
 
     def __init__(self, stacked) -> None:
         super().__init__()
         first = stacked.forward_layers[0]
         cls = type(first)
         self.rnn = cls(first.input_size, first.hidden_size, num_layers=len(stacked.forward_layers),
-                       batch_first=True, bidirectional=stacked.backward_layers is not None)
+                       batch_first=True, bidirectional=stacked.backward_layers is not None,
+                       dropout=stacked.dropout.p if len(stacked.forward_layers) > 1 else 0.0)
+        with torch.no_grad():
+            for k, fwd in enumerate(stacked.forward_layers):
+                directions = [(fwd, "")]
+                if stacked.backward_layers is not None:
+                    directions.append((stacked.backward_layers[k], "_reverse"))
+                for layer, suffix in directions:
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                        getattr(self.rnn, f"{name}_l{k}{suffix}").copy_(getattr(layer, f"{name}_l0"))
 
     def forward(self, x, lens):
         packed = nn.utils.rnn.pack_padded_sequence(x, lens.cpu(), batch_first=True,
@@ -58,20 +73,38 @@ def batches(n_batches: int, batch_seconds: float, seed: int = 0):
     return out
 
 
-def train_throughput(model: ASRModel, data, warmup: int = 2) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
-    utts, secs = 0, 0.0
+def train_throughput(models: Dict[str, ASRModel], data, warmup: int = 2) -> Dict[str, float]:
+    """Utterances per second of each model, one training step each per batch, the order of
+    the models rotating by batch (so neither always runs on a cache the other warmed)."""
+    names = list(models)
+    opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
+    secs = dict.fromkeys(names, 0.0)
+    utts = 0
     for i, (w, wl, t, tl) in enumerate(data):
-        t0 = time.perf_counter()
-        loss = model(w, wl, t, tl)["total"].sum() / tl.sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        for n in names[i % len(names):] + names[: i % len(names)]:
+            model = models[n].train()
+            t0 = time.perf_counter()
+            loss = model(w, wl, t, tl)["total"].sum() / tl.sum()
+            opts[n].zero_grad()
+            loss.backward()
+            opts[n].step()
+            if i >= warmup:
+                secs[n] += time.perf_counter() - t0
         if i >= warmup:
-            secs += time.perf_counter() - t0
             utts += w.shape[0]
-    return utts / secs
+    return {n: utts / secs[n] for n in names}
+
+
+def timed(fns: Dict[str, Callable[[], object]], reps: int) -> Dict[str, float]:
+    """Median seconds of each function over ``reps`` runs, the order rotating each run."""
+    names = list(fns)
+    runs: Dict[str, List[float]] = {n: [] for n in names}
+    for r in range(reps):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            fns[n]()
+            runs[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(v) for n, v in runs.items()}
 
 
 def main() -> None:
@@ -82,6 +115,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--beam", type=int, default=8)
+    p.add_argument("--reps", type=int, default=3, help="repetitions of every timed decoding part")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -92,12 +126,18 @@ def main() -> None:
     # ---- training throughput, ours vs packed peer, same weights and batches
     data = batches(a.batches + 2, cfg.train.max_batch_seconds)
     ours = ASRModel(cfg, 29)
-    peer = ASRModel(cfg, 29)
+    peer = copy.deepcopy(ours)
     peer.encoder.rnn = PackedRNN(ours.encoder.rnn)
-    report["train_utt_per_s"] = round(train_throughput(ours, data), 2)
-    report["train_utt_per_s_packed_peer"] = round(train_throughput(peer, data), 2)
-    report["train_speedup_vs_packed"] = round(report["train_utt_per_s"] /
-                                              report["train_utt_per_s_packed_peer"], 2)
+    with torch.no_grad():  # the peer computes the same function before training
+        x = torch.randn(4, 50, cfg.encoder.hidden_size)
+        lens = torch.tensor([50, 31, 17, 10])
+        mask = (torch.arange(50)[None, :] < lens[:, None])[..., None]
+        torch.testing.assert_close(ours.encoder.rnn.eval()(x, lens) * mask,
+                                   peer.encoder.rnn.eval()(x, lens) * mask, atol=1e-5, rtol=1e-4)
+    speed = train_throughput({"ours": ours, "peer": peer}, data)
+    report["train_utt_per_s"] = round(speed["ours"], 2)
+    report["train_utt_per_s_packed_peer"] = round(speed["peer"], 2)
+    report["train_speedup_vs_packed"] = round(speed["ours"] / speed["peer"], 2)
 
     # ---- decoding RTF
     if a.model:
@@ -111,28 +151,19 @@ def main() -> None:
         model = ours.eval()
         waves = [w[:n] for w, l, _, _ in data[:4] for w, n in zip(w, l)]
     model.eval()
-    audio_s = sum(w.numel() for w in waves) / 16000
+    audio_s = sum(w.numel() for w in waves) / model.cfg.sample_rate
     lens = torch.tensor([w.numel() for w in waves])
     batch = nn.utils.rnn.pad_sequence(waves, batch_first=True)
-    with torch.no_grad():
-        t0 = time.perf_counter()
+
+    @torch.no_grad()
+    def encode():
         enc, enc_lens = model.encode(batch, lens)
-        log_probs = model.heads["ctc"](enc)
-        t_enc = time.perf_counter() - t0
-    report["audio_seconds_decoded"] = round(audio_s, 1)
-    report["rtf_encoder"] = round(t_enc / audio_s, 5)
+        return model.heads["ctc"](enc), enc_lens
 
-    def timed(fn):
-        runs = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - t0)
-        return statistics.median(runs)
-
-    report["rtf_ctc_greedy"] = round((t_enc + timed(lambda: ctc_greedy(log_probs, enc_lens))) / audio_s, 5)
-    report["rtf_ctc_prefix_beam"] = round((t_enc + timed(lambda: ctc_prefix_beam(
-        log_probs, enc_lens, beam=a.beam, token_prune=8))) / audio_s, 5)
+    log_probs, enc_lens = encode()
+    fns = {"encoder": encode,
+           "greedy": lambda: ctc_greedy(log_probs, enc_lens),
+           "beam": lambda: ctc_prefix_beam(log_probs, enc_lens, beam=a.beam, token_prune=8)}
     try:
         from torchaudio.models.decoder import ctc_decoder
 
@@ -140,12 +171,18 @@ def main() -> None:
         fl = ctc_decoder(lexicon=None, tokens=tokens, lm=None, beam_size=a.beam,
                          beam_size_token=8, blank_token="-", sil_token="|")
         lp = log_probs.contiguous().float()
-        report["rtf_flashlight_beam_peer"] = round((t_enc + timed(lambda: fl(lp, enc_lens))) / audio_s, 5)
-        report["beam_search_time_ratio_vs_flashlight"] = round(
-            (report["rtf_ctc_prefix_beam"] - report["rtf_encoder"]) /
-            max(report["rtf_flashlight_beam_peer"] - report["rtf_encoder"], 1e-9), 2)
+        fns["flashlight"] = lambda: fl(lp, enc_lens)
     except Exception as exc:  # flashlight-text missing
         report["rtf_flashlight_beam_peer"] = f"unavailable: {exc}"
+    t = timed(fns, a.reps)
+    report["repetitions"] = a.reps
+    report["audio_seconds_decoded"] = round(audio_s, 1)
+    report["rtf_encoder"] = round(t["encoder"] / audio_s, 5)
+    report["rtf_ctc_greedy"] = round((t["encoder"] + t["greedy"]) / audio_s, 5)
+    report["rtf_ctc_prefix_beam"] = round((t["encoder"] + t["beam"]) / audio_s, 5)
+    if "flashlight" in t:
+        report["rtf_flashlight_beam_peer"] = round((t["encoder"] + t["flashlight"]) / audio_s, 5)
+        report["beam_search_time_ratio_vs_flashlight"] = round(t["beam"] / t["flashlight"], 2)
     print(json.dumps(report))
 
 

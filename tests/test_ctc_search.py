@@ -34,6 +34,7 @@ def test_prefix_beam_matches_brute_force(seed):
     lp = torch.log_softmax(torch.randn(1, T, V, generator=g) * 2, dim=-1)
     exact = brute_force(lp[0])
     res = ctc_prefix_beam(lp, torch.tensor([T]), beam=64, nbest=5)[0]
+    assert len(res.nbest) == 5  # zip below would stop at the shorter list
     for hyp, (labels, p) in zip(res.nbest, exact[:5]):
         assert tuple(hyp.tokens) == labels
         assert hyp.score == pytest.approx(math.log(p), abs=1e-9)
@@ -76,3 +77,26 @@ def test_ctc_head_loss_is_per_utterance():
     assert enc.grad[1].abs().sum() == 0 and enc.grad[0].abs().sum() > 0
     with pytest.raises(ValueError, match="decodes with"):
         head.decode(enc, torch.tensor([20, 15, 2]), method="transducer_greedy")
+
+
+def test_prefix_beam_times_come_from_the_previous_frame():
+    # frame 1 first extends () to (1,) with a better emission than (1,)'s own at frame 0, then
+    # extends (1,) to (1, 2): the 2 follows the 1 emitted at frame 0 (the only alignment of
+    # (1, 2) in two frames), not the 1 just re-timed to frame 1 within the same frame
+    lp = torch.log(torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.7, 0.2]]]))
+    res = ctc_prefix_beam(lp, torch.tensor([2]), beam=8, nbest=8)[0]
+    times = {tuple(h.tokens): h.times for h in res.nbest}
+    assert times[(1,)] == [1]  # 0.5 * 0.7 beats 0.3
+    assert times[(1, 2)] == [0, 1]
+    for h in res.nbest:
+        assert all(a < b for a, b in zip(h.times, h.times[1:])), (h.tokens, h.times)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_prefix_beam_times_strictly_increase(seed):
+    g = torch.Generator().manual_seed(seed)
+    lp = torch.log_softmax(torch.randn(2, 30, 5, generator=g) * 3, dim=-1)
+    for res in ctc_prefix_beam(lp, torch.tensor([30, 17]), beam=16, nbest=16):
+        for h in res.nbest:
+            assert len(h.times) == len(h.tokens)
+            assert all(a < b for a, b in zip(h.times, h.times[1:])), (h.tokens, h.times)

@@ -93,3 +93,23 @@ def test_remove_dc_ignores_a_recording_offset_and_keeps_the_rest():
     torch.testing.assert_close(ours, no_dc(wave)[0], atol=1e-3, rtol=0)
     assert lens.tolist() == plain(wave)[1].tolist()
     torch.testing.assert_close(ours[..., 4:], plain(wave)[0][..., 4:], atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("options", [dict(kind="logmel"), dict(kind="pcen"),
+                                     dict(kind="logmel", remove_dc=True),
+                                     dict(kind="pcen", remove_dc=True, cepstral_lifter=12)])
+def test_features_of_an_utterance_do_not_depend_on_its_batch(options):
+    # a short utterance padded in a batch gets the frames it gets alone: its own end is
+    # reflected, not the batch's zero padding (lengths off the hop grid, and one shorter
+    # than the reflection pad, which is clamped alike alone and batched)
+    fe = FeatureExtractor(FeatureConfig(n_mels=40, **options))
+    g = torch.Generator().manual_seed(0)
+    lens = torch.tensor([16000, 12345, 4007, 200])
+    waves = torch.randn(4, 16000, generator=g) * 0.1 + 0.02  # an offset for remove_dc
+    waves[torch.arange(16000)[None, :] >= lens[:, None]] = 0.0
+    batched, batched_lens = fe(waves, lens)
+    for b, n in enumerate(lens.tolist()):
+        alone, alone_lens = fe(waves[b: b + 1, :n])
+        T = int(alone_lens[0])
+        assert int(batched_lens[b]) == T == alone.shape[1]
+        torch.testing.assert_close(batched[b, :T], alone[0], atol=1e-5, rtol=1e-5)

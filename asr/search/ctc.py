@@ -104,6 +104,9 @@ def _prefix_beam_one(lp: torch.Tensor, beam: int, nbest: int, blank: int,
         else:
             cand = range(V)
         nxt: Dict[Tuple[int, ...], List[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
+        # times set at frame t take effect after it: an extension at t follows its prefix's
+        # alignments up to t - 1, never a token that the prefix itself re-timed to t
+        retimed: Dict[Tuple[int, ...], Tuple[int, ...]] = {}
         for prefix, (pb, pnb) in beams.items():
             total = _logaddexp(pb, pnb)
             last = prefix[-1] if prefix else None
@@ -126,13 +129,14 @@ def _prefix_beam_one(lp: torch.Tensor, beam: int, nbest: int, blank: int,
                     if lm is not None and lm_weight != 0.0:
                         bonus += lm_weight * lm(prefix, tok)
                     extra[new] = extra[prefix] + bonus
-                if extra[new] == NEG_INF:  # the LM forbids it (e.g. a word not in its lexicon)
-                    continue
+                if extra[new] == NEG_INF or new_p == NEG_INF:
+                    continue  # the LM forbids it (a word not in its lexicon), or no path does
                 if new_p > emit_best.get(new, NEG_INF):
                     emit_best[new] = new_p
-                    times[new] = times[prefix] + (t,)
+                    retimed[new] = times[prefix] + (t,)
                 e = nxt[new]
                 e[1] = _logaddexp(e[1], new_p)
+        times.update(retimed)
         scored = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]) + extra[kv[0]],
                         reverse=True)
         beams = dict(scored[:beam])
