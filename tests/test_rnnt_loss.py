@@ -153,6 +153,29 @@ def test_simple_lattice_matches_explicit_softmax():
         torch.testing.assert_close(got, expected)
 
 
+def test_simple_lattice_float32_when_the_two_sides_disagree_by_200_nats():
+    """Each side's best token 200 nats ahead, at different tokens: every product in the
+    normaliser's matmul is ~exp(-200), which float32 cannot hold (it stops near exp(-87))."""
+    g = torch.Generator().manual_seed(14)
+    B, T, U, V = 2, 6, 3, 7
+    am = torch.randn(B, T, V, generator=g, dtype=torch.float64)
+    lm = torch.randn(B, U + 1, V, generator=g, dtype=torch.float64)
+    am[..., 2] += 200.0
+    lm[..., 5] += 200.0
+    _, targets, tl, ul = _random_batch(15, B=B, T=T, U=U, V=V)
+    am32 = am.float().requires_grad_(True)
+    lm32 = lm.float().requires_grad_(True)
+    loss = lattice_loss_reference(simple_lattice(am32, lm32, targets).double(), tl, ul)
+    am64, lm64 = am.clone().requires_grad_(True), lm.clone().requires_grad_(True)
+    expected = lattice_loss_reference(lattice_from_logits(am64[:, :, None] + lm64[:, None], targets), tl, ul)
+    assert torch.isfinite(loss).all()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
+    grads = torch.autograd.grad(loss.sum(), [am32, lm32])
+    expected_grads = torch.autograd.grad(expected.sum(), [am64, lm64])
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
 def _head(dtype=torch.float64, V=7, blank=0, pred_type="lstm", seed=0):
     torch.manual_seed(seed)
     cfg = TransducerConfig(vocab_size=V, enc_dim=8, pred_type=pred_type, pred_dim=10, joiner_dim=12, blank=blank)
