@@ -293,6 +293,34 @@ def test_pruned_loss_under_no_grad_and_registry():
     assert torch.isfinite(a).all()
 
 
+def test_adapter_passes_lattice_engine_and_joiner_chunking(monkeypatch):
+    import asr.losses.rnnt as rnnt_module
+
+    head = _head()
+    enc, targets, tl, ul = _head_batch(16, B=3, T=9, U=5)
+    dec, _, _ = head.predict(targets, ul)
+    with pytest.raises(ValueError, match="lattice engine"):
+        rnnt_loss("pruned", head, enc, dec, targets, tl, ul, lattice_engine="nope")
+    by_engine = [rnnt_loss("pruned", head, enc, dec, targets, tl, ul, lattice_engine=e) for e in ("dp", "reference")]
+    torch.testing.assert_close(by_engine[0], by_engine[1])
+    # joiner_chunk_elements sets the fused joiner's frames per chunk (its last argument)
+    frames_seen = []
+    fused = rnnt_module._FusedJoinerArcLogProbs
+
+    class RecordingFused:
+        @staticmethod
+        def apply(*args):
+            frames_seen.append(args[-1])
+            return fused.apply(*args)
+
+    monkeypatch.setattr(rnnt_module, "_FusedJoinerArcLogProbs", RecordingFused)
+    one_row = 3 * 3 * 12  # B * S * max(Dj, V): one frame per chunk
+    per_frame = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=3, joiner_chunk_elements=one_row)
+    one_pass = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=3, joiner_chunk_elements=0)
+    assert frames_seen == [1, 9]
+    torch.testing.assert_close(per_frame, one_pass)
+
+
 class _PlainJoiner:
     """The joiner protocol without the fused fast path (no join_hidden/output)."""
 

@@ -875,6 +875,8 @@ def rnnt_loss(
     *,
     prune_range: int = 5,
     simple_loss_scale: float = 0.5,
+    lattice_engine: str = "auto",
+    joiner_chunk_elements: Optional[int] = None,
 ) -> Tensor:
     """Per-utterance RNN-T loss by backend name.
 
@@ -893,15 +895,20 @@ def rnnt_loss(
         blank: blank index.
         prune_range: ``"pruned"`` only: window width ``S``.
         simple_loss_scale: ``"pruned"`` only: weight of the simple loss.
+        lattice_engine: ``"pruned"`` only: DP engine of its lattices (see :func:`lattice_loss`).
+        joiner_chunk_elements: ``"pruned"`` only: the joiner's memory bound (see
+            :func:`pruned_rnnt_loss`).
 
     Returns:
-        ``(B,)`` per-utterance loss (no batch reduction).
+        ``(B,)`` per-utterance loss (no batch reduction); ``inf`` where a pruned lattice
+        keeps no path (:meth:`TransducerHead.loss` zeroes those).
     """
     fn = RNNT_LOSSES.get(backend)
     if getattr(fn, "takes_joiner", False):
         out = fn(
             joiner, enc, dec, targets, enc_lens, target_lens, blank=blank,
             prune_range=prune_range, simple_loss_scale=simple_loss_scale,
+            lattice_engine=lattice_engine, joiner_chunk_elements=joiner_chunk_elements,
         )
         return out.total if isinstance(out, PrunedLossOutput) else out
     enc, targets = _trim(enc, targets, enc_lens, target_lens, lattice_axis=False)
