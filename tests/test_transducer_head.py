@@ -1,11 +1,14 @@
 """TransducerHead: shapes, incremental prediction, backends through the head, overfitting."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
 
 from asr.heads.transducer import TransducerConfig, TransducerHead
+from asr.losses.rnnt import rnnt_loss
 from asr.registry import HEADS
 
 PRED_TYPES = ["lstm", "gru", "stateless"]
@@ -99,6 +102,36 @@ def test_backends_agree_through_the_head(pred_type):
     ta = head.loss(enc, enc_lens, targets, target_lens)
     torch.testing.assert_close(pruned, reference)
     torch.testing.assert_close(ta, reference, rtol=1e-5, atol=1e-4)
+
+
+def test_utterance_without_a_path_is_zeroed_with_a_warning(caplog):
+    """prune_range=2 moves at most one label per frame: 5 labels in 2 frames have no path."""
+    head = _head("lstm", prune_range=2)
+    g = torch.Generator().manual_seed(2)
+    enc = torch.randn(2, 9, 16, generator=g).requires_grad_(True)
+    enc_lens = torch.tensor([2, 9])
+    targets = torch.randint(1, 9, (2, 5), generator=g)
+    target_lens = torch.tensor([5, 2])
+    dec, _, _ = head.predict(targets, target_lens)
+    raw = rnnt_loss("pruned", head, enc, dec, targets, enc_lens, target_lens, prune_range=2)
+    assert torch.isinf(raw[0]) and torch.isfinite(raw[1])  # the adapter reports the lost path
+    with caplog.at_level(logging.WARNING, logger="asr.heads.transducer"):
+        loss = head.loss(enc, enc_lens, targets, target_lens)
+    assert loss[0] == 0
+    assert "1 of 2 utterances" in caplog.text
+    torch.testing.assert_close(loss[1], raw[1])
+    params = [enc] + list(head.parameters())
+    grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
+    # the batch's gradient is the feasible utterance's own
+    alone = head.loss(enc[1:], enc_lens[1:], targets[1:], target_lens[1:])
+    grads_alone = torch.autograd.grad(alone.sum(), params, allow_unused=True)
+    assert (grads[0][0] == 0).all()
+    for got, want in zip(grads, grads_alone):
+        if want is None:
+            assert got is None or (got == 0).all()
+        else:
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_registry_config_and_errors():
