@@ -225,8 +225,9 @@ def test_pruned_small_range_is_an_upper_bound():
 def test_pruned_float32_matches_float64_and_backward_runs():
     head64 = _head()
     enc, targets, tl, ul = _head_batch(7, B=4, T=10, U=5)
+    enc64 = enc.clone().requires_grad_(True)
     dec64, _, _ = head64.predict(targets, ul)
-    out64 = pruned_rnnt_loss(head64, enc, dec64, targets, tl, ul, prune_range=3)
+    out64 = pruned_rnnt_loss(head64, enc64, dec64, targets, tl, ul, prune_range=3)
     head32 = _head(dtype=torch.float32)
     enc32 = enc.float().requires_grad_(True)
     dec32, _, _ = head32.predict(targets, ul)
@@ -234,8 +235,12 @@ def test_pruned_float32_matches_float64_and_backward_runs():
     assert torch.equal(out32.ranges, out64.ranges)
     torch.testing.assert_close(out32.total.double(), out64.total.detach(), rtol=1e-5, atol=1e-4)
     out32.total.sum().backward()
-    assert torch.isfinite(enc32.grad).all() and enc32.grad.abs().sum() > 0
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head32.parameters())
+    out64.total.sum().backward()
+    # the float32 gradients (fused joiner, lattice engine, simple normaliser) match float64's
+    torch.testing.assert_close(enc32.grad.double(), enc64.grad, rtol=1e-4, atol=1e-5)
+    for (name, p32), p64 in zip(head32.named_parameters(), head64.parameters()):
+        assert p32.grad is not None and p32.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p32.grad.double(), p64.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_simple_loss_gradient_matches_autograd():
@@ -279,18 +284,39 @@ def test_pruning_ranges_are_consistent():
         for b in range(B):
             if ul[b] + 1 - width <= (width - 1) * (tl[b] - 1):  # feasible
                 assert s[b, tl[b] - 1] + width - 1 >= ul[b]
+    # The windows follow the occupancy: all of it on one alignment (at most S - 1 labels
+    # per frame) puts every frame's node of that alignment inside its window.
+    S, T, U = 3, 10, 12
+    path = torch.tensor([0, 0, 2, 4, 4, 5, 7, 9, 11, 12])  # label position at each frame
+    occ = torch.zeros(1, T, U + 1, 2)
+    occ[0, torch.arange(T), path, 0] = -1.0
+    s = pruning_ranges(occ, torch.tensor([T]), torch.tensor([U]), S)[0]
+    assert ((s <= path) & (path < s + S)).all(), (s, path)
 
 
-def test_pruned_loss_under_no_grad_and_registry():
+def test_registry_names():
     assert {"torchaudio", "reference", "warp_rnnt", "pruned"} <= set(RNNT_LOSSES.names())
-    head = _head(dtype=torch.float32)
-    enc, targets, tl, ul = _head_batch(10, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("seed, B, T, U, V", [(10, 3, 9, 5, 7), (17, 4, 12, 8, 11), (18, 2, 20, 3, 5), (19, 5, 8, 8, 9)])
+def test_pruned_loss_bounds_torchaudio_full_loss_under_no_grad(seed, B, T, U, V):
+    """Pruning removes paths, so per utterance the pruned term is >= torchaudio's full loss
+    (float32, under no_grad as in validation); a window over the whole lattice gives it exactly."""
+    head = _head(dtype=torch.float32, V=V, seed=seed)
+    enc, targets, tl, ul = _head_batch(seed, B=B, T=T, U=U, V=V, dtype=torch.float32)
     with torch.no_grad():
         dec, _, _ = head.predict(targets, ul)
-        a = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=3)
-        b = rnnt_loss("torchaudio", head, enc, dec, targets, tl, ul)
-    assert a.shape == b.shape == (3,)
-    assert torch.isfinite(a).all()
+        full = rnnt_loss("torchaudio", head, enc, dec, targets, tl, ul)
+        assert torch.isfinite(full).all()
+        slack = 1e-4 + 1e-5 * full.abs()  # float32 rounding of two different DPs
+        for S in (2, 3):
+            pruned = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=S, simple_loss_scale=0.0)
+            assert pruned.shape == (B,)
+            assert (pruned >= full - slack).all(), (S, pruned, full)
+            if S == 2:  # utterance 0 has all U >= 3 labels: a 2-wide window must cut some mass
+                assert pruned[0] > full[0] + 1e-3
+        whole = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=U + 1, simple_loss_scale=0.0)
+    torch.testing.assert_close(whole, full, rtol=1e-5, atol=1e-4)
 
 
 def test_adapter_passes_lattice_engine_and_joiner_chunking(monkeypatch):
