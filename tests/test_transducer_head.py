@@ -53,8 +53,12 @@ def test_shapes(pred_type):
     torch.testing.assert_close(head.join(enc[:, 4], dec[:, 2]), logits[:, 4, 2])
     loss = head.loss(enc, enc_lens, targets, target_lens)
     assert loss.shape == (B,) and torch.isfinite(loss).all()
+    # head.loss runs the predictor unpacked; the rows it uses equal predict()'s
+    expected = rnnt_loss("pruned", head, enc, dec, targets, enc_lens, target_lens, prune_range=5, simple_loss_scale=0.5)
+    torch.testing.assert_close(loss, expected)
     loss.sum().backward()
-    assert all(p.grad is not None for p in head.parameters())
+    for name, p in head.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
 @pytest.mark.parametrize("pred_type", PRED_TYPES)
@@ -144,6 +148,8 @@ def test_registry_config_and_errors():
         TransducerConfig(vocab_size=5, enc_dim=4, pred_type="transformer")
     with pytest.raises(ValueError, match="backend"):
         TransducerConfig(vocab_size=5, enc_dim=4, loss="nope")
+    with pytest.raises(ValueError, match="prune_range"):
+        TransducerConfig(vocab_size=5, enc_dim=4, loss="pruned", prune_range=1)
     with pytest.raises(KeyError):
         head.decode(torch.randn(1, 3, 16), torch.tensor([3]), method="nope")
 

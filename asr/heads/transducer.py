@@ -86,6 +86,9 @@ class TransducerConfig:
             raise ValueError("context_size must be >= 1")
         if self.loss not in RNNT_LOSSES:
             raise ValueError(f"unknown rnnt loss backend {self.loss!r}; known: {RNNT_LOSSES.names()}")
+        if self.loss == "pruned" and self.prune_range < 2:  # else the first training step fails
+            raise ValueError(f"prune_range must be >= 2 (a one-position window cannot emit a label), "
+                             f"got {self.prune_range}")
 
 
 @contextmanager
