@@ -153,6 +153,29 @@ def test_simple_lattice_matches_explicit_softmax():
         torch.testing.assert_close(got, expected)
 
 
+def test_simple_lattice_float32_when_the_two_sides_disagree_by_200_nats():
+    """Each side's best token 200 nats ahead, at different tokens: every product in the
+    normaliser's matmul is ~exp(-200), which float32 cannot hold (it stops near exp(-87))."""
+    g = torch.Generator().manual_seed(14)
+    B, T, U, V = 2, 6, 3, 7
+    am = torch.randn(B, T, V, generator=g, dtype=torch.float64)
+    lm = torch.randn(B, U + 1, V, generator=g, dtype=torch.float64)
+    am[..., 2] += 200.0
+    lm[..., 5] += 200.0
+    _, targets, tl, ul = _random_batch(15, B=B, T=T, U=U, V=V)
+    am32 = am.float().requires_grad_(True)
+    lm32 = lm.float().requires_grad_(True)
+    loss = lattice_loss_reference(simple_lattice(am32, lm32, targets).double(), tl, ul)
+    am64, lm64 = am.clone().requires_grad_(True), lm.clone().requires_grad_(True)
+    expected = lattice_loss_reference(lattice_from_logits(am64[:, :, None] + lm64[:, None], targets), tl, ul)
+    assert torch.isfinite(loss).all()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
+    grads = torch.autograd.grad(loss.sum(), [am32, lm32])
+    expected_grads = torch.autograd.grad(expected.sum(), [am64, lm64])
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
 def _head(dtype=torch.float64, V=7, blank=0, pred_type="lstm", seed=0):
     torch.manual_seed(seed)
     cfg = TransducerConfig(vocab_size=V, enc_dim=8, pred_type=pred_type, pred_dim=10, joiner_dim=12, blank=blank)
@@ -202,8 +225,9 @@ def test_pruned_small_range_is_an_upper_bound():
 def test_pruned_float32_matches_float64_and_backward_runs():
     head64 = _head()
     enc, targets, tl, ul = _head_batch(7, B=4, T=10, U=5)
+    enc64 = enc.clone().requires_grad_(True)
     dec64, _, _ = head64.predict(targets, ul)
-    out64 = pruned_rnnt_loss(head64, enc, dec64, targets, tl, ul, prune_range=3)
+    out64 = pruned_rnnt_loss(head64, enc64, dec64, targets, tl, ul, prune_range=3)
     head32 = _head(dtype=torch.float32)
     enc32 = enc.float().requires_grad_(True)
     dec32, _, _ = head32.predict(targets, ul)
@@ -211,8 +235,12 @@ def test_pruned_float32_matches_float64_and_backward_runs():
     assert torch.equal(out32.ranges, out64.ranges)
     torch.testing.assert_close(out32.total.double(), out64.total.detach(), rtol=1e-5, atol=1e-4)
     out32.total.sum().backward()
-    assert torch.isfinite(enc32.grad).all() and enc32.grad.abs().sum() > 0
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head32.parameters())
+    out64.total.sum().backward()
+    # the float32 gradients (fused joiner, lattice engine, simple normaliser) match float64's
+    torch.testing.assert_close(enc32.grad.double(), enc64.grad, rtol=1e-4, atol=1e-5)
+    for (name, p32), p64 in zip(head32.named_parameters(), head64.parameters()):
+        assert p32.grad is not None and p32.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p32.grad.double(), p64.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_simple_loss_gradient_matches_autograd():
@@ -256,18 +284,67 @@ def test_pruning_ranges_are_consistent():
         for b in range(B):
             if ul[b] + 1 - width <= (width - 1) * (tl[b] - 1):  # feasible
                 assert s[b, tl[b] - 1] + width - 1 >= ul[b]
+    # The windows follow the occupancy: all of it on one alignment (at most S - 1 labels
+    # per frame) puts every frame's node of that alignment inside its window.
+    S, T, U = 3, 10, 12
+    path = torch.tensor([0, 0, 2, 4, 4, 5, 7, 9, 11, 12])  # label position at each frame
+    occ = torch.zeros(1, T, U + 1, 2)
+    occ[0, torch.arange(T), path, 0] = -1.0
+    s = pruning_ranges(occ, torch.tensor([T]), torch.tensor([U]), S)[0]
+    assert ((s <= path) & (path < s + S)).all(), (s, path)
 
 
-def test_pruned_loss_under_no_grad_and_registry():
+def test_registry_names():
     assert {"torchaudio", "reference", "warp_rnnt", "pruned"} <= set(RNNT_LOSSES.names())
-    head = _head(dtype=torch.float32)
-    enc, targets, tl, ul = _head_batch(10, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("seed, B, T, U, V", [(10, 3, 9, 5, 7), (17, 4, 12, 8, 11), (18, 2, 20, 3, 5), (19, 5, 8, 8, 9)])
+def test_pruned_loss_bounds_torchaudio_full_loss_under_no_grad(seed, B, T, U, V):
+    """Pruning removes paths, so per utterance the pruned term is >= torchaudio's full loss
+    (float32, under no_grad as in validation); a window over the whole lattice gives it exactly."""
+    head = _head(dtype=torch.float32, V=V, seed=seed)
+    enc, targets, tl, ul = _head_batch(seed, B=B, T=T, U=U, V=V, dtype=torch.float32)
     with torch.no_grad():
         dec, _, _ = head.predict(targets, ul)
-        a = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=3)
-        b = rnnt_loss("torchaudio", head, enc, dec, targets, tl, ul)
-    assert a.shape == b.shape == (3,)
-    assert torch.isfinite(a).all()
+        full = rnnt_loss("torchaudio", head, enc, dec, targets, tl, ul)
+        assert torch.isfinite(full).all()
+        slack = 1e-4 + 1e-5 * full.abs()  # float32 rounding of two different DPs
+        for S in (2, 3):
+            pruned = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=S, simple_loss_scale=0.0)
+            assert pruned.shape == (B,)
+            assert (pruned >= full - slack).all(), (S, pruned, full)
+            if S == 2:  # utterance 0 has all U >= 3 labels: a 2-wide window must cut some mass
+                assert pruned[0] > full[0] + 1e-3
+        whole = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=U + 1, simple_loss_scale=0.0)
+    torch.testing.assert_close(whole, full, rtol=1e-5, atol=1e-4)
+
+
+def test_adapter_passes_lattice_engine_and_joiner_chunking(monkeypatch):
+    import asr.losses.rnnt as rnnt_module
+
+    head = _head()
+    enc, targets, tl, ul = _head_batch(16, B=3, T=9, U=5)
+    dec, _, _ = head.predict(targets, ul)
+    with pytest.raises(ValueError, match="lattice engine"):
+        rnnt_loss("pruned", head, enc, dec, targets, tl, ul, lattice_engine="nope")
+    by_engine = [rnnt_loss("pruned", head, enc, dec, targets, tl, ul, lattice_engine=e) for e in ("dp", "reference")]
+    torch.testing.assert_close(by_engine[0], by_engine[1])
+    # joiner_chunk_elements sets the fused joiner's frames per chunk (its last argument)
+    frames_seen = []
+    fused = rnnt_module._FusedJoinerArcLogProbs
+
+    class RecordingFused:
+        @staticmethod
+        def apply(*args):
+            frames_seen.append(args[-1])
+            return fused.apply(*args)
+
+    monkeypatch.setattr(rnnt_module, "_FusedJoinerArcLogProbs", RecordingFused)
+    one_row = 3 * 3 * 12  # B * S * max(Dj, V): one frame per chunk
+    per_frame = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=3, joiner_chunk_elements=one_row)
+    one_pass = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=3, joiner_chunk_elements=0)
+    assert frames_seen == [1, 9]
+    torch.testing.assert_close(per_frame, one_pass)
 
 
 class _PlainJoiner:

@@ -1,11 +1,14 @@
 """TransducerHead: shapes, incremental prediction, backends through the head, overfitting."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
 
 from asr.heads.transducer import TransducerConfig, TransducerHead
+from asr.losses.rnnt import rnnt_loss
 from asr.registry import HEADS
 
 PRED_TYPES = ["lstm", "gru", "stateless"]
@@ -50,8 +53,12 @@ def test_shapes(pred_type):
     torch.testing.assert_close(head.join(enc[:, 4], dec[:, 2]), logits[:, 4, 2])
     loss = head.loss(enc, enc_lens, targets, target_lens)
     assert loss.shape == (B,) and torch.isfinite(loss).all()
+    # head.loss runs the predictor unpacked; the rows it uses equal predict()'s
+    expected = rnnt_loss("pruned", head, enc, dec, targets, enc_lens, target_lens, prune_range=5, simple_loss_scale=0.5)
+    torch.testing.assert_close(loss, expected)
     loss.sum().backward()
-    assert all(p.grad is not None for p in head.parameters())
+    for name, p in head.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
 @pytest.mark.parametrize("pred_type", PRED_TYPES)
@@ -101,6 +108,36 @@ def test_backends_agree_through_the_head(pred_type):
     torch.testing.assert_close(ta, reference, rtol=1e-5, atol=1e-4)
 
 
+def test_utterance_without_a_path_is_zeroed_with_a_warning(caplog):
+    """prune_range=2 moves at most one label per frame: 5 labels in 2 frames have no path."""
+    head = _head("lstm", prune_range=2)
+    g = torch.Generator().manual_seed(2)
+    enc = torch.randn(2, 9, 16, generator=g).requires_grad_(True)
+    enc_lens = torch.tensor([2, 9])
+    targets = torch.randint(1, 9, (2, 5), generator=g)
+    target_lens = torch.tensor([5, 2])
+    dec, _, _ = head.predict(targets, target_lens)
+    raw = rnnt_loss("pruned", head, enc, dec, targets, enc_lens, target_lens, prune_range=2)
+    assert torch.isinf(raw[0]) and torch.isfinite(raw[1])  # the adapter reports the lost path
+    with caplog.at_level(logging.WARNING, logger="asr.heads.transducer"):
+        loss = head.loss(enc, enc_lens, targets, target_lens)
+    assert loss[0] == 0
+    assert "1 of 2 utterances" in caplog.text
+    torch.testing.assert_close(loss[1], raw[1])
+    params = [enc] + list(head.parameters())
+    grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
+    # the batch's gradient is the feasible utterance's own
+    alone = head.loss(enc[1:], enc_lens[1:], targets[1:], target_lens[1:])
+    grads_alone = torch.autograd.grad(alone.sum(), params, allow_unused=True)
+    assert (grads[0][0] == 0).all()
+    for got, want in zip(grads, grads_alone):
+        if want is None:
+            assert got is None or (got == 0).all()
+        else:
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_registry_config_and_errors():
     assert HEADS.get("transducer") is TransducerHead
     head = TransducerHead.from_options(16, 9, {"pred_type": "stateless", "context_size": 2, "loss": "torchaudio"})
@@ -111,6 +148,8 @@ def test_registry_config_and_errors():
         TransducerConfig(vocab_size=5, enc_dim=4, pred_type="transformer")
     with pytest.raises(ValueError, match="backend"):
         TransducerConfig(vocab_size=5, enc_dim=4, loss="nope")
+    with pytest.raises(ValueError, match="prune_range"):
+        TransducerConfig(vocab_size=5, enc_dim=4, loss="pruned", prune_range=1)
     with pytest.raises(KeyError):
         head.decode(torch.randn(1, 3, 16), torch.tensor([3]), method="nope")
 

@@ -19,6 +19,7 @@ select and concatenate hypotheses without knowing the network type:
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -33,6 +34,8 @@ from asr.search import vocab as _vocab_search  # noqa: F401  (closed-vocabulary 
 from asr.search.types import SearchResult
 
 PredictorState = Tuple[Tensor, ...]
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TransducerConfig", "TransducerHead", "PredictorState", "RNNPredictor", "StatelessPredictor"]
 
@@ -83,6 +86,9 @@ class TransducerConfig:
             raise ValueError("context_size must be >= 1")
         if self.loss not in RNNT_LOSSES:
             raise ValueError(f"unknown rnnt loss backend {self.loss!r}; known: {RNNT_LOSSES.names()}")
+        if self.loss == "pruned" and self.prune_range < 2:  # else the first training step fails
+            raise ValueError(f"prune_range must be >= 2 (a one-position window cannot emit a label), "
+                             f"got {self.prune_range}")
 
 
 @contextmanager
@@ -355,14 +361,18 @@ class TransducerHead(nn.Module):
             target_lens: ``(B,)`` labels per utterance.
 
         Returns:
-            ``(B,)`` losses, no batch reduction.
+            ``(B,)`` losses, no batch reduction. Utterances whose loss is not finite (the
+            ``"pruned"`` loss gives ``inf`` when the window of ``prune_range`` labels
+            leaves no path, e.g. more than ``prune_range - 1`` labels per frame) get 0,
+            and their gradient with it, as the CTC head's ``zero_infinity`` does, rather
+            than poisoning the batch; a warning says how many.
         """
         # No packing here: outputs past each row's length are unused by the loss, and the
         # final state (the only reason to pack) is not needed.
         tokens = nn.functional.pad(targets.long().clamp(0, self.config.vocab_size - 1), (1, 0), value=self.blank)
         full = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
         dec, _ = self.predictor(tokens, full, None)
-        return rnnt_losses.rnnt_loss(
+        loss = rnnt_losses.rnnt_loss(
             self.config.loss,
             self,
             enc,
@@ -374,6 +384,13 @@ class TransducerHead(nn.Module):
             prune_range=self.config.prune_range,
             simple_loss_scale=self.config.simple_loss_scale,
         )
+        finite = torch.isfinite(loss)
+        if not bool(finite.all()):
+            log.warning("RNN-T loss (%s): %d of %d utterances have a non-finite loss (no path in the "
+                        "pruned lattice?); set to 0 with no gradient", self.config.loss,
+                        int((~finite).sum()), loss.shape[0])
+            loss = torch.where(finite, loss, torch.zeros_like(loss))
+        return loss
 
     def decode(
         self, enc: Tensor, enc_lens: Tensor, method: str = "greedy", beam: int = 4, nbest: int = 1, **kw

@@ -517,7 +517,7 @@ def simple_lattice(am: Tensor, lm: Tensor, targets: Tensor, blank: int = 0) -> T
 
     The per-node normaliser ``logsumexp_v(am[t,v] + lm[u,v])`` is
     ``am_max[t] + lm_max[u] + log(exp(am - am_max) @ exp(lm - lm_max)^T)``: one batched
-    matmul ``(B,T,V) x (B,V,U+1)``.
+    matmul ``(B,T,V) x (B,V,U+1)``, in float64 whatever the input dtype (see below).
 
     Args:
         am: ``(B, T, V)`` encoder-side logits.
@@ -531,10 +531,15 @@ def simple_lattice(am: Tensor, lm: Tensor, targets: Tensor, blank: int = 0) -> T
     B, T, V = am.shape
     U1 = lm.shape[1]
     U = U1 - 1
-    am_max = am.detach().amax(dim=-1, keepdim=True)  # (B, T, 1)
-    lm_max = lm.detach().amax(dim=-1, keepdim=True)  # (B, U1, 1)
-    probs = torch.matmul((am - am_max).exp(), (lm - lm_max).exp().transpose(1, 2))  # (B, T, U1)
+    # float64: every product exp(am - am_max) * exp(lm - lm_max) is below exp(-gap) when the
+    # two sides' best tokens differ by a gap in nats; float32 underflows to 0 past ~87 nats
+    # (the normaliser then comes out too large by the excess), float64 only past ~708.
+    am64, lm64 = am.double(), lm.double()
+    am_max = am64.detach().amax(dim=-1, keepdim=True)  # (B, T, 1)
+    lm_max = lm64.detach().amax(dim=-1, keepdim=True)  # (B, U1, 1)
+    probs = torch.matmul((am64 - am_max).exp(), (lm64 - lm_max).exp().transpose(1, 2))  # (B, T, U1)
     norm = (probs + torch.finfo(probs.dtype).tiny).log() + am_max + lm_max.transpose(1, 2)
+    norm = norm.to(am.dtype)
     blank_lp = am[:, :, blank, None] + lm[:, None, :, blank] - norm
     tg = targets.long().clamp(0, V - 1)
     am_y = am.gather(2, tg[:, None, :].expand(B, T, U))  # (B, T, U)
@@ -870,6 +875,8 @@ def rnnt_loss(
     *,
     prune_range: int = 5,
     simple_loss_scale: float = 0.5,
+    lattice_engine: str = "auto",
+    joiner_chunk_elements: Optional[int] = None,
 ) -> Tensor:
     """Per-utterance RNN-T loss by backend name.
 
@@ -888,15 +895,20 @@ def rnnt_loss(
         blank: blank index.
         prune_range: ``"pruned"`` only: window width ``S``.
         simple_loss_scale: ``"pruned"`` only: weight of the simple loss.
+        lattice_engine: ``"pruned"`` only: DP engine of its lattices (see :func:`lattice_loss`).
+        joiner_chunk_elements: ``"pruned"`` only: the joiner's memory bound (see
+            :func:`pruned_rnnt_loss`).
 
     Returns:
-        ``(B,)`` per-utterance loss (no batch reduction).
+        ``(B,)`` per-utterance loss (no batch reduction); ``inf`` where a pruned lattice
+        keeps no path (:meth:`TransducerHead.loss` zeroes those).
     """
     fn = RNNT_LOSSES.get(backend)
     if getattr(fn, "takes_joiner", False):
         out = fn(
             joiner, enc, dec, targets, enc_lens, target_lens, blank=blank,
             prune_range=prune_range, simple_loss_scale=simple_loss_scale,
+            lattice_engine=lattice_engine, joiner_chunk_elements=joiner_chunk_elements,
         )
         return out.total if isinstance(out, PrunedLossOutput) else out
     enc, targets = _trim(enc, targets, enc_lens, target_lens, lattice_axis=False)
