@@ -268,8 +268,10 @@ class DurationBatchSampler(Sampler[List[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def batches(self) -> List[List[int]]:
-        rng = random.Random(self.seed * 1000003 + self.epoch)
+    def batches(self, epoch: Optional[int] = None) -> List[List[int]]:
+        """The batches of ``epoch`` (default: the one set by :meth:`set_epoch`)."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = random.Random(self.seed * 1000003 + epoch)
         keys = [d * (1 + rng.uniform(-self.jitter, self.jitter)) if self.shuffle else d
                 for d in self.durations]
         order = sorted(range(len(keys)), key=keys.__getitem__)
@@ -292,3 +294,9 @@ class DurationBatchSampler(Sampler[List[int]]):
 
     def __len__(self) -> int:
         return len(self.batches())
+
+    def batches_per_epoch(self, epochs: int) -> List[int]:
+        """Number of batches in each of epochs 0 .. epochs - 1: the jittered sort cuts a
+        different number of batches each epoch, so one epoch's count times the epochs is not
+        the run's total."""
+        return [len(self.batches(e)) for e in range(epochs)]
