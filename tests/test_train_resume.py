@@ -94,6 +94,25 @@ def test_lr_schedule_spans_every_epochs_batches(tmp_path, tone_corpus):
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 0.01)
 
 
+def test_lr_schedule_counts_batches_whose_audio_all_failed(tmp_path, tone_corpus, monkeypatch):
+    import asr.data
+    from asr.audio import AudioError
+
+    broken = read_manifest(tone_corpus)[0].audio
+    real_load = asr.data.load_audio
+    def load_audio(path, *a, **k):
+        if str(path) == broken:
+            raise AudioError(path, "cannot decode audio (truncated data)")
+        return real_load(path, *a, **k)
+    monkeypatch.setattr(asr.data, "load_audio", load_audio)
+    # at 0.5 s a batch each clip is a batch of its own: one batch an epoch has nothing in it
+    trainer = Trainer(plain_config(tone_corpus, epochs=2, max_batch_seconds=0.5, lr=1e-3),
+                      tmp_path / "exp")
+    result = trainer.fit()
+    assert result.steps == 14 and trainer.scheduler.total_steps == trainer.scheduler.steps == 16
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 0.01)
+
+
 def test_audio_that_fails_to_decode_is_listed_once(tmp_path, tone_corpus, monkeypatch, caplog):
     import asr.data
     from asr.audio import AudioError
