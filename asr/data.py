@@ -162,7 +162,8 @@ class UtteranceDataset(Dataset):
     """Decodes audio on demand (optionally caching it) and encodes the transcript.
 
     ``__getitem__`` returns ``(id, wave (N,), token ids (U,))`` or ``None`` for audio that
-    fails to decode under the skip policy (the collate function drops Nones).
+    fails to decode under the skip policy (the collate function drops Nones). A failure is
+    remembered: the utterance is listed once in :attr:`rejected` and not read again.
     """
 
     def __init__(self, utts: Sequence[Utterance], encode: Callable[[str], List[int]],
@@ -175,6 +176,17 @@ class UtteranceDataset(Dataset):
         self.cache: Optional[Dict[int, torch.Tensor]] = {} if cache_audio else None
         self.transform = transform
         self.rejected: List[Rejected] = []
+        self._failed: set = set()  # indices whose audio failed to load
+
+    def restore_rejected(self, rows: Sequence[Dict]) -> None:
+        """Mark the utterances of earlier ``Rejected`` rows (as dicts) as failed, so a
+        resumed run neither reads nor lists them again."""
+        index = {(u.id, u.audio): i for i, u in enumerate(self.utts)}
+        for row in rows:
+            i = index.get((row["id"], row["audio"]))
+            if i is not None and i not in self._failed:
+                self._failed.add(i)
+                self.rejected.append(Rejected(**row))
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -182,6 +194,8 @@ class UtteranceDataset(Dataset):
     def load(self, i: int) -> Optional[torch.Tensor]:
         if self.cache is not None and i in self.cache:
             return self.cache[i]
+        if i in self._failed:
+            return None
         u = self.utts[i]
         try:
             wave = load_audio(u.audio, self.sample_rate, offset=u.offset,
@@ -191,6 +205,7 @@ class UtteranceDataset(Dataset):
                 raise
             log.warning("skipping %s (id %s): %s", u.audio, u.id, exc.reason)
             self.rejected.append(Rejected(u.id, u.audio, exc.reason))
+            self._failed.add(i)
             wave = None
         if self.cache is not None and wave is not None:
             self.cache[i] = wave
@@ -253,8 +268,10 @@ class DurationBatchSampler(Sampler[List[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def batches(self) -> List[List[int]]:
-        rng = random.Random(self.seed * 1000003 + self.epoch)
+    def batches(self, epoch: Optional[int] = None) -> List[List[int]]:
+        """The batches of ``epoch`` (default: the one set by :meth:`set_epoch`)."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = random.Random(self.seed * 1000003 + epoch)
         keys = [d * (1 + rng.uniform(-self.jitter, self.jitter)) if self.shuffle else d
                 for d in self.durations]
         order = sorted(range(len(keys)), key=keys.__getitem__)
@@ -277,3 +294,9 @@ class DurationBatchSampler(Sampler[List[int]]):
 
     def __len__(self) -> int:
         return len(self.batches())
+
+    def batches_per_epoch(self, epochs: int) -> List[int]:
+        """Number of batches in each of epochs 0 .. epochs - 1: the jittered sort cuts a
+        different number of batches each epoch, so one epoch's count times the epochs is not
+        the run's total."""
+        return [len(self.batches(e)) for e in range(epochs)]

@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from asr.augment import add_noise, band_limit, colored_noise, set_margins, speed_perturb
-from asr.checkpoint import read_checkpoint, save_checkpoint
+from asr.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from asr.config import DataConfig, ExperimentConfig, save_config
 from asr.data import DurationBatchSampler, UtteranceDataset, collate, read_manifest, validate
 from asr.model import ASRModel
-from asr.text import Tokenizer, build_tokenizer, normalize_text
+from asr.text import CharTokenizer, Tokenizer, build_tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +183,10 @@ class TrainResult:
     model_path: Path
     steps: int
     epochs_done: int
-    utterances_per_second: float
-    train_seconds: float
+    utterances_per_second: float  # this run's utterances over this run's time
+    train_seconds: float  # training time of the experiment, earlier runs of a resume included
     rejected: List
+    utterances: int = 0  # utterances trained on in this run
 
 
 class Trainer:
@@ -209,8 +210,14 @@ class Trainer:
 
         d = cfg.data
         train_raw = read_manifest(d.train)
-        self.tokenizer = tokenizer or build_tokenizer(
-            cfg.tokenizer.kind, (normalize_text(u.text) for u in train_raw), cfg.tokenizer.vocab_size)
+        # the checkpoint this run continues: its own last.pt (resume), else --init-from
+        last = self.exp_dir / "last.pt"
+        self._start_path = last if last.exists() else (Path(init_from) if init_from else None)
+        self._start_state = read_checkpoint(self._start_path) if self._start_path else None
+        self.tokenizer = self._choose_tokenizer(
+            tokenizer, lambda: build_tokenizer(cfg.tokenizer.kind,
+                                               (normalize_text(u.text) for u in train_raw),
+                                               cfg.tokenizer.vocab_size))
         enc = self.tokenizer.encode
         train_utts, rej = validate(train_raw, normalize_text, enc, d.max_duration, d.on_error)
         valid_utts, rej_v = ([], [])
@@ -233,10 +240,10 @@ class Trainer:
         self.model = ASRModel(cfg, self.tokenizer.vocab_size)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
-        self.steps_per_epoch = len(self.sampler)
         t = cfg.train
+        self.epoch_batches = self.sampler.batches_per_epoch(t.epochs)
         self.scheduler = LRSchedule(
-            self.optimizer, t.schedule, t.lr, self.steps_per_epoch * t.epochs, t.warmup_steps,
+            self.optimizer, t.schedule, t.lr, sum(self.epoch_batches), t.warmup_steps,
             budget_seconds=60 * t.max_minutes if t.max_minutes else None)
         self.metrics_path = self.exp_dir / "metrics.jsonl"
         self.step = 0
@@ -244,24 +251,58 @@ class Trainer:
         self.batch_in_epoch = 0
 
     # ----------------------------------------------------------------- state
+    def _choose_tokenizer(self, given: Optional[Tokenizer], build) -> Tokenizer:
+        """The continued checkpoint's tokenizer, else ``given``, else ``build()``.
+
+        Restored weights only mean something with the vocabulary they were trained on, and
+        a SentencePiece model rebuilt from this run's texts can differ from it.
+        """
+        state = self._start_state
+        if state is None:
+            return given or build()
+        if state.get("tokenizer") is not None:
+            saved = Tokenizer.from_dict(state["tokenizer"])
+            if given is not None and given.to_dict() != saved.to_dict():
+                raise ValueError(f"{self._start_path}: its tokenizer differs from the one "
+                                 "given; the restored weights need the saved one")
+            if saved.to_dict()["kind"] != self.cfg.tokenizer.kind:
+                log.warning("%s: using its %s tokenizer, not the configured %s",
+                            self._start_path, saved.to_dict()["kind"], self.cfg.tokenizer.kind)
+            return saved
+        # no tokenizer saved: a rebuilt one is the same only for the fixed character set
+        saved_kind = state.get("config", {}).get("tokenizer", {}).get("kind", "char")
+        rebuilt = given or build()
+        if not (saved_kind == "char" and rebuilt.to_dict() == CharTokenizer().to_dict()):
+            raise CheckpointError(
+                f"{self._start_path}: has no saved tokenizer, and one rebuilt from the "
+                f"training texts ({rebuilt.to_dict()['kind']}, {rebuilt.vocab_size} tokens) "
+                f"may differ from the {saved_kind} vocabulary its weights were trained on")
+        return rebuilt
+
     def _save(self, name: str = "last.pt") -> Path:
         return save_checkpoint(
             self.exp_dir / name, self.cfg, self.tokenizer, self.model,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
-            torch_rng=torch.get_rng_state(), rejected=[r.__dict__ for r in self.rejected])
+            torch_rng=torch.get_rng_state(), rejected=[r.__dict__ for r in self.rejected],
+            rejected_loads={"train": [r.__dict__ for r in self.train_set.rejected],
+                            "valid": [r.__dict__ for r in self.valid_set.rejected]})
 
     def _resume(self) -> bool:
         path = self.exp_dir / "last.pt"
         if not path.exists():
             return False
-        state = read_checkpoint(path)
+        state = self._start_state if self._start_path == path else read_checkpoint(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         torch.set_rng_state(state["torch_rng"])
+        # audio that failed before is neither read nor listed again
+        loads = state.get("rejected_loads", {})
+        self.train_set.restore_rejected(loads.get("train", []))
+        self.valid_set.restore_rejected(loads.get("valid", []))
         log.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.epoch,
                  self.batch_in_epoch, self.step)
         return True
@@ -297,14 +338,16 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg = self.cfg
         save_config(cfg, self.exp_dir / "config.yaml")
-        if self.init_from and not (self.exp_dir / "last.pt").exists():
-            self.model.load_state_dict(read_checkpoint(self.init_from)["model"])
-            log.info("initialised weights from %s", self.init_from)
+        if self._start_state is not None and self._start_path != self.exp_dir / "last.pt":
+            self.model.load_state_dict(self._start_state["model"])
+            log.info("initialised weights from %s", self._start_path)
         elif not self._resume():
             mean, std = compute_cmvn(self.model, self.train_set)
             self.model.cmvn.set_stats(mean, std)
         self.model.train()
-        t_start = time.time() - self.scheduler.elapsed  # training time carries over a resume
+        self._start_state = None  # restored; free its copy of the weights
+        run_start = time.time()
+        t_start = run_start - self.scheduler.elapsed  # training time carries over a resume
         utts_seen = 0
         stop = False
         while self.epoch < cfg.train.epochs and not stop:
@@ -315,12 +358,13 @@ class Trainer:
             # global RNG would shift dropout/SpecAugment masks after a resume
             loader = DataLoader(self.train_set, batch_sampler=batches, collate_fn=collate,
                                 generator=torch.Generator())
-            bar = tqdm(loader, total=self.steps_per_epoch, initial=self.batch_in_epoch,
+            bar = tqdm(loader, total=self.epoch_batches[self.epoch], initial=self.batch_in_epoch,
                        desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", leave=False,
                        dynamic_ncols=True, mininterval=1.0)
             for batch in bar:
                 self.batch_in_epoch += 1
-                if batch is None:
+                if batch is None:  # the schedule counts batches: still advance it
+                    self.scheduler.step(time.time() - t_start)
                     continue
                 loss, losses, ntok, gnorm = train_step(self.model, self.optimizer, batch,
                                                        cfg.train.grad_clip)
@@ -354,11 +398,16 @@ class Trainer:
             self._save()
             if self.metrics_path.exists():
                 plot_curves(self.metrics_path, self.exp_dir / "curves.png")
-        elapsed = time.time() - t_start
-        self.rejected += self.train_set.rejected + self.valid_set.rejected
+        now = time.time()
+        rejected, seen = [], set()
+        for r in self.rejected + self.train_set.rejected + self.valid_set.rejected:
+            if (r.id, r.audio) not in seen:  # once, also when train and valid share it
+                seen.add((r.id, r.audio))
+                rejected.append(r)
         with open(self.exp_dir / "rejected.jsonl", "w") as f:
-            for r in self.rejected:
+            for r in rejected:
                 f.write(json.dumps(r.__dict__) + "\n")
         model_path = save_checkpoint(self.exp_dir / "model.pt", cfg, self.tokenizer, self.model)
         return TrainResult(self.exp_dir / "last.pt", model_path, self.step, self.epoch,
-                           utts_seen / max(elapsed, 1e-9), elapsed, self.rejected)
+                           utts_seen / max(now - run_start, 1e-9), now - t_start, rejected,
+                           utts_seen)

@@ -71,7 +71,7 @@ def test_validate_skips_and_reports_bad_utterances(tmp_path, tone_corpus):
         validate(utts, normalize_text, tok.encode, on_error="raise")
 
 
-def test_dataset_skips_audio_that_breaks_later(tmp_path, tone_corpus):
+def test_dataset_skips_audio_that_breaks_later(tmp_path, tone_corpus, monkeypatch):
     utts = read_manifest(tone_corpus)
     tok = CharTokenizer()
     ds = UtteranceDataset(utts, tok.encode)
@@ -79,9 +79,17 @@ def test_dataset_skips_audio_that_breaks_later(tmp_path, tone_corpus):
     batch = collate([ds[i] for i in range(4)])
     assert batch.ids == ["utt1", "utt2", "utt3"] and ds.rejected[0].id == "utt0"
     assert batch.waves.shape[0] == 3 and batch.targets.shape[0] == 3
+    # the failure is remembered: a later epoch neither re-reads the file nor lists it again
+    with monkeypatch.context() as m:
+        m.setattr("asr.data.load_audio", lambda *a, **k: pytest.fail("read again"))
+        assert ds[0] is None and [r.id for r in ds.rejected] == ["utt0"]
     strict = UtteranceDataset(utts, tok.encode, on_error="raise")
     with pytest.raises(AudioError, match="utt0.wav"):
         strict[0]
+    # a resumed run is told of the earlier failure and skips it without listing it twice
+    resumed = UtteranceDataset(utts, tok.encode)
+    resumed.restore_rejected([r.__dict__ for r in ds.rejected])
+    assert resumed[0] is None and [r.id for r in resumed.rejected] == ["utt0"]
 
 
 def test_duration_batches_respect_budget_and_cover_everything():
