@@ -101,7 +101,7 @@ class LeastConfidenceScorer(_NBestScorer):
 class NBestEntropyScorer(_NBestScorer):
     def from_nbest(self, nbest) -> float:
         p = nbest_posteriors([h.score for h in nbest])
-        return float(-(p * p.clamp(min=1e-300).log()).sum().clamp(min=0.0))
+        return float((-(p * p.clamp(min=1e-300).log()).sum()).clamp(min=0.0))
 
 
 @SCORERS.register("random")
