@@ -127,21 +127,28 @@ class EGLScorer(Scorer):
         self.encoder_counts = any(n.startswith("encoder.") for n in self.params)
 
     def score(self, ids, waves, wave_lens):
-        with only_these_require_grad(self.model, self.params):
-            with torch.set_grad_enabled(self.encoder_counts):
+        with only_these_require_grad(self.model, self.params), torch.enable_grad():
+            if self.encoder_counts:
+                # one graph per clip: a backward through a batch's encoder pays for every
+                # row, and there is one backward per hypothesis
+                return [self.score_encoded(*self.model.encode(waves[b:b + 1, : int(n)], wave_lens[b:b + 1]))[0]
+                        for b, n in enumerate(wave_lens)]
+            with torch.no_grad():  # the backward passes stop at the head
                 enc, enc_lens = self.model.encode(waves, wave_lens)
-            results = search_nbest(self.head, enc, enc_lens, self.cfg.nbest, self.cfg.beam)
-            rows = [b for b, r in enumerate(results) for _ in r.nbest]
-            hyps = [h.tokens for r in results for h in r.nbest]
-            with torch.enable_grad():
-                norms = hypothesis_gradient_norms(self.head, enc, enc_lens, rows, hyps,
-                                                  list(self.params.values()))
-        scores, start = [], 0
+            return self.score_encoded(enc, enc_lens)
+
+    def score_encoded(self, enc: torch.Tensor, enc_lens: torch.Tensor) -> List[float]:
+        """enc (B, T, D) (with a graph to the counted encoder parameters, if any), enc_lens (B,) -> B scores."""
+        results = search_nbest(self.head, enc, enc_lens, self.cfg.nbest, self.cfg.beam)
+        scores = []
         for b, r in enumerate(results):
-            n = len(r.nbest)
-            weights = nbest_posteriors([h.score for h in r.nbest]) / self.length_norms(r.nbest, int(enc_lens[b]))
-            scores.append(float((weights * norms[start:start + n]).sum()))
-            start += n
+            # the losses of one clip's hypotheses per call: each backward then runs over
+            # N rows, not over the whole batch's
+            n, frames = len(r.nbest), int(enc_lens[b])
+            norms = hypothesis_gradient_norms(self.head, enc[b:b + 1, :frames], enc_lens[b:b + 1], [0] * n,
+                                              [h.tokens for h in r.nbest], list(self.params.values()))
+            weights = nbest_posteriors([h.score for h in r.nbest]) / self.length_norms(r.nbest, frames)
+            scores.append(float((weights * norms).sum()))
         return scores
 
     def length_norms(self, nbest, frames: int) -> torch.Tensor:
