@@ -1,10 +1,16 @@
 """Per-hypothesis gradient norms for Expected Gradient Length: which parameters count, and
-|| d loss(x, h) / d theta || for every hypothesis h of every clip in a batch.
+|| d loss(x, h) / d theta || for every hypothesis h of a clip.
 
-One encoder forward serves the whole batch (eval mode: no dropout, no SpecAugment); the
-head's loss is computed for all (clip, hypothesis) pairs in one batched call, then one
-backward per pair through the shared graph (``retain_graph``). When no encoder parameter
-counts, the encoder runs without a graph and the backward passes stop at the head.
+One forward serves all of a clip's hypotheses (eval mode: no dropout, no SpecAugment):
+the head's loss for the N hypotheses in one batched call, then one backward per
+hypothesis through the shared graph (``retain_graph``). The scorer gives each clip its
+own graph (a backward through a batch's graph costs every row). When no encoder
+parameter counts, the encoder runs without a graph and the backward passes stop at the
+head.
+
+A hypothesis the head's loss cannot score gets gradient 0: CTC's ``zero_infinity``, and
+the pruned RNN-T loss when the hypothesis puts ``prune_range`` or more labels on one frame
+(the head logs a warning); a full-lattice backend (``torchaudio``) has no such limit.
 
 torch.func was tried for the per-pair backward (``vmap(grad(...))`` and
 ``autograd.grad(is_grads_batched=True)``) and fails on this model with torch 2.14:
