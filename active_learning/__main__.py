@@ -1,0 +1,116 @@
+"""Command line: ``python -m active_learning {score,select}``.
+
+score: one JSON line per clip, ``{"id", "score"}`` (higher = more worth labeling),
+written as batches finish. select: the chosen clips as a manifest (the labeling queue),
+each with ``meta.al_score``; a JSON summary on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _score(args) -> int:
+    import torch
+
+    from active_learning.pool import score_pool
+    from active_learning.scorers import ScoringConfig, build_scorer
+    from asr.corpora import load_corpus
+
+    torch.set_num_threads(args.threads)
+    cfg = ScoringConfig(method=args.method, head=args.head, nbest=args.nbest, beam=args.beam,
+                        params=args.params, egl_length_norm=args.egl_length_norm,
+                        confidence_length_norm=args.confidence_length_norm, seed=args.seed,
+                        batch_seconds=args.batch_seconds)
+    model, sample_rate = None, 16000
+    if args.method != "random":
+        if not args.model:
+            raise SystemExit(f"--model is needed for --method {args.method}")
+        from asr.checkpoint import load_model
+
+        model, _, model_cfg = load_model(args.model)
+        sample_rate = model_cfg.sample_rate
+    scorer = build_scorer(model, cfg)
+    corpus = load_corpus(args.corpus, args.data, split=args.split)
+    utts = corpus[: args.limit] if args.limit else list(corpus)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as out:
+        counts = score_pool(scorer, utts, out, sample_rate, cfg.batch_seconds,
+                            progress=not args.no_progress)
+    counts["skipped"] += len(corpus.rejected)
+    print(json.dumps({"out": args.out, "method": args.method, **counts}))
+    return 0
+
+
+def _select(args) -> int:
+    from active_learning.pool import read_scores
+    from active_learning.select import SelectionConfig, select_clips
+    from asr.corpora import load_corpus
+
+    scores = read_scores(args.scores)
+    utts = load_corpus(args.corpus, args.data, split=args.split)
+    chosen = select_clips(utts, scores, SelectionConfig(hours=args.hours,
+                                                        speaker_decay=args.speaker_decay))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as out:
+        for u, s in chosen:
+            u.meta = {**u.meta, "al_score": s}
+            out.write(u.to_json() + "\n")
+    print(json.dumps({"out": args.out, "selected": len(chosen),
+                      "hours": round(sum(u.duration for u, _ in chosen) / 3600.0, 4),
+                      "budget_hours": args.hours, "candidates": len(scores)}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from active_learning.gradients import PARAMETER_SUBSETS
+    from active_learning.scorers import EGL_LENGTH_NORMS, SCORERS
+
+    p = argparse.ArgumentParser(prog="python -m active_learning")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score", help="score a pool of unlabeled clips")
+    s.add_argument("--model", help="checkpoint (not needed for --method random)")
+    s.add_argument("--corpus", required=True, help="corpus reader name (e.g. manifest)")
+    s.add_argument("--data", required=True, help="corpus directory or manifest")
+    s.add_argument("--split")
+    s.add_argument("--method", required=True, choices=SCORERS.names())
+    s.add_argument("--out", required=True, help="JSON lines: id, score")
+    s.add_argument("--head", help="model head (default: the first)")
+    s.add_argument("--nbest", type=int, default=4)
+    s.add_argument("--beam", type=int, default=8)
+    s.add_argument("--params", default="all",
+                   help=f"EGL parameters: {', '.join(PARAMETER_SUBSETS)} or comma-separated name prefixes")
+    s.add_argument("--egl-length-norm", default="none", choices=EGL_LENGTH_NORMS)
+    s.add_argument("--confidence-length-norm", default="tokens", choices=("tokens", "none"))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-seconds", type=float, default=30.0)
+    s.add_argument("--limit", type=int, help="score only the first N clips")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_score)
+
+    t = sub.add_parser("select", help="pick clips under a budget of audio hours")
+    t.add_argument("--scores", required=True, help="output of `score`")
+    t.add_argument("--corpus", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--split")
+    t.add_argument("--hours", type=float, required=True)
+    t.add_argument("--speaker-decay", type=float, default=1.0,
+                   help="diversity: scale a clip's score by this per clip of its speaker already chosen")
+    t.add_argument("--out", required=True, help="manifest of the chosen clips")
+    t.set_defaults(func=_select)
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

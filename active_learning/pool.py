@@ -1,0 +1,65 @@
+"""Scoring a pool of unlabeled clips: batches of similar length, scores written one JSON
+line per clip as each batch finishes (nothing held for the whole pool), progress on tqdm."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import IO, Dict, Iterator, List, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from active_learning.scorers import Scorer
+from asr.data import DurationBatchSampler, Utterance, UtteranceDataset, collate
+
+log = logging.getLogger(__name__)
+
+
+def _no_tokens(text: str) -> List[int]:
+    return []  # pool clips are unlabeled; any transcript in the manifest is ignored
+
+
+def score_batches(scorer: Scorer, utts: Sequence[Utterance], sample_rate: int,
+                  batch_seconds: float) -> Iterator[List[Dict]]:
+    """Yield, batch by batch, ``{"id", "score"}`` rows of the clips whose audio loads
+    (the others are logged with their path and skipped)."""
+    if not scorer.needs_audio:
+        for start in range(0, len(utts), 256):
+            ids = [u.id for u in utts[start:start + 256]]
+            yield [{"id": i, "score": s} for i, s in zip(ids, scorer.score(ids, None, None))]
+        return
+    ds = UtteranceDataset(utts, _no_tokens, sample_rate, on_error="skip")
+    sampler = DurationBatchSampler([u.duration for u in utts], batch_seconds, shuffle=False)
+    for batch in DataLoader(ds, batch_sampler=sampler, collate_fn=collate):
+        if batch is None:
+            continue
+        scores = scorer.score(batch.ids, batch.waves, batch.wave_lens)
+        yield [{"id": i, "score": s} for i, s in zip(batch.ids, scores)]
+
+
+def score_pool(scorer: Scorer, utts: Sequence[Utterance], out: IO[str], sample_rate: int = 16000,
+               batch_seconds: float = 30.0, progress: bool = True) -> Dict[str, int]:
+    """Score ``utts`` into ``out`` (one JSON line per clip, flushed per batch); returns
+    ``{"scored", "skipped"}`` counts."""
+    scored = 0
+    with tqdm(total=len(utts), desc=f"scoring ({type(scorer).__name__})", unit="clip",
+              disable=not progress, dynamic_ncols=True) as bar:
+        for rows in score_batches(scorer, utts, sample_rate, batch_seconds):
+            out.write("".join(json.dumps(r) + "\n" for r in rows))
+            out.flush()
+            scored += len(rows)
+            bar.update(len(rows))
+    return {"scored": scored, "skipped": len(utts) - scored}
+
+
+def read_scores(path: str | Path) -> Dict[str, float]:
+    """A scores file (JSON lines with ``id`` and ``score``) -> {id: score}."""
+    scores = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                row = json.loads(line)
+                scores[str(row["id"])] = float(row["score"])
+    return scores
