@@ -107,6 +107,8 @@ class WordLM:
     decoder for a domain whose words are known (commands, digits, a fixed text set).
     """
 
+    MEMO_LIMIT = 200_000  # cached (prefix, token) scores before the cache starts over
+
     def __init__(self, lm: NgramLM, words: Sequence[str], encode, space_id: int) -> None:
         self.lm = lm
         self.words = list(words)
@@ -145,6 +147,8 @@ class WordLM:
             else:
                 word = self._spelling.get(partial)
                 score = NEG_INF if word is None else self.lm(words, word)
+            if len(self._memo) >= self.MEMO_LIMIT:  # keyed by whole prefixes: bound it
+                self._memo.clear()
             self._memo[key] = score
         return score
 

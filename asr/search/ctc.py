@@ -140,6 +140,10 @@ def _prefix_beam_one(lp: torch.Tensor, beam: int, nbest: int, blank: int,
         scored = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]) + extra[kv[0]],
                         reverse=True)
         beams = dict(scored[:beam])
+        # forget every prefix that left the beam: memory stays O(beam), not O(frames x beam x V)
+        extra = {p: extra[p] for p in beams}
+        times = {p: times[p] for p in beams}
+        emit_best = {p: emit_best[p] for p in beams if p in emit_best}
     # an LM that scores the end of the sentence (NgramLM with end_of_sentence, WordLM)
     # gets its last say
     end = getattr(lm, "final", None)
