@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from asr.config import ExperimentConfig
+from asr.features import FeatureConfig, FeatureExtractor
+from asr.model import ASRModel
+from asr.streaming.features import StreamingFeatures, streaming_front_end
+
+
+def _stream(extractor, wave, chunk, normalize=None):
+    sf = StreamingFeatures(extractor, normalize)
+    parts = [sf.accept(wave[i:i + chunk]) for i in range(0, wave.numel(), chunk)]
+    return torch.cat(parts + [sf.flush()])
+
+
+@pytest.mark.parametrize("remove_dc", [False, True])
+@pytest.mark.parametrize("n,chunk", [(4000, 1), (4000, 160), (4003, 160), (4003, 333), (4003, 5000),
+                                     (200, 7), (37, 5)])
+@pytest.mark.parametrize("n_fft", [512, 256])  # 256: half a window is less than a hop
+def test_chunked_frames_equal_offline(n, chunk, remove_dc, n_fft):
+    if chunk == 1 and (remove_dc or n_fft == 256):
+        pytest.skip("one case of sample-by-sample is enough")
+    extractor = FeatureExtractor(FeatureConfig(n_mels=20, remove_dc=remove_dc, n_fft=n_fft,
+                                               win_length=min(400, n_fft)))
+    wave = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 0.1
+    offline, lens = extractor(wave[None])
+    streamed = _stream(extractor, wave, chunk)
+    assert streamed.shape[0] == int(lens[0])
+    torch.testing.assert_close(streamed, offline[0, : lens[0]], atol=1e-4, rtol=1e-5)
+
+
+def test_frames_are_released_as_soon_as_their_window_is_complete():
+    extractor = FeatureExtractor(FeatureConfig(n_mels=10))  # n_fft 512, hop 160
+    sf = StreamingFeatures(extractor)
+    assert sf.accept(torch.randn(256)).shape[0] == 0  # the start's reflection needs 257
+    assert sf.accept(torch.randn(1)).shape[0] == 1  # frame 0 reads samples -256..255
+    assert sf.accept(torch.randn(158)).shape[0] == 0
+    assert sf.accept(torch.randn(1)).shape[0] == 1  # frame 1 needs up to sample 415
+
+
+def test_global_cmvn_per_frame_and_utterance_cmvn_refused():
+    cfg = ExperimentConfig(features=FeatureConfig(n_mels=12), specaugment=None)
+    model = ASRModel(cfg, vocab_size=5).eval()
+    model.cmvn.set_stats(torch.randn(12), torch.rand(12) + 0.5)
+    wave = torch.randn(3000) * 0.1
+    offline, lens = model.normalized_features(wave[None], torch.tensor([3000]))
+    sf = streaming_front_end(model)
+    streamed = torch.cat([sf.accept(wave[:1234]), sf.accept(wave[1234:]), sf.flush()])
+    torch.testing.assert_close(streamed, offline[0, : lens[0]], atol=1e-4, rtol=1e-5)
+    model.cfg.cmvn = "utterance"
+    with pytest.raises(ValueError, match="streaming needs cmvn: global"):
+        streaming_front_end(model)
