@@ -28,6 +28,10 @@ class EncoderConfig:
     bidirectional: bool = True
     lookahead: int = 0  # row-convolution lookahead frames, forward-only models
     dropout: float = 0.1
+    # "lc_bgru" (latency-controlled bidirectional GRU): chunks of chunk_size frames, each
+    # read with chunk_right_context more frames by the backward direction (output rate)
+    chunk_size: int = 16
+    chunk_right_context: int = 8
 
 
 @dataclass
