@@ -348,5 +348,147 @@ class ConvRNNEncoder(nn.Module):
         return self.dropout(out), lens, ConvRNNState(cache, frames, hidden, buffer, filled)
 
 
+class LatencyControlledBiGRU(nn.Module):
+    """Bidirectional GRU layers read in windows of ``chunk + right`` frames ("Reducing Bias
+    in Production Speech Models"; Zhang et al. 2016, LC-BLSTM). The forward direction
+    carries its state from chunk to chunk (taken after the chunk's ``chunk`` frames); the
+    backward direction starts from zero in every window, so a frame's output waits for at
+    most ``chunk - 1 + right`` frames. The right-context frames' outputs feed the next
+    layer and are then dropped: each chunk is its own computation, offline or streaming.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, chunk: int,
+                 right: int, dropout: float) -> None:
+        super().__init__()
+        if chunk < 1 or right < 0:
+            raise ValueError(f"encoder.chunk_size must be >= 1 and chunk_right_context >= 0, "
+                             f"got {chunk} and {right}")
+        self.chunk, self.right, self.hidden_size = chunk, right, hidden_size
+        sizes = [input_size] + [2 * hidden_size] * (num_layers - 1)
+        self.forward_layers = nn.ModuleList(nn.GRU(n, hidden_size, batch_first=True) for n in sizes)
+        self.backward_layers = nn.ModuleList(nn.GRU(n, hidden_size, batch_first=True) for n in sizes)
+        self.dropout = nn.Dropout(dropout)
+
+    def window(self, x: torch.Tensor, lens: torch.Tensor, hidden: torch.Tensor):
+        """One window per row: x (B, W, D), W <= chunk + right, lens (B,) valid frames,
+        hidden (B, N, H) forward states -> (out (B, W, 2H), hidden after ``chunk`` frames)."""
+        carry_at = torch.minimum(lens, torch.full_like(lens, self.chunk))
+        h, states = x, []
+        for i, (fwd, bwd) in enumerate(zip(self.forward_layers, self.backward_layers)):
+            if i > 0:
+                h = self.dropout(h)
+            f, _ = fwd(h, hidden[:, i][None].contiguous())
+            states.append(last_valid(f, carry_at, hidden[:, i]))
+            b, _ = bwd(reverse_padded(h, lens))  # zero start: the backward state is reset
+            h = torch.cat([f, reverse_padded(b, lens)], dim=-1)
+        return h, torch.stack(states, 1)
+
+    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, D), lens (B,) -> (B, T, 2H): the windows one after another."""
+        B, T, _ = x.shape
+        C, W = self.chunk, self.chunk + self.right
+        chunks = -(-T // C)
+        x = F.pad(x, (0, 0, 0, chunks * C + self.right - T))
+        hidden = x.new_zeros(B, len(self.forward_layers), self.hidden_size)
+        outs = []
+        for k in range(chunks):
+            out, hidden = self.window(x[:, k * C: k * C + W], (lens - k * C).clamp(0, W), hidden)
+            outs.append(out[:, :C])
+        return torch.cat(outs, 1)[:, :T]
+
+
+@dataclass
+class LCBiGRUState:
+    """Streaming state of an :class:`LCBiGRUEncoder` for B streams.
+
+    conv_cache, conv_frames: as in :class:`ConvRNNState`.
+    rnn_hidden: (B, N, H), forward states after the last finished chunk.
+    pending: (B, W, D) input frames of the next window (W = chunk + right), left-aligned;
+    pending_len: (B,) int64, how many are in.
+    """
+
+    conv_cache: Tuple[torch.Tensor, ...]
+    conv_frames: torch.Tensor
+    rnn_hidden: torch.Tensor
+    pending: torch.Tensor
+    pending_len: torch.Tensor
+
+
+@ENCODERS.register("lc_bgru")
+class LCBiGRUEncoder(nn.Module):
+    """Causal convolutional front end, then latency-controlled bidirectional GRU layers
+    (:class:`LatencyControlledBiGRU`); ``chunk_size`` and ``chunk_right_context`` are in
+    frames after subsampling."""
+
+    def __init__(self, input_dim: int, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.subsampling = ConvSubsampling(input_dim, cfg.conv_channels, cfg.subsampling)
+        self.input_proj = nn.Linear(self.subsampling.output_dim, cfg.hidden_size)
+        self.rnn = LatencyControlledBiGRU(cfg.hidden_size, cfg.hidden_size, cfg.num_layers,
+                                          cfg.chunk_size, cfg.chunk_right_context, cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.output_dim = 2 * cfg.hidden_size
+        self.subsampling_factor = cfg.subsampling
+        self.right_context = cfg.chunk_size - 1 + cfg.chunk_right_context  # at most
+
+    def _front(self, h: torch.Tensor) -> torch.Tensor:
+        return self.dropout(torch.relu(self.input_proj(h)))
+
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor):
+        """x: (B, T, F) features; x_lens: (B,) -> (out (B, T', D), out_lens (B,))."""
+        h, lens = self.subsampling(x, x_lens)
+        lens = lens.clamp(min=1, max=h.shape[1])
+        return self.dropout(self.rnn(self._front(h), lens)), lens
+
+    def init_state(self, batch_size: int, device=None) -> LCBiGRUState:
+        cache, frames = self.subsampling.init_cache(batch_size, device)
+        H, W = self.cfg.hidden_size, self.cfg.chunk_size + self.cfg.chunk_right_context
+        return LCBiGRUState(
+            conv_cache=cache, conv_frames=frames,
+            rnn_hidden=torch.zeros(batch_size, self.cfg.num_layers, H, device=device),
+            pending=torch.zeros(batch_size, W, H, device=device),
+            pending_len=torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def streaming_forward(self, x: torch.Tensor, x_lens: torch.Tensor, state: LCBiGRUState,
+                          final: Optional[torch.Tensor] = None):
+        """x: (B, T, F) next frames, x_lens: (B,), final: (B,) bool (None: no row ends)
+        -> (out (B, T', D), out_lens (B,), state). Equal to :meth:`forward` frame by frame:
+        a window runs once its ``chunk + right`` frames are in, or the utterance ended."""
+        B = x.shape[0]
+        if final is None:
+            final = torch.zeros(B, dtype=torch.bool, device=x.device)
+        h, lens, cache, frames = self.subsampling.streaming_forward(
+            x, x_lens, state.conv_cache, state.conv_frames)
+        h = self._front(h)
+        W, C = state.pending.shape[1], self.rnn.chunk
+        both = torch.cat([state.pending, h], 1)
+        t = torch.arange(both.shape[1], device=x.device)[None, :]
+        buf, buf_len = pack_left(both, (t < state.pending_len[:, None]) |
+                                 ((t >= W) & (t < W + lens[:, None])))
+        hidden = state.rnn_hidden
+        outs, valid = [], []
+        while True:  # one pass per window that some row has complete
+            ready = (buf_len >= W) | (final & (buf_len > 0))
+            if not bool(ready.any()):
+                break
+            win_len = torch.where(ready, buf_len.clamp(max=W), torch.zeros_like(buf_len))
+            out, new_hidden = self.rnn.window(buf[:, :W], win_len, hidden)
+            hidden = torch.where(ready[:, None, None], new_hidden, hidden)
+            emitted = torch.where(ready, buf_len.clamp(max=C), torch.zeros_like(buf_len))
+            outs.append(out[:, :C])
+            valid.append(torch.arange(C, device=x.device)[None, :] < emitted[:, None])
+            shifted = F.pad(buf[:, C:], (0, 0, 0, C))
+            buf = torch.where(ready[:, None, None], shifted, buf)
+            buf_len = torch.where(ready, (buf_len - C).clamp(min=0), buf_len)
+        if outs:
+            out, out_lens = pack_left(torch.cat(outs, 1), torch.cat(valid, 1))
+        else:
+            out = x.new_zeros(B, 0, self.output_dim)
+            out_lens = torch.zeros(B, dtype=torch.long, device=x.device)
+        state = LCBiGRUState(cache, frames, hidden, buf[:, :W], buf_len)
+        return self.dropout(out), out_lens, state
+
+
 def build_encoder(input_dim: int, cfg: EncoderConfig) -> nn.Module:
     return ENCODERS.get(cfg.name)(input_dim, cfg)

@@ -40,6 +40,31 @@ def test_forward_only_chunks_equal_full_forward(subsampling, lookahead, chunk):
     _check(enc, x, lens, chunk)
 
 
+@pytest.mark.parametrize("chunk,right", [(4, 2), (3, 0), (2, 5)])
+@pytest.mark.parametrize("feed", [1, 5, 16])
+def test_lc_bgru_streaming_equals_its_chunked_forward(chunk, right, feed):
+    torch.manual_seed(1)
+    cfg = EncoderConfig(name="lc_bgru", subsampling=2, hidden_size=8, num_layers=2,
+                        conv_channels=3, chunk_size=chunk, chunk_right_context=right)
+    enc = build_encoder(10, cfg).eval()
+    lens = torch.tensor([40, 17, 2])
+    _check(enc, torch.randn(3, 40, 10), lens, feed)
+
+
+def test_lc_bgru_backward_sees_only_its_chunk_and_right_context():
+    torch.manual_seed(2)
+    cfg = EncoderConfig(name="lc_bgru", subsampling=1, hidden_size=8, num_layers=1,
+                        conv_channels=2, chunk_size=4, chunk_right_context=2)
+    enc = build_encoder(6, cfg).eval()
+    x = torch.randn(1, 24, 6)
+    out, _ = enc(x, torch.tensor([24]))
+    x2 = x.clone()
+    x2[:, 12:] += 1.0  # chunk 2 (frames 8..11) reads 12, 13 as right context
+    out2, _ = enc(x2, torch.tensor([24]))
+    torch.testing.assert_close(out[:, :8], out2[:, :8])  # chunk 1 reads up to frame 9
+    assert not torch.allclose(out[:, 8:12], out2[:, 8:12])
+
+
 def test_states_stack_and_split():
     cfg = EncoderConfig(bidirectional=False, lookahead=2, hidden_size=8, num_layers=1,
                         conv_channels=2)
@@ -57,3 +82,22 @@ def test_bidirectional_conv_rnn_refuses_to_stream():
     enc = build_encoder(6, EncoderConfig(hidden_size=8, num_layers=1, conv_channels=2))
     with pytest.raises(ValueError, match="forward-only GRU"):
         enc.streaming_forward(torch.randn(1, 8, 6), torch.tensor([8]), enc.init_state(1))
+
+
+def test_lc_bgru_directions_forward_carried_backward_reset_per_window():
+    from asr.encoders import LatencyControlledBiGRU
+
+    torch.manual_seed(3)
+    C, R, H = 4, 3, 5
+    rnn = LatencyControlledBiGRU(6, H, num_layers=1, chunk=C, right=R, dropout=0.0).eval()
+    x = torch.randn(1, 18, 6)
+    out = rnn(x, torch.tensor([18]))
+    # one layer: the forward half is a plain GRU over the whole utterance
+    plain, _ = rnn.forward_layers[0](x)
+    torch.testing.assert_close(out[..., :H], plain)
+    # the backward half of chunk k is a backward GRU from zero over frames kC .. kC+C+R-1
+    for k in range(0, 18 // C + 1):
+        window = x[:, k * C: k * C + C + R]
+        back, _ = rnn.backward_layers[0](window.flip(1))
+        n = min(C, 18 - k * C)
+        torch.testing.assert_close(out[:, k * C: k * C + n, H:], back.flip(1)[:, :n])
