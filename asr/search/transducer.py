@@ -26,7 +26,8 @@ from asr.search.types import Hypothesis, SearchResult
 
 LMScore = Callable[[Tuple[int, ...], int], float]
 
-__all__ = ["TransducerModel", "LMScore", "transducer_greedy", "transducer_beam"]
+__all__ = ["TransducerModel", "LMScore", "transducer_greedy", "transducer_beam",
+           "TransducerGreedyState", "transducer_greedy_init", "transducer_greedy_advance"]
 
 
 class TransducerModel(Protocol):
@@ -70,6 +71,77 @@ def _where(mask: Tensor, new: Tuple[Tensor, ...], old: Tuple[Tensor, ...]) -> Tu
     return tuple(out)
 
 
+@dataclass
+class TransducerGreedyState:
+    """Greedy search carried across chunks for one utterance: the prediction network's
+    state after the labels so far (batch 1) and its projected output ``dec_p (1, Dj)``,
+    the labels, their frames, the alignment's log-probability and the frames read."""
+
+    pred_state: Tuple[Tensor, ...]
+    dec_p: Tensor
+    tokens: List[int] = field(default_factory=list)
+    times: List[int] = field(default_factory=list)
+    score: float = 0.0
+    frames: int = 0
+
+
+@torch.no_grad()
+def transducer_greedy_init(head: TransducerModel, batch_size: int,
+                           device: Optional[torch.device] = None) -> List[TransducerGreedyState]:
+    """``batch_size`` fresh states: the prediction network has read the start blank."""
+    state = head.initial_state(batch_size, device)
+    start = torch.full((batch_size,), head.blank, dtype=torch.long, device=device)
+    dec, state = head.step(start, state)
+    dec_p = head.project_dec(dec)
+    return [TransducerGreedyState(_select(state, torch.tensor([b], device=device)), dec_p[b:b + 1])
+            for b in range(batch_size)]
+
+
+@torch.no_grad()
+def transducer_greedy_advance(head: TransducerModel, enc: Tensor, enc_lens: Tensor,
+                              states: List[TransducerGreedyState],
+                              max_symbols_per_frame: int = 3) -> List[TransducerGreedyState]:
+    """Run greedy search over the next frames of B utterances, one batch.
+
+    enc: ``(B, T, De)`` new encoder frames; enc_lens: ``(B,)`` valid ones; states: one per
+    row. Returns the new states (the given ones are not changed).
+    """
+    B, T, _ = enc.shape
+    device = enc.device
+    blank = head.blank
+    enc_p = head.project_enc(enc)  # (B, T, Dj)
+    lens = enc_lens.to(device).long()
+    state = tuple(torch.cat(parts, 0) for parts in zip(*(st.pred_state for st in states)))
+    dec_p = torch.cat([st.dec_p for st in states], 0)  # (B, Dj)
+    tokens = [list(st.tokens) for st in states]
+    times = [list(st.times) for st in states]
+    offsets = [st.frames for st in states]
+    scores = torch.zeros(B, dtype=torch.float64, device=device)
+    for t in range(T):
+        in_frame = t < lens  # rows still reading frame t
+        emitted = torch.zeros(B, dtype=torch.long, device=device)
+        while bool(in_frame.any()):
+            logp = head.join_projected(enc_p[:, t], dec_p).log_softmax(dim=-1)  # (B, V)
+            best_lp, best = logp.max(dim=-1)
+            emit = in_frame & (best != blank) & (emitted < max_symbols_per_frame)
+            leave = in_frame & ~emit
+            scores += torch.where(emit, best_lp, torch.where(leave, logp[:, blank], 0.0)).double()
+            in_frame = emit
+            if not bool(emit.any()):
+                break
+            emitted += emit.long()
+            for b in emit.nonzero().flatten().tolist():
+                tokens[b].append(int(best[b]))
+                times[b].append(offsets[b] + t)
+            new_dec, new_state = head.step(torch.where(emit, best, blank), state)
+            state = _where(emit, new_state, state)
+            dec_p = torch.where(emit[:, None], head.project_dec(new_dec), dec_p)
+    return [TransducerGreedyState(tuple(s[b:b + 1] for s in state), dec_p[b:b + 1], tokens[b],
+                                  times[b], states[b].score + float(scores[b]),
+                                  states[b].frames + int(lens[b]))
+            for b in range(B)]
+
+
 @SEARCHES.register("transducer_greedy")
 @torch.no_grad()
 def transducer_greedy(
@@ -98,40 +170,10 @@ def transducer_greedy(
     Returns:
         one :class:`SearchResult` with a single :class:`Hypothesis` per utterance.
     """
-    B, T, _ = enc.shape
-    device = enc.device
-    blank = head.blank
-    enc_p = head.project_enc(enc)  # (B, T, Dj)
-    lens = enc_lens.to(device).long()
-    state = head.initial_state(B, device)
-    dec, state = head.step(torch.full((B,), blank, dtype=torch.long, device=device), state)
-    dec_p = head.project_dec(dec)  # (B, Dj)
-    tokens: List[List[int]] = [[] for _ in range(B)]
-    times: List[List[int]] = [[] for _ in range(B)]
-    scores = torch.zeros(B, dtype=torch.float64, device=device)
-    for t in range(T):
-        in_frame = t < lens  # rows still reading frame t
-        emitted = torch.zeros(B, dtype=torch.long, device=device)
-        while bool(in_frame.any()):
-            logp = head.join_projected(enc_p[:, t], dec_p).log_softmax(dim=-1)  # (B, V)
-            best_lp, best = logp.max(dim=-1)
-            emit = in_frame & (best != blank) & (emitted < max_symbols_per_frame)
-            leave = in_frame & ~emit
-            scores += torch.where(emit, best_lp, torch.where(leave, logp[:, blank], 0.0)).double()
-            in_frame = emit
-            if not bool(emit.any()):
-                break
-            emitted += emit.long()
-            for b in emit.nonzero().flatten().tolist():
-                tokens[b].append(int(best[b]))
-                times[b].append(t)
-            new_dec, new_state = head.step(torch.where(emit, best, blank), state)
-            state = _where(emit, new_state, state)
-            dec_p = torch.where(emit[:, None], head.project_dec(new_dec), dec_p)
-    return [
-        SearchResult(nbest=[Hypothesis(tokens=tokens[b], score=float(scores[b]), times=times[b])])
-        for b in range(B)
-    ]
+    states = transducer_greedy_init(head, enc.shape[0], enc.device)
+    states = transducer_greedy_advance(head, enc, enc_lens, states, max_symbols_per_frame)
+    return [SearchResult(nbest=[Hypothesis(tokens=st.tokens, score=st.score, times=st.times)])
+            for st in states]
 
 
 @dataclass
