@@ -50,3 +50,17 @@ def test_global_cmvn_per_frame_and_utterance_cmvn_refused():
     model.cfg.cmvn = "utterance"
     with pytest.raises(ValueError, match="streaming needs cmvn: global"):
         streaming_front_end(model)
+
+
+@pytest.mark.parametrize("orig", [8000, 44100, 48000])
+@pytest.mark.parametrize("chunk", [1, 97, 6000])
+def test_streaming_resampler_equals_offline(orig, chunk):
+    from asr.audio import resample
+    from asr.streaming.resample import StreamingResampler
+
+    x = torch.randn(5003, generator=torch.Generator().manual_seed(orig))
+    r = StreamingResampler(orig, 16000)
+    y = torch.cat([r.accept(x[i:i + chunk]) for i in range(0, x.numel(), chunk)] + [r.flush()])
+    ref = resample(x, orig, 16000)
+    assert y.shape == ref.shape
+    assert (y - ref).abs().max() < 1e-5
