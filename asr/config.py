@@ -110,6 +110,25 @@ class DecodingConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """When a stream's segment ends, by trailing silence (sherpa-onnx's three rules), in
+    seconds; silence is the time since the last decoded token. 0 turns a rule off."""
+
+    silence_without_speech: float = 2.4  # nothing decoded yet in the segment
+    silence_after_speech: float = 1.2  # after the segment's last decoded token
+    max_segment: float = 20.0  # a segment this long ends anyway
+
+
+@dataclass
+class StreamingConfig:
+    """How ``asr.streaming`` decodes: the feature frames given to the encoder per step
+    (latency vs. batch efficiency) and the endpoint rules."""
+
+    chunk_frames: int = 16
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "exp"
     sample_rate: int = 16000
@@ -127,6 +146,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
 
 class ConfigError(ValueError):
