@@ -137,3 +137,27 @@ def test_non_streamable_models_refused():
         Recognizer(model, TOKENIZER)
     with pytest.raises(ValueError, match="not 'ctc_vocab'"):
         Recognizer(_model(), TOKENIZER, method="ctc_vocab")
+
+
+def test_cli_transcribe_streaming_equals_offline(tmp_path, capsys):
+    import json
+
+    from asr.__main__ import main
+    from asr.audio import save_audio
+    from asr.checkpoint import save_checkpoint
+
+    model = _model()
+    ckpt = save_checkpoint(tmp_path / "m" / "model.pt", model.cfg, TOKENIZER, model)
+    files = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    save_audio(files[0], _audio(14000, 1), 16000)
+    save_audio(files[1], _audio(9000, 2)[::2], 8000)  # resampled inside the stream
+    args = ["transcribe", "--model", str(ckpt), *map(str, files)]
+    assert main(args) == 0
+    offline = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(args[:3] + ["--streaming"] + args[3:]) == 0
+    streamed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [s["file"] for s in streamed] == list(map(str, files))
+    assert [s["text"] for s in streamed] == [o["text"] for o in offline]
+    assert any(o["text"] for o in offline)
+    seg = streamed[0]["segments"][0]
+    assert seg["times"] == offline[0]["times"] and seg["start"] == 0.0

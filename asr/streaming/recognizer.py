@@ -77,7 +77,7 @@ class Recognizer:
     def __init__(self, model, tokenizer: Tokenizer, config: Optional[StreamingConfig] = None,
                  head: Optional[str] = None, method: Optional[str] = None, beam: int = 8,
                  lm_score=None, lm_weight: float = 0.0, length_bonus: float = 0.0,
-                 max_symbols_per_frame: Optional[int] = None, **_ignored) -> None:
+                 max_symbols_per_frame: Optional[int] = None) -> None:
         if not hasattr(model.encoder, "init_state"):
             raise ValueError(f"encoder {model.cfg.encoder.name!r} cannot stream")
         self.model = model.eval()
