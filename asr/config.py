@@ -137,8 +137,12 @@ class ExperimentConfig:
     # utterance's own mean, which removes microphone/channel colouring (few-speaker corpora);
     # "utterance_smooth": only that mean's cmvn_smooth_order lowest cosine components (level,
     # tilt, broad colouring), keeping the finer shape that tells short words apart
+    # "running": subtract a causal running mean instead (the mean of the frames so far for
+    # the first cmvn_running_frames frames, then an exponential average over about that
+    # many), a per-utterance normalisation that streams
     cmvn: str = "global"
     cmvn_smooth_order: int = 4
+    cmvn_running_frames: int = 300
     specaugment: Optional[SpecAugmentConfig] = field(default_factory=SpecAugmentConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     heads: Dict[str, HeadConfig] = field(default_factory=lambda: {"ctc": HeadConfig()})

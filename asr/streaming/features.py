@@ -96,7 +96,13 @@ class StreamingFeatures:
 
 def streaming_front_end(model) -> StreamingFeatures:
     """A fresh feature state for an :class:`~asr.model.ASRModel`'s front end and CMVN."""
+    from asr.model import RunningMeanNormalization
+
+    if model.cfg.cmvn == "running":
+        running = RunningMeanNormalization(model.features.dim, model.cfg.cmvn_running_frames)
+        return StreamingFeatures(model.features, normalize=lambda f: model.cmvn(running(f)))
     if model.cfg.cmvn != "global":
         raise ValueError(f"cmvn {model.cfg.cmvn!r} subtracts each utterance's mean over all its "
-                         "frames, which a stream has only at its end; streaming needs cmvn: global")
+                         "frames, which a stream has only at its end; streaming needs cmvn: "
+                         "global or running")
     return StreamingFeatures(model.features, normalize=model.cmvn)
