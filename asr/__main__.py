@@ -104,7 +104,8 @@ def _transcribe_streaming(files, model, tokenizer, cfg, options) -> int:
 
     if options.get("warps") or options.get("vocabulary"):
         raise ValueError("--streaming decodes open vocabulary without warps; add --plain or "
-                         "choose --search ctc_greedy, ctc_prefix_beam or transducer_greedy")
+                         "choose --search ctc_greedy, ctc_prefix_beam, transducer_greedy or "
+                         "transducer_beam")
     keys = ("head", "method", "beam", "lm_score", "lm_weight", "length_bonus")
     recognizer = Recognizer(model, tokenizer, cfg.streaming,
                             **{k: v for k, v in options.items() if k in keys and v is not None})

@@ -44,7 +44,8 @@ def _feed(stream, wave, piece, rate=16000):
 
 @pytest.mark.parametrize("head,method,encoder", [
     ("ctc", "ctc_greedy", "conv_rnn"), ("ctc", "ctc_prefix_beam", "conv_rnn"),
-    ("transducer", "transducer_greedy", "conv_rnn"), ("ctc", "ctc_greedy", "lc_bgru")])
+    ("transducer", "transducer_greedy", "conv_rnn"), ("transducer", "transducer_beam", "conv_rnn"),
+    ("ctc", "ctc_greedy", "lc_bgru")])
 def test_batched_streams_equal_each_alone_and_offline(head, method, encoder):
     model = _model(head, encoder=encoder)
     rec = Recognizer(model, TOKENIZER, NO_ENDPOINT, method=method, beam=3)

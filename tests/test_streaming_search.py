@@ -86,3 +86,34 @@ def test_transducer_greedy_across_chunks_equals_offline(pred_type, sizes):
     for st, ref in zip(states, offline):
         assert (st.tokens, st.times) == (ref.best.tokens, ref.best.times)
         assert st.score == pytest.approx(ref.best.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("sizes", [[1] * 12, [5, 7], [12]])
+@pytest.mark.parametrize("with_lm", [False, True])
+def test_transducer_beam_across_chunks_equals_offline(sizes, with_lm):
+    from asr.search.transducer import TransducerBeamSearch, transducer_beam
+
+    torch.manual_seed(1)
+    head = TransducerHead(TransducerConfig(vocab_size=5, enc_dim=6, pred_dim=8, joiner_dim=10,
+                                           loss="reference")).eval()
+    with torch.no_grad():
+        head.output.weight.mul_(3.0)
+    enc = torch.randn(2, 12, 6, generator=torch.Generator().manual_seed(5))
+    lens = torch.tensor([12, 7])
+    options = dict(beam=3)
+    if with_lm:
+        options.update(lm_score=NgramLM.train([[1, 2, 3], [2, 4]], order=2, vocab_size=5,
+                                              end_of_sentence=True), lm_weight=0.5, length_bonus=0.3)
+    offline = transducer_beam(head, enc, lens, nbest=3, **options)
+    searches = [TransducerBeamSearch(head, **options) for _ in range(2)]
+    partial_seen = False
+    for piece, piece_lens in _chunks(enc, lens, sizes):
+        for b, search in enumerate(searches):
+            search.advance(head.project_enc(piece[b, : piece_lens[b]]))
+            partial_seen |= bool(search.result().best.tokens)
+    assert partial_seen  # partial results come before the end
+    for search, ref in zip(searches, offline):
+        got = search.result(nbest=3, final=True)
+        assert [h.tokens for h in got.nbest] == [h.tokens for h in ref.nbest]
+        assert [h.times for h in got.nbest] == [h.times for h in ref.nbest]
+        assert [h.score for h in got.nbest] == pytest.approx([h.score for h in ref.nbest])

@@ -241,40 +241,97 @@ def transducer_beam(
     lens = enc_lens.long().tolist()
     results = []
     for b in range(enc.shape[0]):
-        u_max = max_output_length if max_output_length is not None else 3 * lens[b]
-        hyps = _alsd_one(head, enc_p[b, : lens[b]], beam, lm_score, lm_weight, length_bonus, u_max)
-        results.append(
-            SearchResult(
-                nbest=[Hypothesis(tokens=list(h.tokens), score=h.score, times=list(h.times)) for h in hyps[:nbest]]
-                or [Hypothesis(tokens=[], score=0.0, times=[])]
-            )
-        )
+        search = TransducerBeamSearch(head, beam, lm_score, lm_weight, length_bonus,
+                                      max_output_length)
+        search.advance(enc_p[b, : lens[b]])
+        results.append(search.result(nbest, final=True))
     return results
 
 
-def _alsd_one(
-    head: TransducerModel,
-    enc_p: Tensor,
-    beam: int,
-    lm_score: Optional[LMScore],
-    lm_weight: float,
-    length_bonus: float,
-    u_max: int,
-) -> List[_Hyp]:
-    """ALSD over one utterance's projected encoder output ``enc_p (T, Dj)``; final hyps, best first."""
-    T = enc_p.shape[0]
-    if T == 0:
-        return []
-    device = enc_p.device
-    blank = head.blank
-    state = head.initial_state(1, device)
-    dec, state = head.step(torch.full((1,), blank, dtype=torch.long, device=device), state)
-    start = _Hyp(tokens=(), score=0.0, best=0.0, times=(), t=0, dec_p=head.project_dec(dec)[0], state=state)
-    active = [start]
-    final: Dict[Tuple[int, ...], _Hyp] = {}
-    for _ in range(T + u_max):
-        if not active:
-            break
+class TransducerBeamSearch:
+    """ALSD over one utterance whose projected encoder frames arrive in chunks:
+    ``advance(enc_p (T, Dj))`` with each chunk, ``result(nbest, final)`` at any time.
+
+    A step needs the frame of every active hypothesis and must know whether that frame is
+    the last, so it waits until the frame after each active hypothesis's has arrived (or
+    the utterance ended); the default label limit ``3 T`` waits likewise. The steps are
+    then those of the offline search, which is one ``advance`` and a final ``result``.
+    """
+
+    def __init__(self, head: TransducerModel, beam: int = 4, lm_score: Optional[LMScore] = None,
+                 lm_weight: float = 0.0, length_bonus: float = 0.0,
+                 max_output_length: Optional[int] = None) -> None:
+        self.head, self.beam = head, beam
+        self.lm_score, self.lm_weight, self.length_bonus = lm_score, lm_weight, length_bonus
+        self.max_output_length = max_output_length
+        device = head.output.weight.device if hasattr(head, "output") else None
+        state = head.initial_state(1, device)
+        dec, state = head.step(torch.full((1,), head.blank, dtype=torch.long, device=device), state)
+        dec_p = head.project_dec(dec)[0]
+        self.active = [_Hyp(tokens=(), score=0.0, best=0.0, times=(), t=0, dec_p=dec_p, state=state)]
+        self.final: Dict[Tuple[int, ...], _Hyp] = {}
+        self.enc_p = dec_p.new_zeros(0, dec_p.shape[-1])  # (T, Dj) frames so far
+        self.steps = 0
+        self.ended = False
+
+    @property
+    def frames(self) -> int:
+        return self.enc_p.shape[0]
+
+    @torch.no_grad()
+    def advance(self, enc_p: Tensor) -> None:
+        """enc_p: (T', Dj) the next projected encoder frames."""
+        self.enc_p = torch.cat([self.enc_p, enc_p.detach()])
+        self._run()
+
+    @torch.no_grad()
+    def result(self, nbest: int = 1, final: bool = False) -> SearchResult:
+        """Best first. ``final``: the utterance ends at the frames given so far (no more
+        may follow); otherwise the active hypotheses, a partial result."""
+        if final and not self.ended:
+            self.ended = True
+            self._run()
+            self._end_of_sentence()
+        pool = list(self.final.values()) if self.ended else self.active
+        hyps = sorted(pool, key=lambda h: h.score, reverse=True)[:nbest]
+        return SearchResult([Hypothesis(list(h.tokens), h.score, list(h.times)) for h in hyps]
+                            or [Hypothesis(tokens=[], score=0.0, times=[])])
+
+    def _end_of_sentence(self) -> None:
+        # an LM that scores the end of the sentence (NgramLM with end_of_sentence, WordLM)
+        # gets its last say
+        end = getattr(self.lm_score, "final", None)
+        if end is not None and self.lm_weight != 0.0:
+            ended = [h.score + self.lm_weight * end(h.tokens) for h in self.final.values()]
+            if any(s > -math.inf for s in ended):  # else keep the unfinished ones
+                for h, s in zip(self.final.values(), ended):
+                    h.score = s
+
+    def _run(self) -> None:
+        T = self.frames
+        if T == 0:
+            if self.ended:
+                self.active = []
+            return
+        u_max = self.max_output_length if self.max_output_length is not None else 3 * T
+        while self.active and (not self.ended or self.steps < T + u_max):
+            if not self.ended:
+                if max(h.t for h in self.active) + 1 >= T:
+                    return  # is the next hypothesis's frame the last? wait and see
+                if self.max_output_length is None and max(len(h.tokens) for h in self.active) >= u_max:
+                    return  # the limit 3 T may still grow
+            self._step(T, u_max)
+            self.steps += 1
+        if self.ended:
+            self.active = []
+
+    def _step(self, T: int, u_max: int) -> None:
+        """One ALSD step of every active hypothesis."""
+        head, beam, enc_p = self.head, self.beam, self.enc_p
+        lm_score, lm_weight, length_bonus = self.lm_score, self.lm_weight, self.length_bonus
+        active, final = self.active, self.final
+        device = enc_p.device
+        blank = head.blank
         frames = torch.tensor([h.t for h in active], device=device)
         logits = head.join_projected(enc_p[frames], torch.stack([h.dec_p for h in active]))
         logp = logits.log_softmax(dim=-1).double().cpu()  # (N, V)
@@ -337,12 +394,4 @@ def _alsd_one(
                 active.append(
                     _Hyp(tokens, c.score, c.best, p.times + (p.t,), p.t, dec_p[i], _select(new_state, torch.tensor([i])))
                 )
-    # an LM that scores the end of the sentence (NgramLM with end_of_sentence, WordLM)
-    # gets its last say
-    end = getattr(lm_score, "final", None)
-    if end is not None and lm_weight != 0.0:
-        ended = [h.score + lm_weight * end(h.tokens) for h in final.values()]
-        if any(s > -math.inf for s in ended):  # else keep the unfinished ones
-            for h, s in zip(final.values(), ended):
-                h.score = s
-    return sorted(final.values(), key=lambda h: h.score, reverse=True)
+        self.active = active

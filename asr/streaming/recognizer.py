@@ -18,13 +18,14 @@ import torch
 from asr.config import StreamingConfig
 from asr.encoders import split_state, stack_states
 from asr.search.ctc import CTCGreedyState, PrefixBeam, ctc_greedy_advance
-from asr.search.transducer import transducer_greedy_advance, transducer_greedy_init
+from asr.search.transducer import (TransducerBeamSearch, transducer_greedy_advance,
+                                   transducer_greedy_init)
 from asr.search.types import Hypothesis
 from asr.streaming.features import streaming_front_end
 from asr.streaming.resample import StreamingResampler
 from asr.text import Tokenizer
 
-STREAMING_SEARCHES = ("ctc_greedy", "ctc_prefix_beam", "transducer_greedy")
+STREAMING_SEARCHES = ("ctc_greedy", "ctc_prefix_beam", "transducer_greedy", "transducer_beam")
 
 
 @dataclass
@@ -71,7 +72,7 @@ class Recognizer:
 
     model: an :class:`~asr.model.ASRModel` with a streamable encoder (``init_state``) and
     global CMVN. ``method``: one of ``STREAMING_SEARCHES`` (default: the head's first);
-    ``beam``, ``lm_score``, ``lm_weight``, ``length_bonus`` go to ``ctc_prefix_beam``.
+    ``beam``, ``lm_score``, ``lm_weight``, ``length_bonus`` go to the beam searches.
     """
 
     def __init__(self, model, tokenizer: Tokenizer, config: Optional[StreamingConfig] = None,
@@ -119,10 +120,13 @@ class Recognizer:
         if self.method == "ctc_prefix_beam":
             return PrefixBeam(self.beam, lm=self.lm_score, lm_weight=self.lm_weight,
                               length_bonus=self.length_bonus)
+        if self.method == "transducer_beam":
+            return TransducerBeamSearch(self.head, self.beam, self.lm_score, self.lm_weight,
+                                        self.length_bonus)
         return transducer_greedy_init(self.head, 1)[0]
 
     def best(self, search, final: bool) -> Hypothesis:
-        if isinstance(search, PrefixBeam):
+        if isinstance(search, (PrefixBeam, TransducerBeamSearch)):
             return search.result(1, final=final).best
         return Hypothesis(list(search.tokens), search.score, list(search.times))
 
@@ -152,6 +156,10 @@ class Recognizer:
         if self.method == "transducer_greedy":
             searches = transducer_greedy_advance(self.head, enc, enc_lens, searches,
                                                  self.max_symbols_per_frame)
+        elif self.method == "transducer_beam":
+            enc_p = self.head.project_enc(enc)
+            for b, search in enumerate(searches):
+                search.advance(enc_p[b, : enc_lens[b]])
         else:
             log_probs = self.head(enc)
             if self.method == "ctc_greedy":
@@ -252,8 +260,8 @@ class Stream:
             segment=self._segment, start=offset * rec.frame_seconds, is_final=final)
 
     def reset(self) -> None:
-        """Start the next segment (after an endpoint); the audio, features and encoder
-        state carry on, so times stay relative to the stream's start."""
+        """Start the next segment (after an endpoint and its final result); the audio,
+        features and encoder state carry on, so times stay relative to the stream's start."""
         self._segment_start += self._search.frames
         self._segment += 1
         self._search = self._recognizer.new_search()
