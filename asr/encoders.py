@@ -202,21 +202,46 @@ class StackedRNN(nn.Module):
             h = out
         return h
 
-    def streaming_forward(self, x: torch.Tensor, lens: torch.Tensor, hidden: torch.Tensor):
-        """Forward-only GRU layers from carried states.
+    def streaming_forward(self, x: torch.Tensor, lens: torch.Tensor, hidden: torch.Tensor,
+                          cell: torch.Tensor):
+        """Forward-only layers from carried states.
 
-        x: (B, T, D), lens (B,) new frames, hidden: (B, L, H) -> (out (B, T, H), hidden).
+        x: (B, T, D), lens (B,) new frames; hidden: (B, N, H) the N layers' states; cell:
+        (B, N, H) their LSTM cells ((B, N, 0) for GRU) -> (out (B, T, H), hidden, cell).
         """
-        if self.backward_layers is not None or not isinstance(self.forward_layers[0], nn.GRU):
-            raise ValueError("streaming needs forward-only GRU layers (encoder.bidirectional: "
-                             "false, rnn_type: gru); encoder lc_bgru streams a bidirectional GRU")
-        h, states = x, []
+        if self.backward_layers is not None:
+            raise ValueError("streaming needs forward-only GRU or LSTM layers (encoder."
+                             "bidirectional: false); encoder lc_bgru streams a bidirectional GRU")
+        h, states, cells = x, [], []
         for i, fwd in enumerate(self.forward_layers):
             if i > 0:
                 h = self.dropout(h)
-            h, _ = fwd(h, hidden[:, i][None].contiguous())
-            states.append(last_valid(h, lens, hidden[:, i]))
-        return h, torch.stack(states, 1)
+            if isinstance(fwd, nn.LSTM):
+                h, (h_n, c_n) = self._lstm_rows(fwd, h, lens, hidden[:, i], cell[:, i])
+                states.append(h_n)
+                cells.append(c_n)
+            else:
+                h, _ = fwd(h, hidden[:, i][None].contiguous())
+                states.append(last_valid(h, lens, hidden[:, i]))
+        cell = torch.stack(cells, 1) if cells else cell
+        return h, torch.stack(states, 1), cell
+
+    @staticmethod
+    def _lstm_rows(lstm: nn.LSTM, x: torch.Tensor, lens: torch.Tensor, h0: torch.Tensor,
+                   c0: torch.Tensor):
+        """An LSTM over each row's valid frames (packed: nn.LSTM gives no per-step cells),
+        rows without frames keeping their state. x: (B, T, D); h0, c0: (B, H)."""
+        B, T, _ = x.shape
+        out = x.new_zeros(B, T, lstm.hidden_size)
+        h_n, c_n = h0.clone(), c0.clone()
+        rows = (lens > 0).nonzero().flatten()
+        if rows.numel():
+            packed = nn.utils.rnn.pack_padded_sequence(x[rows], lens[rows].cpu(), batch_first=True,
+                                                       enforce_sorted=False)
+            o, (h, c) = lstm(packed, (h0[rows][None].contiguous(), c0[rows][None].contiguous()))
+            out[rows] = nn.utils.rnn.pad_packed_sequence(o, batch_first=True, total_length=T)[0]
+            h_n[rows], c_n[rows] = h[0], c[0]
+        return out, (h_n, c_n)
 
 
 def last_valid(h: torch.Tensor, lens: torch.Tensor, default: torch.Tensor) -> torch.Tensor:
@@ -273,7 +298,8 @@ class ConvRNNState:
         (zeros before the first: its causal padding).
     conv_frames: (B, L) int64, frames each subsampling layer has read (their parity
         picks its stride-2 outputs).
-    rnn_hidden: (B, N, H), the N GRU layers' states.
+    rnn_hidden: (B, N, H), the N recurrent layers' states; rnn_cell: (B, N, H) their LSTM
+        cells, (B, N, 0) for GRU layers.
     lookahead: (B, K, D), GRU outputs waiting for their K frames of lookahead,
         right-aligned; lookahead_filled: (B,) int64, how many of the K slots are in use.
     """
@@ -281,6 +307,7 @@ class ConvRNNState:
     conv_cache: Tuple[torch.Tensor, ...]
     conv_frames: torch.Tensor
     rnn_hidden: torch.Tensor
+    rnn_cell: torch.Tensor
     lookahead: torch.Tensor
     lookahead_filled: torch.Tensor
 
@@ -327,6 +354,8 @@ class ConvRNNEncoder(nn.Module):
         return ConvRNNState(
             conv_cache=cache, conv_frames=frames,
             rnn_hidden=torch.zeros(batch_size, self.cfg.num_layers, H, device=device),
+            rnn_cell=torch.zeros(batch_size, self.cfg.num_layers,
+                                 H if self.cfg.rnn_type == "lstm" else 0, device=device),
             lookahead=torch.zeros(batch_size, K, self.output_dim, device=device),
             lookahead_filled=torch.zeros(batch_size, dtype=torch.long, device=device))
 
@@ -334,18 +363,18 @@ class ConvRNNEncoder(nn.Module):
                           final: Optional[torch.Tensor] = None):
         """x: (B, T, F) next frames, x_lens: (B,), final: (B,) bool (None: no row ends)
         -> (out (B, T', D), out_lens (B,), state). Chunk by chunk the frames equal
-        :meth:`forward` over the whole utterance (forward-only GRU configurations)."""
+        :meth:`forward` over the whole utterance (forward-only configurations)."""
         if final is None:
             final = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         h, lens, cache, frames = self.subsampling.streaming_forward(
             x, x_lens, state.conv_cache, state.conv_frames)
         h = self.dropout(torch.relu(self.input_proj(h)))
-        out, hidden = self.rnn.streaming_forward(h, lens, state.rnn_hidden)
+        out, hidden, cell = self.rnn.streaming_forward(h, lens, state.rnn_hidden, state.rnn_cell)
         buffer, filled = state.lookahead, state.lookahead_filled
         if self.row_conv is not None:
             out, lens, buffer, filled = self.row_conv.streaming_forward(out, lens, buffer, filled,
                                                                         final)
-        return self.dropout(out), lens, ConvRNNState(cache, frames, hidden, buffer, filled)
+        return self.dropout(out), lens, ConvRNNState(cache, frames, hidden, cell, buffer, filled)
 
 
 class LatencyControlledBiGRU(nn.Module):

@@ -28,12 +28,13 @@ def _check(enc, x, lens, chunk):
         assert (streamed[b] - full[b, : full_lens[b]]).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("subsampling,lookahead", [(4, 2), (2, 0), (8, 3), (1, 1)])
+@pytest.mark.parametrize("subsampling,lookahead,rnn", [(4, 2, "gru"), (2, 0, "gru"),
+                                                      (8, 3, "gru"), (1, 1, "gru"), (4, 2, "lstm")])
 @pytest.mark.parametrize("chunk", [1, 3, 7, 16])
-def test_forward_only_chunks_equal_full_forward(subsampling, lookahead, chunk):
+def test_forward_only_chunks_equal_full_forward(subsampling, lookahead, rnn, chunk):
     torch.manual_seed(0)
     cfg = EncoderConfig(subsampling=subsampling, bidirectional=False, lookahead=lookahead,
-                        hidden_size=12, num_layers=2, conv_channels=3)
+                        rnn_type=rnn, hidden_size=12, num_layers=2, conv_channels=3)
     enc = build_encoder(10, cfg).eval()
     lens = torch.tensor([45, 23, 1, 38])
     x = torch.randn(4, 45, 10)
@@ -80,7 +81,7 @@ def test_states_stack_and_split():
 
 def test_bidirectional_conv_rnn_refuses_to_stream():
     enc = build_encoder(6, EncoderConfig(hidden_size=8, num_layers=1, conv_channels=2))
-    with pytest.raises(ValueError, match="forward-only GRU"):
+    with pytest.raises(ValueError, match="forward-only GRU or LSTM"):
         enc.streaming_forward(torch.randn(1, 8, 6), torch.tensor([8]), enc.init_state(1))
 
 

@@ -132,7 +132,7 @@ def test_word_times_split_at_spaces():
 def test_non_streamable_models_refused():
     model = _model()
     model.encoder.rnn.backward_layers = torch.nn.ModuleList()  # stands for a bidirectional one
-    with pytest.raises(ValueError, match="forward-only GRU"):
+    with pytest.raises(ValueError, match="forward-only GRU or LSTM"):
         Recognizer(model, TOKENIZER)
     model = _model()
     model.cfg.cmvn = "utterance"
