@@ -71,7 +71,8 @@ class Recognizer:
     """A model shared by many streams.
 
     model: an :class:`~asr.model.ASRModel` with a streamable encoder (``init_state``) and
-    global CMVN. ``method``: one of ``STREAMING_SEARCHES`` (default: the head's first);
+    cmvn ``global`` or ``running`` (put in eval mode). ``config``: chunk size and endpoint
+    rules (default: the model's ``streaming`` section). ``method``: one of ``STREAMING_SEARCHES`` (default: the head's first);
     ``beam``, ``lm_score``, ``lm_weight``, ``length_bonus`` go to the beam searches.
     """
 
