@@ -80,6 +80,8 @@ def _transcribe(args) -> int:
 
     model, tokenizer, cfg = load_model(args.model)
     options = _decoding_options(args, model, tokenizer, cfg)
+    if args.streaming:
+        return _transcribe_streaming(args.files, model, tokenizer, cfg, options)
     for path in args.files:
         wave = load_audio(path, cfg.sample_rate)
         res = model.decode(wave[None], torch.tensor([wave.numel()]), **options)[0]
@@ -88,6 +90,59 @@ def _transcribe(args) -> int:
                           "score": round(res.best.score, 3),
                           "tokens": [tokenizer.token(t) for t in res.best.tokens],
                           "times": [round(t * frame, 3) for t in res.best.times]}))
+    return 0
+
+
+def _transcribe_streaming(files, model, tokenizer, cfg, options) -> int:
+    """Decode as the server would: every file is a client's stream, fed 100 ms at a time
+    at its own sample rate, the ready streams decoded together; a segment ends at an
+    endpoint (cfg.streaming's rules)."""
+    from dataclasses import asdict
+
+    from asr.audio import audio_info, load_audio
+    from asr.streaming import Recognizer
+
+    if options.get("warps") or options.get("vocabulary"):
+        raise ValueError("--streaming decodes open vocabulary without warps; add --plain or "
+                         "choose --search ctc_greedy, ctc_prefix_beam, transducer_greedy or "
+                         "transducer_beam")
+    keys = ("head", "method", "beam", "lm_score", "lm_weight", "length_bonus")
+    recognizer = Recognizer(model, tokenizer, cfg.streaming,
+                            **{k: v for k, v in options.items() if k in keys and v is not None})
+    audio = [(load_audio(path, sample_rate=None), audio_info(path)[1]) for path in files]
+    streams = [recognizer.create_stream() for _ in files]
+    segments = [[] for _ in files]
+    closed = [False for _ in files]
+    step = 0
+    while not all(closed):
+        for stream, (wave, rate) in zip(streams, audio):
+            piece = max(1, rate // 10)
+            if step * piece < wave.numel():
+                stream.accept_waveform(rate, wave[step * piece:(step + 1) * piece])
+            else:
+                stream.input_finished()
+        step += 1
+        while recognizer.decode_streams(streams):
+            for i, stream in enumerate(streams):
+                if not closed[i] and not stream.finished and stream.is_endpoint():
+                    result = stream.result()
+                    if result.tokens:
+                        segments[i].append(result)
+                    stream.reset()
+        for i, stream in enumerate(streams):
+            if stream.finished and not closed[i]:
+                result = stream.result()
+                if result.tokens or not segments[i]:
+                    segments[i].append(result)
+                closed[i] = True
+    for path, segs in zip(files, segments):
+        print(json.dumps({"file": path, "text": " ".join(r.text for r in segs if r.text),
+                          "segments": [{"start": round(r.start, 3), "text": r.text,
+                                        "tokens": [tokenizer.token(t) for t in r.tokens],
+                                        "times": [round(t, 3) for t in r.times],
+                                        "words": [{k: (round(v, 3) if isinstance(v, float) else v)
+                                                   for k, v in asdict(w).items()} for w in r.words]}
+                                       for r in segs]}))
     return 0
 
 
@@ -146,6 +201,9 @@ def main(argv=None) -> int:
     r = sub.add_parser("transcribe", help="transcribe audio files; one JSON line each")
     r.add_argument("--model", required=True)
     _add_decoding_arguments(r)
+    r.add_argument("--streaming", action="store_true",
+                   help="decode as the streaming server would: the files as concurrent streams "
+                   "fed 100 ms at a time, segments cut at endpoints (the model's streaming config)")
     r.add_argument("files", nargs="+")
     r.set_defaults(func=_transcribe)
 

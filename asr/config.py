@@ -28,6 +28,10 @@ class EncoderConfig:
     bidirectional: bool = True
     lookahead: int = 0  # row-convolution lookahead frames, forward-only models
     dropout: float = 0.1
+    # "lc_bgru" (latency-controlled bidirectional GRU): chunks of chunk_size frames, each
+    # read with chunk_right_context more frames by the backward direction (output rate)
+    chunk_size: int = 16
+    chunk_right_context: int = 8
 
 
 @dataclass
@@ -106,6 +110,25 @@ class DecodingConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """When a stream's segment ends, by trailing silence (sherpa-onnx's three rules), in
+    seconds; silence is the time since the last decoded token. 0 turns a rule off."""
+
+    silence_without_speech: float = 2.4  # nothing decoded yet in the segment
+    silence_after_speech: float = 1.2  # after the segment's last decoded token
+    max_segment: float = 20.0  # a segment this long ends anyway
+
+
+@dataclass
+class StreamingConfig:
+    """How ``asr.streaming`` decodes: the feature frames given to the encoder per step
+    (latency vs. batch efficiency) and the endpoint rules."""
+
+    chunk_frames: int = 16
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "exp"
     sample_rate: int = 16000
@@ -114,8 +137,12 @@ class ExperimentConfig:
     # utterance's own mean, which removes microphone/channel colouring (few-speaker corpora);
     # "utterance_smooth": only that mean's cmvn_smooth_order lowest cosine components (level,
     # tilt, broad colouring), keeping the finer shape that tells short words apart
+    # "running": subtract a causal running mean instead (the mean of the frames so far for
+    # the first cmvn_running_frames frames, then an exponential average over about that
+    # many), a per-utterance normalisation that streams
     cmvn: str = "global"
     cmvn_smooth_order: int = 4
+    cmvn_running_frames: int = 300
     specaugment: Optional[SpecAugmentConfig] = field(default_factory=SpecAugmentConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     heads: Dict[str, HeadConfig] = field(default_factory=lambda: {"ctc": HeadConfig()})
@@ -123,6 +150,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
 
 class ConfigError(ValueError):

@@ -112,6 +112,12 @@ class MelSpectrogram(nn.Module):
             # pad each utterance by reflection at its own end, not at the batch's: a frame
             # within an utterance then reads only its samples, the same alone or batched
             wave = reflect_pad_within_lengths(wave, wave_lens, c.n_fft // 2)
+        return self.from_padded(wave)
+
+    def from_padded(self, wave: torch.Tensor) -> torch.Tensor:
+        """Frames of an already padded wave (B, N') -> power mel (B, T, n_mels), T = 1 +
+        (N' - n_fft) // hop: the step after padding, which streaming reuses on its windows."""
+        c = self.cfg
         if c.remove_dc:
             spec = self._stft_without_dc(wave)
         else:
@@ -225,7 +231,12 @@ class FeatureExtractor(nn.Module):
         if wave_lens is None:
             wave_lens = torch.full((wave.shape[0],), wave.shape[-1], dtype=torch.long,
                                    device=wave.device)
-        mel = self.mel(wave, wave_lens)
+        feats = self.from_mel(self.mel(wave, wave_lens))
+        lens = torch.clamp(self.mel.num_frames(wave_lens), max=feats.shape[1])
+        return feats, lens
+
+    def from_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        """Power mel (B, T, n_mels) -> features (B, T, D)."""
         if self.pcen is not None:
             # PCEN works on magnitudes: sqrt of power, scaled like int32 audio (librosa docs).
             feats = self.pcen(mel.clamp(min=0).sqrt() * self.cfg.pcen_input_scale)
@@ -233,5 +244,4 @@ class FeatureExtractor(nn.Module):
             feats = torch.log(mel + self.cfg.log_floor)
         if self.lifter is not None:
             feats = feats @ self.lifter
-        lens = torch.clamp(self.mel.num_frames(wave_lens), max=feats.shape[1])
-        return feats, lens
+        return feats

@@ -33,7 +33,39 @@ class GlobalCMVN(nn.Module):
         return (x - self.mean) * self.inv_std
 
 
-CMVN_KINDS = ("global", "utterance", "utterance_smooth")
+CMVN_KINDS = ("global", "utterance", "utterance_smooth", "running")
+
+
+def running_mean_step(feats: torch.Tensor, mean: torch.Tensor, count: torch.Tensor,
+                      frames: int):
+    """Subtract a causal running mean, carried across chunks.
+
+    m_t = m_{t-1} + (x_t - m_{t-1}) / min(n_t, frames), n_t the frames read including
+    x_t: the plain mean of the first ``frames`` frames, then an exponential average.
+    feats: (B, T, D); mean: (B, D) and count: (B,) int64 before these frames (zeros at
+    the start) -> (feats - m (B, T, D), mean, count) after all T frames.
+    """
+    out = torch.empty_like(feats)
+    for t in range(feats.shape[1]):
+        count = count + 1
+        rate = 1.0 / count.clamp(max=frames).to(feats.dtype)
+        mean = mean + (feats[:, t] - mean) * rate[:, None]
+        out[:, t] = feats[:, t] - mean
+    return out, mean, count
+
+
+class RunningMeanNormalization:
+    """The streaming form of cmvn "running" for one utterance: ``(T, D) -> (T, D)``."""
+
+    def __init__(self, dim: int, frames: int) -> None:
+        self.frames = frames
+        self.mean = torch.zeros(1, dim)
+        self.count = torch.zeros(1, dtype=torch.long)
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        out, self.mean, self.count = running_mean_step(feats[None], self.mean, self.count,
+                                                       self.frames)
+        return out[0]
 
 
 def subtract_utterance_mean(feats: torch.Tensor, lens: torch.Tensor,
@@ -99,6 +131,13 @@ class ASRModel(nn.Module):
             return subtract_utterance_mean(feats, feat_lens)
         if self.cfg.cmvn == "utterance_smooth":
             return subtract_utterance_mean(feats, feat_lens, self.cfg.cmvn_smooth_order)
+        if self.cfg.cmvn == "running":
+            B, _, D = feats.shape
+            out, _, _ = running_mean_step(feats, feats.new_zeros(B, D),
+                                          torch.zeros(B, dtype=torch.long, device=feats.device),
+                                          self.cfg.cmvn_running_frames)
+            mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < feat_lens[:, None]
+            return out * mask.unsqueeze(-1)
         return feats
 
     def encode(self, waves: torch.Tensor, wave_lens: torch.Tensor):

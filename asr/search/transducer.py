@@ -26,7 +26,8 @@ from asr.search.types import Hypothesis, SearchResult
 
 LMScore = Callable[[Tuple[int, ...], int], float]
 
-__all__ = ["TransducerModel", "LMScore", "transducer_greedy", "transducer_beam"]
+__all__ = ["TransducerModel", "LMScore", "transducer_greedy", "transducer_beam",
+           "TransducerGreedyState", "transducer_greedy_init", "transducer_greedy_advance"]
 
 
 class TransducerModel(Protocol):
@@ -70,6 +71,77 @@ def _where(mask: Tensor, new: Tuple[Tensor, ...], old: Tuple[Tensor, ...]) -> Tu
     return tuple(out)
 
 
+@dataclass
+class TransducerGreedyState:
+    """Greedy search carried across chunks for one utterance: the prediction network's
+    state after the labels so far (batch 1) and its projected output ``dec_p (1, Dj)``,
+    the labels, their frames, the alignment's log-probability and the frames read."""
+
+    pred_state: Tuple[Tensor, ...]
+    dec_p: Tensor
+    tokens: List[int] = field(default_factory=list)
+    times: List[int] = field(default_factory=list)
+    score: float = 0.0
+    frames: int = 0
+
+
+@torch.no_grad()
+def transducer_greedy_init(head: TransducerModel, batch_size: int,
+                           device: Optional[torch.device] = None) -> List[TransducerGreedyState]:
+    """``batch_size`` fresh states: the prediction network has read the start blank."""
+    state = head.initial_state(batch_size, device)
+    start = torch.full((batch_size,), head.blank, dtype=torch.long, device=device)
+    dec, state = head.step(start, state)
+    dec_p = head.project_dec(dec)
+    return [TransducerGreedyState(_select(state, torch.tensor([b], device=device)), dec_p[b:b + 1])
+            for b in range(batch_size)]
+
+
+@torch.no_grad()
+def transducer_greedy_advance(head: TransducerModel, enc: Tensor, enc_lens: Tensor,
+                              states: List[TransducerGreedyState],
+                              max_symbols_per_frame: int = 3) -> List[TransducerGreedyState]:
+    """Run greedy search over the next frames of B utterances, one batch.
+
+    enc: ``(B, T, De)`` new encoder frames; enc_lens: ``(B,)`` valid ones; states: one per
+    row. Returns the new states (the given ones are not changed).
+    """
+    B, T, _ = enc.shape
+    device = enc.device
+    blank = head.blank
+    enc_p = head.project_enc(enc)  # (B, T, Dj)
+    lens = enc_lens.to(device).long()
+    state = tuple(torch.cat(parts, 0) for parts in zip(*(st.pred_state for st in states)))
+    dec_p = torch.cat([st.dec_p for st in states], 0)  # (B, Dj)
+    tokens = [list(st.tokens) for st in states]
+    times = [list(st.times) for st in states]
+    offsets = [st.frames for st in states]
+    scores = torch.zeros(B, dtype=torch.float64, device=device)
+    for t in range(T):
+        in_frame = t < lens  # rows still reading frame t
+        emitted = torch.zeros(B, dtype=torch.long, device=device)
+        while bool(in_frame.any()):
+            logp = head.join_projected(enc_p[:, t], dec_p).log_softmax(dim=-1)  # (B, V)
+            best_lp, best = logp.max(dim=-1)
+            emit = in_frame & (best != blank) & (emitted < max_symbols_per_frame)
+            leave = in_frame & ~emit
+            scores += torch.where(emit, best_lp, torch.where(leave, logp[:, blank], 0.0)).double()
+            in_frame = emit
+            if not bool(emit.any()):
+                break
+            emitted += emit.long()
+            for b in emit.nonzero().flatten().tolist():
+                tokens[b].append(int(best[b]))
+                times[b].append(offsets[b] + t)
+            new_dec, new_state = head.step(torch.where(emit, best, blank), state)
+            state = _where(emit, new_state, state)
+            dec_p = torch.where(emit[:, None], head.project_dec(new_dec), dec_p)
+    return [TransducerGreedyState(tuple(s[b:b + 1] for s in state), dec_p[b:b + 1], tokens[b],
+                                  times[b], states[b].score + float(scores[b]),
+                                  states[b].frames + int(lens[b]))
+            for b in range(B)]
+
+
 @SEARCHES.register("transducer_greedy")
 @torch.no_grad()
 def transducer_greedy(
@@ -98,40 +170,10 @@ def transducer_greedy(
     Returns:
         one :class:`SearchResult` with a single :class:`Hypothesis` per utterance.
     """
-    B, T, _ = enc.shape
-    device = enc.device
-    blank = head.blank
-    enc_p = head.project_enc(enc)  # (B, T, Dj)
-    lens = enc_lens.to(device).long()
-    state = head.initial_state(B, device)
-    dec, state = head.step(torch.full((B,), blank, dtype=torch.long, device=device), state)
-    dec_p = head.project_dec(dec)  # (B, Dj)
-    tokens: List[List[int]] = [[] for _ in range(B)]
-    times: List[List[int]] = [[] for _ in range(B)]
-    scores = torch.zeros(B, dtype=torch.float64, device=device)
-    for t in range(T):
-        in_frame = t < lens  # rows still reading frame t
-        emitted = torch.zeros(B, dtype=torch.long, device=device)
-        while bool(in_frame.any()):
-            logp = head.join_projected(enc_p[:, t], dec_p).log_softmax(dim=-1)  # (B, V)
-            best_lp, best = logp.max(dim=-1)
-            emit = in_frame & (best != blank) & (emitted < max_symbols_per_frame)
-            leave = in_frame & ~emit
-            scores += torch.where(emit, best_lp, torch.where(leave, logp[:, blank], 0.0)).double()
-            in_frame = emit
-            if not bool(emit.any()):
-                break
-            emitted += emit.long()
-            for b in emit.nonzero().flatten().tolist():
-                tokens[b].append(int(best[b]))
-                times[b].append(t)
-            new_dec, new_state = head.step(torch.where(emit, best, blank), state)
-            state = _where(emit, new_state, state)
-            dec_p = torch.where(emit[:, None], head.project_dec(new_dec), dec_p)
-    return [
-        SearchResult(nbest=[Hypothesis(tokens=tokens[b], score=float(scores[b]), times=times[b])])
-        for b in range(B)
-    ]
+    states = transducer_greedy_init(head, enc.shape[0], enc.device)
+    states = transducer_greedy_advance(head, enc, enc_lens, states, max_symbols_per_frame)
+    return [SearchResult(nbest=[Hypothesis(tokens=st.tokens, score=st.score, times=st.times)])
+            for st in states]
 
 
 @dataclass
@@ -199,40 +241,97 @@ def transducer_beam(
     lens = enc_lens.long().tolist()
     results = []
     for b in range(enc.shape[0]):
-        u_max = max_output_length if max_output_length is not None else 3 * lens[b]
-        hyps = _alsd_one(head, enc_p[b, : lens[b]], beam, lm_score, lm_weight, length_bonus, u_max)
-        results.append(
-            SearchResult(
-                nbest=[Hypothesis(tokens=list(h.tokens), score=h.score, times=list(h.times)) for h in hyps[:nbest]]
-                or [Hypothesis(tokens=[], score=0.0, times=[])]
-            )
-        )
+        search = TransducerBeamSearch(head, beam, lm_score, lm_weight, length_bonus,
+                                      max_output_length)
+        search.advance(enc_p[b, : lens[b]])
+        results.append(search.result(nbest, final=True))
     return results
 
 
-def _alsd_one(
-    head: TransducerModel,
-    enc_p: Tensor,
-    beam: int,
-    lm_score: Optional[LMScore],
-    lm_weight: float,
-    length_bonus: float,
-    u_max: int,
-) -> List[_Hyp]:
-    """ALSD over one utterance's projected encoder output ``enc_p (T, Dj)``; final hyps, best first."""
-    T = enc_p.shape[0]
-    if T == 0:
-        return []
-    device = enc_p.device
-    blank = head.blank
-    state = head.initial_state(1, device)
-    dec, state = head.step(torch.full((1,), blank, dtype=torch.long, device=device), state)
-    start = _Hyp(tokens=(), score=0.0, best=0.0, times=(), t=0, dec_p=head.project_dec(dec)[0], state=state)
-    active = [start]
-    final: Dict[Tuple[int, ...], _Hyp] = {}
-    for _ in range(T + u_max):
-        if not active:
-            break
+class TransducerBeamSearch:
+    """ALSD over one utterance whose projected encoder frames arrive in chunks:
+    ``advance(enc_p (T, Dj))`` with each chunk, ``result(nbest, final)`` at any time.
+
+    A step needs the frame of every active hypothesis and must know whether that frame is
+    the last, so it waits until the frame after each active hypothesis's has arrived (or
+    the utterance ended); the default label limit ``3 T`` waits likewise. The steps are
+    then those of the offline search, which is one ``advance`` and a final ``result``.
+    """
+
+    def __init__(self, head: TransducerModel, beam: int = 4, lm_score: Optional[LMScore] = None,
+                 lm_weight: float = 0.0, length_bonus: float = 0.0,
+                 max_output_length: Optional[int] = None) -> None:
+        self.head, self.beam = head, beam
+        self.lm_score, self.lm_weight, self.length_bonus = lm_score, lm_weight, length_bonus
+        self.max_output_length = max_output_length
+        device = head.output.weight.device if hasattr(head, "output") else None
+        state = head.initial_state(1, device)
+        dec, state = head.step(torch.full((1,), head.blank, dtype=torch.long, device=device), state)
+        dec_p = head.project_dec(dec)[0]
+        self.active = [_Hyp(tokens=(), score=0.0, best=0.0, times=(), t=0, dec_p=dec_p, state=state)]
+        self.final: Dict[Tuple[int, ...], _Hyp] = {}
+        self.enc_p = dec_p.new_zeros(0, dec_p.shape[-1])  # (T, Dj) frames so far
+        self.steps = 0
+        self.ended = False
+
+    @property
+    def frames(self) -> int:
+        return self.enc_p.shape[0]
+
+    @torch.no_grad()
+    def advance(self, enc_p: Tensor) -> None:
+        """enc_p: (T', Dj) the next projected encoder frames."""
+        self.enc_p = torch.cat([self.enc_p, enc_p.detach()])
+        self._run()
+
+    @torch.no_grad()
+    def result(self, nbest: int = 1, final: bool = False) -> SearchResult:
+        """Best first. ``final``: the utterance ends at the frames given so far (no more
+        may follow); otherwise the active hypotheses, a partial result."""
+        if final and not self.ended:
+            self.ended = True
+            self._run()
+            self._end_of_sentence()
+        pool = list(self.final.values()) if self.ended else self.active
+        hyps = sorted(pool, key=lambda h: h.score, reverse=True)[:nbest]
+        return SearchResult([Hypothesis(list(h.tokens), h.score, list(h.times)) for h in hyps]
+                            or [Hypothesis(tokens=[], score=0.0, times=[])])
+
+    def _end_of_sentence(self) -> None:
+        # an LM that scores the end of the sentence (NgramLM with end_of_sentence, WordLM)
+        # gets its last say
+        end = getattr(self.lm_score, "final", None)
+        if end is not None and self.lm_weight != 0.0:
+            ended = [h.score + self.lm_weight * end(h.tokens) for h in self.final.values()]
+            if any(s > -math.inf for s in ended):  # else keep the unfinished ones
+                for h, s in zip(self.final.values(), ended):
+                    h.score = s
+
+    def _run(self) -> None:
+        T = self.frames
+        if T == 0:
+            if self.ended:
+                self.active = []
+            return
+        u_max = self.max_output_length if self.max_output_length is not None else 3 * T
+        while self.active and (not self.ended or self.steps < T + u_max):
+            if not self.ended:
+                if max(h.t for h in self.active) + 1 >= T:
+                    return  # is the next hypothesis's frame the last? wait and see
+                if self.max_output_length is None and max(len(h.tokens) for h in self.active) >= u_max:
+                    return  # the limit 3 T may still grow
+            self._step(T, u_max)
+            self.steps += 1
+        if self.ended:
+            self.active = []
+
+    def _step(self, T: int, u_max: int) -> None:
+        """One ALSD step of every active hypothesis."""
+        head, beam, enc_p = self.head, self.beam, self.enc_p
+        lm_score, lm_weight, length_bonus = self.lm_score, self.lm_weight, self.length_bonus
+        active, final = self.active, self.final
+        device = enc_p.device
+        blank = head.blank
         frames = torch.tensor([h.t for h in active], device=device)
         logits = head.join_projected(enc_p[frames], torch.stack([h.dec_p for h in active]))
         logp = logits.log_softmax(dim=-1).double().cpu()  # (N, V)
@@ -295,12 +394,4 @@ def _alsd_one(
                 active.append(
                     _Hyp(tokens, c.score, c.best, p.times + (p.t,), p.t, dec_p[i], _select(new_state, torch.tensor([i])))
                 )
-    # an LM that scores the end of the sentence (NgramLM with end_of_sentence, WordLM)
-    # gets its last say
-    end = getattr(lm_score, "final", None)
-    if end is not None and lm_weight != 0.0:
-        ended = [h.score + lm_weight * end(h.tokens) for h in final.values()]
-        if any(s > -math.inf for s in ended):  # else keep the unfinished ones
-            for h, s in zip(final.values(), ended):
-                h.score = s
-    return sorted(final.values(), key=lambda h: h.score, reverse=True)
+        self.active = active

@@ -1,0 +1,268 @@
+"""The streaming runtime: one :class:`Recognizer` (the model, shared, holding no per-stream
+data) and a :class:`Stream` per utterance or client (sherpa-onnx's split).
+
+A stream takes audio at any rate in pieces of any size (``accept_waveform``), turns it
+into feature frames as they become computable, and waits for the recognizer: the
+recognizer's :meth:`Recognizer.decode_streams` runs the ready streams of any clients
+through the encoder as one batch (their encoder states stacked) and advances each one's
+search. ``result()`` gives the segment's partial or final text with word times,
+``is_endpoint()`` applies the trailing-silence rules, ``reset()`` starts the next segment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import torch
+
+from asr.config import StreamingConfig
+from asr.encoders import split_state, stack_states
+from asr.search.ctc import CTCGreedyState, PrefixBeam, ctc_greedy_advance
+from asr.search.transducer import (TransducerBeamSearch, transducer_greedy_advance,
+                                   transducer_greedy_init)
+from asr.search.types import Hypothesis
+from asr.streaming.features import streaming_front_end
+from asr.streaming.resample import StreamingResampler
+from asr.text import Tokenizer
+
+STREAMING_SEARCHES = ("ctc_greedy", "ctc_prefix_beam", "transducer_greedy", "transducer_beam")
+
+
+@dataclass
+class WordTime:
+    word: str
+    start: float  # seconds from the stream's start
+    end: float
+
+
+@dataclass
+class StreamResult:
+    """A segment's text so far. Times are seconds from the stream's start."""
+
+    text: str
+    tokens: List[int]
+    times: List[float]
+    words: List[WordTime] = field(default_factory=list)
+    segment: int = 0  # index of the segment within the stream
+    start: float = 0.0  # where the segment began
+    is_final: bool = False  # an endpoint or the end of the input closed it
+
+
+def word_times(tokens: Sequence[int], times: Sequence[float], tokenizer: Tokenizer,
+               frame_seconds: float) -> List[WordTime]:
+    """Words from token pieces (a space, or SentencePiece's "▁", starts a new word): each
+    starts at its first token's time and ends one frame after its last token's."""
+    words: List[WordTime] = []
+    current: Optional[WordTime] = None
+    for tok, t in zip(tokens, times):
+        for ch in tokenizer.token(tok).replace("\u2581", " "):
+            if ch == " ":
+                current = None
+                continue
+            if current is None:
+                current = WordTime("", t, t + frame_seconds)
+                words.append(current)
+            current.word += ch
+            current.end = t + frame_seconds
+    return words
+
+
+class Recognizer:
+    """A model shared by many streams.
+
+    model: an :class:`~asr.model.ASRModel` with a streamable encoder (``init_state``) and
+    cmvn ``global`` or ``running`` (put in eval mode). ``config``: chunk size and endpoint
+    rules (default: the model's ``streaming`` section). ``method``: one of ``STREAMING_SEARCHES`` (default: the head's first);
+    ``beam``, ``lm_score``, ``lm_weight``, ``length_bonus`` go to the beam searches.
+    """
+
+    def __init__(self, model, tokenizer: Tokenizer, config: Optional[StreamingConfig] = None,
+                 head: Optional[str] = None, method: Optional[str] = None, beam: int = 8,
+                 lm_score=None, lm_weight: float = 0.0, length_bonus: float = 0.0,
+                 max_symbols_per_frame: Optional[int] = None) -> None:
+        if not hasattr(model.encoder, "init_state"):
+            raise ValueError(f"encoder {model.cfg.encoder.name!r} cannot stream")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config or model.cfg.streaming
+        if self.config.chunk_frames < 1:
+            raise ValueError(f"streaming.chunk_frames must be >= 1, got {self.config.chunk_frames}")
+        self.head_name = head or next(iter(model.heads))
+        self.head = model.heads[self.head_name]
+        self.method = method or self.head.search_methods[0]
+        if self.method not in STREAMING_SEARCHES or self.method not in self.head.search_methods:
+            raise ValueError(f"streaming decodes head {self.head_name!r} with "
+                             f"{[m for m in STREAMING_SEARCHES if m in self.head.search_methods]}, "
+                             f"not {self.method!r}")
+        self.beam, self.lm_score, self.lm_weight, self.length_bonus = (
+            beam, lm_score, lm_weight, length_bonus)
+        if max_symbols_per_frame is None:
+            head_cfg = getattr(self.head, "config", None)
+            max_symbols_per_frame = getattr(head_cfg, "max_symbols_per_frame", 3)
+        self.max_symbols_per_frame = max_symbols_per_frame
+        # refuse a front end or encoder that cannot stream now, not at the first chunk
+        streaming_front_end(model)
+        with torch.no_grad():
+            model.encoder.streaming_forward(torch.zeros(1, 1, model.features.dim),
+                                            torch.ones(1, dtype=torch.long),
+                                            model.encoder.init_state(1))
+        cfg = model.cfg
+        self.sample_rate = cfg.features.sample_rate
+        self.frame_seconds = (cfg.features.hop_length * model.encoder.subsampling_factor
+                              / cfg.features.sample_rate)
+
+    def create_stream(self) -> "Stream":
+        return Stream(self)
+
+    def new_search(self):
+        """A search state for a fresh segment."""
+        if self.method == "ctc_greedy":
+            return CTCGreedyState()
+        if self.method == "ctc_prefix_beam":
+            return PrefixBeam(self.beam, lm=self.lm_score, lm_weight=self.lm_weight,
+                              length_bonus=self.length_bonus)
+        if self.method == "transducer_beam":
+            return TransducerBeamSearch(self.head, self.beam, self.lm_score, self.lm_weight,
+                                        self.length_bonus)
+        return transducer_greedy_init(self.head, 1)[0]
+
+    def best(self, search, final: bool) -> Hypothesis:
+        if isinstance(search, (PrefixBeam, TransducerBeamSearch)):
+            return search.result(1, final=final).best
+        return Hypothesis(list(search.tokens), search.score, list(search.times))
+
+    @torch.no_grad()
+    def decode_streams(self, streams: Sequence["Stream"]) -> int:
+        """Decode one chunk of every ready stream, all in one batch; returns how many."""
+        ready = [s for s in streams if s.is_ready()]
+        if not ready:
+            return 0
+        chunks, finals = [], []
+        for s in ready:
+            n = min(self.config.chunk_frames, s._pending.shape[0])
+            chunks.append(s._pending[:n])
+            finals.append(s._input_finished and n == s._pending.shape[0])
+            s._pending = s._pending[n:]
+        lens = torch.tensor([c.shape[0] for c in chunks])
+        x = torch.zeros(len(ready), max(1, int(lens.max())), chunks[0].shape[1])
+        for b, c in enumerate(chunks):
+            x[b, : c.shape[0]] = c
+        state = stack_states([s._encoder_state for s in ready])
+        enc, enc_lens, state = self.model.encoder.streaming_forward(
+            x, lens, state, torch.tensor(finals))
+        for s, row, final in zip(ready, split_state(state), finals):
+            s._encoder_state = row
+            s._finished = final
+        searches = [s._search for s in ready]
+        if self.method == "transducer_greedy":
+            searches = transducer_greedy_advance(self.head, enc, enc_lens, searches,
+                                                 self.max_symbols_per_frame)
+        elif self.method == "transducer_beam":
+            enc_p = self.head.project_enc(enc)
+            for b, search in enumerate(searches):
+                search.advance(enc_p[b, : enc_lens[b]])
+        else:
+            log_probs = self.head(enc)
+            if self.method == "ctc_greedy":
+                ctc_greedy_advance(log_probs, enc_lens, searches)
+            else:
+                for b, search in enumerate(searches):
+                    search.advance(log_probs[b, : enc_lens[b]])
+        for s, search in zip(ready, searches):
+            s._search = search
+        return len(ready)
+
+    def decode_stream(self, stream: "Stream") -> None:
+        """Decode all of one stream's ready audio."""
+        while self.decode_streams([stream]):
+            pass
+
+
+class Stream:
+    """One utterance's (or client's) audio, features, encoder and search state."""
+
+    def __init__(self, recognizer: Recognizer) -> None:
+        self._recognizer = recognizer
+        model = recognizer.model
+        self._features = streaming_front_end(model)
+        self._input_rate: Optional[int] = None
+        self._resampler: Optional[StreamingResampler] = None
+        self._pending = torch.zeros(0, model.features.dim)  # frames for the encoder
+        self._encoder_state = model.encoder.init_state(1)
+        self._search = recognizer.new_search()
+        self._segment = 0
+        self._segment_start = 0  # encoder frames before the current segment
+        self._input_finished = False
+        self._finished = False  # the encoder has had the last frame
+
+    def accept_waveform(self, sample_rate: int, samples) -> None:
+        """samples: (N,) float audio in [-1, 1] at ``sample_rate`` (resampled as needed;
+        a stream keeps the rate of its first piece)."""
+        if self._input_finished:
+            raise RuntimeError("accept_waveform() after input_finished()")
+        samples = torch.as_tensor(samples, dtype=torch.float32).reshape(-1)
+        if self._input_rate is None:
+            self._input_rate = int(sample_rate)
+            if sample_rate != self._recognizer.sample_rate:
+                self._resampler = StreamingResampler(sample_rate, self._recognizer.sample_rate)
+        elif sample_rate != self._input_rate:
+            raise ValueError(f"stream started at {self._input_rate} Hz, got {sample_rate} Hz")
+        if self._resampler is not None:
+            samples = self._resampler.accept(samples)
+        self._add_frames(self._features.accept(samples))
+
+    def input_finished(self) -> None:
+        """No more audio: the last frames (the end's padding) become ready."""
+        if self._input_finished:
+            return
+        if self._resampler is not None:
+            self._add_frames(self._features.accept(self._resampler.flush()))
+        self._add_frames(self._features.flush())
+        self._input_finished = True
+
+    def _add_frames(self, frames: torch.Tensor) -> None:
+        if frames.shape[0]:
+            self._pending = torch.cat([self._pending, frames])
+
+    def is_ready(self) -> bool:
+        """A chunk of frames is waiting, or the last frames after input_finished()."""
+        if self._finished:
+            return False
+        return (self._pending.shape[0] >= self._recognizer.config.chunk_frames
+                or self._input_finished)
+
+    @property
+    def finished(self) -> bool:
+        """All audio has been decoded."""
+        return self._finished
+
+    def is_endpoint(self) -> bool:
+        """The current segment ended by the trailing-silence rules of the config."""
+        rules = self._recognizer.config.endpoint
+        seconds = self._recognizer.frame_seconds
+        hyp = self._recognizer.best(self._search, final=False)
+        frames = self._search.frames
+        trailing = (frames - (hyp.times[-1] + 1 if hyp.tokens else 0)) * seconds
+        if rules.max_segment > 0 and frames * seconds >= rules.max_segment:
+            return True
+        limit = rules.silence_after_speech if hyp.tokens else rules.silence_without_speech
+        return limit > 0 and trailing >= limit
+
+    def result(self) -> StreamResult:
+        """The current segment: partial, or final at an endpoint or the end of the input."""
+        rec = self._recognizer
+        final = self._finished or self.is_endpoint()
+        hyp = rec.best(self._search, final=final)
+        offset = self._segment_start
+        times = [(offset + t) * rec.frame_seconds for t in hyp.times]
+        return StreamResult(
+            text=rec.tokenizer.decode(hyp.tokens), tokens=list(hyp.tokens), times=times,
+            words=word_times(hyp.tokens, times, rec.tokenizer, rec.frame_seconds),
+            segment=self._segment, start=offset * rec.frame_seconds, is_final=final)
+
+    def reset(self) -> None:
+        """Start the next segment (after an endpoint and its final result); the audio,
+        features and encoder state carry on, so times stay relative to the stream's start."""
+        self._segment_start += self._search.frames
+        self._segment += 1
+        self._search = self._recognizer.new_search()
