@@ -49,8 +49,9 @@ def test_concurrent_takers_get_distinct_clips(queue_db_url, tmp_path):
         try:
             start.wait()
             for _ in range(5):
-                with sessions() as db:
+                with sessions() as db:  # as the app does: take, commit; submit, commit
                     clip = leases.take_next(db, user, 60.0)
+                    db.commit()
                     taken.append(clip.utt_id)
                     leases.submit(db, user, clip.id, f"by {user}")
                     db.commit()
