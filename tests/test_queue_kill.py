@@ -16,7 +16,7 @@ CLIPS = 150
 KILL_AFTER = 40  # acknowledged labels before the kill
 
 
-def label_until_done_or_gone(base, name, cookies, acked, errors, stop):
+def label_until_done_or_gone(base, name, cookies, acked, errors, stop, cut_off):
     """Take and submit clips until the queue is empty or the server goes away."""
     client = httpx.Client(base_url=base, timeout=30, cookies=cookies)
     try:
@@ -33,6 +33,7 @@ def label_until_done_or_gone(base, name, cookies, acked, errors, stop):
             else:
                 errors.append(f"{name}: submit answered {r.status_code}")
     except httpx.TransportError:
+        cut_off.append(name)
         return  # the server died under us: whatever was not acknowledged may be lost
     except Exception as exc:
         errors.append(f"{name}: {exc!r}")
@@ -40,8 +41,8 @@ def label_until_done_or_gone(base, name, cookies, acked, errors, stop):
         client.close()
 
 
-def run_labelers(base, cookies, acked, errors, stop):
-    threads = [threading.Thread(target=label_until_done_or_gone, args=(base, n, c, acked, errors, stop))
+def run_labelers(base, cookies, acked, errors, stop, cut_off):
+    threads = [threading.Thread(target=label_until_done_or_gone, args=(base, n, c, acked, errors, stop, cut_off))
                for n, c in cookies.items()]
     [t.start() for t in threads]
     return threads
@@ -57,9 +58,9 @@ def test_sigkill_during_submissions_loses_no_acknowledged_label(queue_db_url, tm
         client = signed_in_client(server.base, n)
         cookies[n] = dict(client.cookies)
         client.close()
-    acked, errors, stop = [], [], threading.Event()
+    acked, errors, stop, cut_off = [], [], threading.Event(), []
     try:
-        threads = run_labelers(server.base, cookies, acked, errors, stop)
+        threads = run_labelers(server.base, cookies, acked, errors, stop, cut_off)
         deadline = time.monotonic() + 120
         while len(acked) < KILL_AFTER and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -67,6 +68,7 @@ def test_sigkill_during_submissions_loses_no_acknowledged_label(queue_db_url, tm
         [t.join(60) for t in threads]
         before_kill = list(acked)
         assert not errors and KILL_AFTER <= len(before_kill) < CLIPS
+        assert len(cut_off) == LABELERS  # the kill came while every labeler was still at work
 
         with sessions() as db:  # straight from the database, before anything else runs
             stored = set(db.execute(select(Clip.utt_id, User.name, Label.text)
@@ -78,7 +80,7 @@ def test_sigkill_during_submissions_loses_no_acknowledged_label(queue_db_url, tm
         # same database, new process; sign-ins and leases live in the database, so the
         # labelers carry on with their cookies and the clips they held
         server = QueueServer(queue_db_url, log_path=tmp_path / "server.log").start()
-        [t.join(200) for t in run_labelers(server.base, cookies, acked, errors, stop)]
+        [t.join(200) for t in run_labelers(server.base, cookies, acked, errors, stop, [])]
     finally:
         stop.set()
         server.stop()
