@@ -74,6 +74,7 @@ def test_an_abandoned_lease_returns_to_the_queue(queue):
     assert take(queue, BOB, lease=30, now=t0 + 10).utt_id != first.utt_id  # still ann's
     again = take(queue, CAT, lease=30, now=t0 + 31)  # ann's lease ran out
     assert again.utt_id == first.utt_id
+    assert take(queue, ANN, now=t0 + 32).utt_id not in (first.utt_id, "clip0001")  # ann moves on
     with queue() as db, pytest.raises(leases.LeaseError):
         leases.submit(db, ANN, first.id, "too late")  # cat holds it now
     with queue() as db:
@@ -168,3 +169,16 @@ def test_import_takes_scores_and_hypotheses_and_export_writes_a_manifest(queue_d
     first = json.loads(path.read_text().splitlines()[0])
     assert first["meta"]["al_score"] == 99.0 and first["meta"]["labelers"] == ["ann"]
     assert first["audio"] == clips[2].audio and first["sample_rate"] == 8000
+
+
+def test_the_migrations_build_the_schema_the_models_describe(queue_db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from active_learning.queue.db import make_engine, migrate
+    from active_learning.queue.models import Base
+
+    engine = make_engine(queue_db_url)
+    migrate(engine)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

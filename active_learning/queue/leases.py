@@ -55,9 +55,10 @@ def take_next(db: Session, user_id: int, lease_seconds: float, now: Optional[flo
     expires = now + lease_seconds
     held = held_clip(db, user_id)
     if held is not None:
-        db.execute(update(Clip).where(Clip.id == held.id, Clip.lease_user_id == user_id)
-                   .values(lease_expires_at=expires).execution_options(synchronize_session=False))
-        return db.get(Clip, held.id, populate_existing=True)
+        renewed = db.execute(update(Clip).where(Clip.id == held.id, Clip.lease_user_id == user_id)
+                             .values(lease_expires_at=expires).execution_options(synchronize_session=False))
+        if renewed.rowcount == 1:  # else someone took it since it expired: find another
+            return db.get(Clip, held.id, populate_existing=True)
     for _ in range(_TAKE_ATTEMPTS):
         best = (select(Clip.id).where(_open(now), _not_answered_by(user_id))
                 .order_by(Clip.priority.desc(), Clip.id).limit(1)
