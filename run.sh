@@ -12,6 +12,10 @@ install_system() {
     command -v flite >/dev/null || need+=(flite)
     command -v text2wave >/dev/null || need+=(festival)
     command -v sox >/dev/null || need+=(sox)
+    # the labeling queue's tests start a PostgreSQL server and drive a headless Chromium
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+    command -v chromium >/dev/null || need+=(chromium)
+    command -v chromedriver >/dev/null || need+=(chromium-driver)
     # every package the corpus generator names (voices included)
     while read -r pkg; do
         [[ -z "$pkg" || "$pkg" == \#* ]] && continue
@@ -27,9 +31,10 @@ install_system() {
 }
 
 install_python() {
-    if ! $PY -c "import asr, torch, torchaudio, librosa, jiwer, onnxruntime, pytest_timeout" 2>/dev/null; then
+    if ! $PY -c "import asr, torch, torchaudio, librosa, jiwer, onnxruntime, pytest_timeout,
+fastapi, uvicorn, sqlalchemy, alembic, psycopg, argon2, multipart, httpx, selenium" 2>/dev/null; then
         echo "installing Python packages (torch 2.14.1, torchaudio 2.11.0, ...)"
-        $PY -m pip install -q -e '.[test]'
+        $PY -m pip install -q -e '.[test,queue]'
     fi
 }
 

@@ -1,8 +1,9 @@
-"""Command line: ``python -m active_learning {score,select}``.
+"""Command line: ``python -m active_learning {score,select,queue}``.
 
 score: one JSON line per clip, ``{"id", "score"}`` (higher = more worth labeling),
 written as batches finish. select: the chosen clips as a manifest (the labeling queue),
-each with ``meta.al_score``; a JSON summary on stdout.
+each with ``meta.al_score``; a JSON summary on stdout. queue: the labeling queue web app
+and its database (``queue --help``).
 """
 from __future__ import annotations
 
@@ -103,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="diversity: scale a clip's score by this per clip of its speaker already chosen")
     t.add_argument("--out", required=True, help="manifest of the chosen clips")
     t.set_defaults(func=_select)
+
+    from active_learning.queue.cli import add_queue_parser
+
+    add_queue_parser(sub)
     return p
 
 

@@ -1,0 +1,50 @@
+"""``python -m active_learning queue init-db|add-user|import|stats|export`` on a manifest
+such as ``select`` writes (meta.al_score, meta.hypothesis)."""
+import io
+import json
+
+from active_learning.__main__ import main
+from active_learning.queue import auth, leases
+from active_learning.queue.db import make_engine, session_factory
+from asr.data import read_manifest, write_manifest
+from queue_helpers import make_clips
+
+
+def run(capsys, monkeypatch, *args, stdin=""):
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    assert main(["queue", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_queue_cli_init_add_user_import_stats_export(tmp_path, capsys, monkeypatch):
+    db = str(tmp_path / "queue.db")  # a bare path means SQLite
+    manifest = write_manifest(make_clips(tmp_path / "clips", 3), tmp_path / "selected.jsonl")
+    assert run(capsys, monkeypatch, "init-db", "--db", db)["revision"] == "0001"
+    assert run(capsys, monkeypatch, "init-db", "--db", db)["revision"] == "0001"  # idempotent
+    run(capsys, monkeypatch, "add-user", "--db", db, "ann", "--password-stdin", stdin="a long secret\n")
+    run(capsys, monkeypatch, "add-user", "--db", db, "boss", "--role", "admin", stdin="another secret\n")
+    assert run(capsys, monkeypatch, "import", "--db", db, str(manifest))["added"] == 3
+    assert run(capsys, monkeypatch, "import", "--db", db, str(manifest))["already_queued"] == 3
+
+    sessions = session_factory(make_engine(db))
+    with sessions() as s:
+        assert auth.check_password(s, "ann", "a long secret").role == "labeler"
+        assert auth.check_password(s, "boss", "another secret").role == "admin"
+        assert auth.check_password(s, "ann", "another secret") is None
+        clip = leases.take_next(s, 1, 60)
+        leases.submit(s, 1, clip.id, "hello there")
+        s.commit()
+
+    stats = json.loads(run_raw(capsys, monkeypatch, "stats", "--db", db))
+    assert stats["progress"] == {"clips": 3, "complete": 1, "flagged": 0, "remaining": 2,
+                                 "leased_now": 0, "labels_left": 2}
+    out = tmp_path / "labeled.jsonl"
+    assert run(capsys, monkeypatch, "export", "--db", db, "--out", str(out))["clips"] == 1
+    [utt] = read_manifest(out)
+    assert (utt.id, utt.text, utt.meta["hypothesis"], utt.meta["al_score"]) == ("clip0000", "hello there", "hyp 0", 3.0)
+
+
+def run_raw(capsys, monkeypatch, *args):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["queue", *args]) == 0
+    return capsys.readouterr().out
