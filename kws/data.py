@@ -159,7 +159,9 @@ def add_pitch_variants(clips: Sequence[Clip], semitones: Sequence[float], sample
 
     size = len(chosen) // (jobs * 4) + 1
     parts = [chosen[i:i + size] for i in range(0, len(chosen), size)]
-    with mp.get_context("fork").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    # spawn, not fork: a fork while another thread (torch's, tqdm's) holds a lock leaves
+    # the child waiting on it forever
+    with mp.get_context("spawn").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         results = pool.map(_pitch_variants, [([c.wave for c in p], steps, sample_rate) for p in parts])
     for part, variants in zip(parts, results):
         for c, v in zip(part, variants):

@@ -51,6 +51,30 @@ def test_pack_round_trip_and_truncation(tmp_path):
         read_pack(tmp_path / "missing")
 
 
+def test_shared_data_gives_the_workers_the_same_clips():
+    from recipes.speech_commands import crossval
+
+    rng = np.random.default_rng(3)
+    roles = {"speakers": [Clip(_int16_wave(rng, 900), 2, "real", "/c/a.flac", "a", (10, 800),
+                               variants=[_int16_wave(rng, 880), _int16_wave(rng, 950)])],
+             "extra": [Clip(_int16_wave(rng, 700), 1, "real", "/f/b.wav", "b", None)],
+             "synth": [Clip(_int16_wave(rng, 500), 3, "synthetic", "/s/x.wav", "tts", (0, 500))]}
+    noise = [_int16_wave(rng, 1600)]
+    flat, index = crossval.share_data(roles, noise)
+    assert flat.is_shared() and flat.numel() == 900 + 880 + 950 + 700 + 500 + 1600
+    crossval._init_worker(flat, index)  # what each worker process runs
+    try:
+        for role, clips in roles.items():
+            (a,), (b,) = clips, crossval._DATA["roles"][role]
+            assert torch.equal(a.wave, b.wave)
+            assert len(a.variants) == len(b.variants)
+            assert all(torch.equal(x, y) for x, y in zip(a.variants, b.variants))
+            assert (b.label, b.source, b.path, b.speaker, b.focus) == (a.label, a.source, a.path, a.speaker, a.focus)
+        assert torch.equal(crossval._DATA["noise"][0], noise[0])
+    finally:
+        crossval._DATA.clear()
+
+
 def _row(correct, n, acc=None):
     return {"val_class_correct": correct, "val_class_n": n,
             "val_accuracy": acc if acc is not None else sum(correct) / sum(n)}
@@ -79,7 +103,13 @@ def test_parse_variant():
         parse_variant("no_equals_sign")
 
 
+@pytest.mark.timeout(150)  # a deadlocked worker pool fails here instead of hanging
 def test_tiny_cross_validation_end_to_end(tmp_path):
+    """Every (variant, fold) in worker processes. The test holds tqdm's write lock the
+    whole time: a worker forked from this process would inherit it held and wait forever
+    in kws.train's progress bar (the deadlock the pool had), a fresh one does not."""
+    from tqdm import tqdm
+
     rng = np.random.default_rng(1)
     t = np.arange(16000) / 16000
 
@@ -95,9 +125,10 @@ def test_tiny_cross_validation_end_to_end(tmp_path):
     from pathlib import Path
 
     config = str(Path(__file__).resolve().parent.parent / "recipes" / "speech_commands" / "conf" / "crnn.yaml")
-    report = cross_validate(config, {"a": [], "b": ["features.kind=pcen"]}, roles, noise, tmp_path,
-                            folds=2, jobs=2, overrides=["train.epochs=2", "train.examples_per_epoch=48",
-                                                        "train.batch_size=16", "train.max_minutes=0"])
+    with tqdm.get_lock():
+        report = cross_validate(config, {"a": [], "b": ["features.kind=pcen"]}, roles, noise, tmp_path,
+                                folds=2, jobs=2, overrides=["train.epochs=2", "train.examples_per_epoch=48",
+                                                            "train.batch_size=16", "train.max_minutes=0"])
     for name in ("a", "b"):
         r = report["results"][name]
         assert r["folds"] == 2 and r["failed_folds"] == 0
