@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import BinaryIO, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -48,12 +49,27 @@ class Spotter(nn.Module):
         return self.crnn(self.features(wave))
 
 
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write(f)`` into a temp file beside ``path``, fsync, then rename over ``path``: a
+    run killed mid-write leaves the previous file whole, never half a checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the write failed
+
+
 def save_checkpoint(spotter: Spotter, out_dir: str | Path, extra: Optional[dict] = None) -> Path:
+    """``model.pt`` (written atomically) and ``config.yaml`` in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.pt"
-    torch.save({"config": to_dict(spotter.cfg), "state_dict": spotter.state_dict(),
-                "extra": extra or {}}, path)
+    state = {"config": to_dict(spotter.cfg), "state_dict": spotter.state_dict(), "extra": extra or {}}
+    write_atomically(path, lambda f: torch.save(state, f))
     save_kws_config(spotter.cfg, out_dir / "config.yaml")
     return path
 
@@ -343,8 +359,8 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
             save_checkpoint(spotter, out_dir, extra={"epoch": epoch, "val": row})
         if ema is not None:
             ema.swap(spotter.crnn)
-        with open(out_dir / "history.json", "w") as f:
-            json.dump(history, f, indent=1)
+        # read by cross-validation and by whoever watches a run: never half written
+        write_atomically(out_dir / "history.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
         if progress() >= 1.0 and epoch < tc.epochs:
             log.warning("stopping after %.1f minutes at epoch %d (train.max_minutes)", (time.time() - t0) / 60, epoch)
             stopped_early = True
