@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -24,7 +23,7 @@ from asr.augment import SpecAugment
 from asr.config import to_dict
 from asr.features import FeatureExtractor
 from kws.config import KWSConfig, kws_config_from_dict, save_kws_config
-from kws.data import Clip, NoiseBank, WindowMaker, balanced_draws
+from kws.data import Clip, NoiseBank, WindowMaker, balanced_draws, write_atomically
 from kws.model import CRNN, count_parameters
 
 log = logging.getLogger(__name__)
@@ -47,20 +46,6 @@ class Spotter(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.crnn(self.features(wave))
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """``write(f)`` into a temp file beside ``path``, fsync, then rename over ``path``: a
-    run killed mid-write leaves the previous file whole, never half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left when the write failed
 
 
 def save_checkpoint(spotter: Spotter, out_dir: str | Path, extra: Optional[dict] = None) -> Path:
@@ -371,6 +356,5 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
                "params": count_parameters(spotter.crnn), "minutes": (time.time() - t0) / 60,
                "epochs_run": len(history), "stopped_early": stopped_early,
                "train_clips": len(train_clips), "val_clips": len(val_clips)}
-    with open(out_dir / "train_summary.json", "w") as f:
-        json.dump(summary, f, indent=1)
+    write_atomically(out_dir / "train_summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
     return summary
