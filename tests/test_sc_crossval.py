@@ -75,6 +75,15 @@ def test_shared_data_gives_the_workers_the_same_clips():
         crossval._DATA.clear()
 
 
+def test_shared_data_says_when_dev_shm_is_too_small(monkeypatch):
+    from recipes.speech_commands import crossval
+
+    roles = {"speakers": [Clip(torch.zeros(16000), 2)], "extra": [], "synth": []}
+    monkeypatch.setattr(crossval, "shm_free_bytes", lambda: 1000)
+    with pytest.raises(RuntimeError, match="0 MB free"):
+        crossval.share_data(roles, [])
+
+
 def _row(correct, n, acc=None):
     return {"val_class_correct": correct, "val_class_n": n,
             "val_accuracy": acc if acc is not None else sum(correct) / sum(n)}

@@ -20,7 +20,8 @@ non-test clip is held out once), averaged over each run's last 10 epochs.
 
 A variant is ``name=override;override`` (``section.key=value``, values in YAML). Every
 run uses one thread; give each the same ``train.max_minutes`` when the machine is shared,
-so that all schedules end annealed under the same budget.
+so that all schedules end annealed under the same budget. The clips reach the worker
+processes through shared memory: /dev/shm must hold them all (in docker, ``--shm-size``).
 """
 from __future__ import annotations
 
@@ -163,7 +164,19 @@ def share_data(roles: Dict[str, list], noise: Sequence) -> tuple:
                            for c in roles[r]] for r in ROLES},
              "noise": [span(w) for w in noise]}
     flat = torch.cat(pieces) if pieces else torch.zeros(0)
+    need, free = flat.numel() * flat.element_size(), shm_free_bytes()
+    if free is not None and free < need:  # else a bus error in the middle of the copy
+        raise RuntimeError(f"cross-validation shares {need / 2**20:.0f} MB of audio through /dev/shm, which "
+                           f"has {free / 2**20:.0f} MB free (in docker: --shm-size)")
     return flat.share_memory_(), index
+
+
+def shm_free_bytes() -> int | None:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _init_worker(flat, index: dict) -> None:
