@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
@@ -40,16 +41,28 @@ def manifest_entry(path: str | Path, label: str, speaker: str = "", source: str 
             "meta": {"source": source, "split": split, **meta}}
 
 
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write(f)`` into a temp file beside ``path``, fsync, then rename over ``path``: a
+    run killed mid-write leaves the previous file whole, never half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the write failed
+
+
 def write_manifest(entries: Iterable[dict], path: str | Path) -> int:
+    """Write the entries as JSON lines, atomically (a recipe reuses a manifest it finds);
+    returns how many."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(path, "w") as f:
-        for e in entries:
-            if e:
-                f.write(json.dumps(e) + "\n")
-                n += 1
-    return n
+    lines = [json.dumps(e) + "\n" for e in entries if e]
+    write_atomically(path, lambda f: f.write("".join(lines).encode("utf-8")))
+    return len(lines)
 
 
 def read_manifest(path: str | Path) -> List[dict]:
@@ -159,7 +172,9 @@ def add_pitch_variants(clips: Sequence[Clip], semitones: Sequence[float], sample
 
     size = len(chosen) // (jobs * 4) + 1
     parts = [chosen[i:i + size] for i in range(0, len(chosen), size)]
-    with mp.get_context("fork").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    # spawn, not fork: a fork while another thread (torch's, tqdm's) holds a lock leaves
+    # the child waiting on it forever
+    with mp.get_context("spawn").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         results = pool.map(_pitch_variants, [([c.wave for c in p], steps, sample_rate) for p in parts])
     for part, variants in zip(parts, results):
         for c, v in zip(part, variants):

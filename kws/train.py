@@ -23,7 +23,7 @@ from asr.augment import SpecAugment
 from asr.config import to_dict
 from asr.features import FeatureExtractor
 from kws.config import KWSConfig, kws_config_from_dict, save_kws_config
-from kws.data import Clip, NoiseBank, WindowMaker, balanced_draws
+from kws.data import Clip, NoiseBank, WindowMaker, balanced_draws, write_atomically
 from kws.model import CRNN, count_parameters
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,12 @@ class Spotter(nn.Module):
 
 
 def save_checkpoint(spotter: Spotter, out_dir: str | Path, extra: Optional[dict] = None) -> Path:
+    """``model.pt`` (written atomically) and ``config.yaml`` in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.pt"
-    torch.save({"config": to_dict(spotter.cfg), "state_dict": spotter.state_dict(),
-                "extra": extra or {}}, path)
+    state = {"config": to_dict(spotter.cfg), "state_dict": spotter.state_dict(), "extra": extra or {}}
+    write_atomically(path, lambda f: torch.save(state, f))
     save_kws_config(spotter.cfg, out_dir / "config.yaml")
     return path
 
@@ -343,8 +344,8 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
             save_checkpoint(spotter, out_dir, extra={"epoch": epoch, "val": row})
         if ema is not None:
             ema.swap(spotter.crnn)
-        with open(out_dir / "history.json", "w") as f:
-            json.dump(history, f, indent=1)
+        # read by cross-validation and by whoever watches a run: never half written
+        write_atomically(out_dir / "history.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
         if progress() >= 1.0 and epoch < tc.epochs:
             log.warning("stopping after %.1f minutes at epoch %d (train.max_minutes)", (time.time() - t0) / 60, epoch)
             stopped_early = True
@@ -355,6 +356,5 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
                "params": count_parameters(spotter.crnn), "minutes": (time.time() - t0) / 60,
                "epochs_run": len(history), "stopped_early": stopped_early,
                "train_clips": len(train_clips), "val_clips": len(val_clips)}
-    with open(out_dir / "train_summary.json", "w") as f:
-        json.dump(summary, f, indent=1)
+    write_atomically(out_dir / "train_summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
     return summary

@@ -153,3 +153,22 @@ def test_pitch_variants_in_processes_match_the_sequential_ones():
         assert len(x.variants) == len(y.variants) == (2 if x.source == "real" else 0)
         for u, v in zip(x.variants, y.variants):
             assert torch.allclose(u, v, atol=1e-6)
+
+
+def test_a_manifest_write_that_fails_keeps_the_previous_manifest(tmp_path):
+    """The recipes reuse a manifest they find (synth.jsonl), so it is never left half written."""
+    from kws.data import read_manifest, write_manifest
+
+    path = tmp_path / "synth.jsonl"
+    old = [{"audio": f"/a/{i}.wav", "text": "yes"} for i in range(3)]
+    assert write_manifest(old, path) == 3
+
+    def dies_after_two():
+        yield {"audio": "/b/0.wav", "text": "no"}
+        yield {"audio": "/b/1.wav", "text": "no"}
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_manifest(dies_after_two(), path)
+    assert read_manifest(path) == old
+    assert [p.name for p in tmp_path.iterdir()] == ["synth.jsonl"]

@@ -83,6 +83,8 @@ def test_checkpoint_has_config_history_and_plot(trained):
         assert (ck / name).is_file(), name
     assert "gru_size: 16" in (ck / "config.yaml").read_text()
     assert trained["summary"]["val_accuracy"] > 0.6  # 4 classes: chance is 0.25
+    history = json.loads((ck / "history.json").read_text())
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
 
 
 def test_cli_evaluate_prints_one_json_line(trained):
@@ -123,7 +125,10 @@ def test_cli_evaluate_detection_keys_and_counts(trained, tmp_path):
         assert key in res
     assert res["positives"] == 6
     assert res["negative_hours"] == pytest.approx(20 / 3600, rel=1e-3)
-    assert 0.0 <= res["frr_at_0.5_fa_per_hour"] <= 1.0
+    # the model tells its "yes" (a 500 Hz burst) from the 3500 Hz "other words": at most one
+    # of the six is missed at the 0.5 threshold, or at the threshold above every false alarm
+    assert res["detected_at_threshold"] >= 5
+    assert res["frr_at_0.5_fa_per_hour"] <= 1 / 6
     assert (tmp_path / "det.png").stat().st_size > 1000
 
 
@@ -141,10 +146,12 @@ def test_noisy_validation_conditions_and_means(trained, tmp_path):
                            smooth_options=(1, 2))
     assert res["positives"] == 4 and res["negative_hours"] == pytest.approx(4 / 3600)
     assert list(res["conditions"]) == ["clean", "snr5_seed0", "snr5_seed1", "snr-20_seed0", "snr-20_seed1"]
-    for row in res["conditions"].values():
+    for name, row in res["conditions"].items():
         for h in ("1", "2"):
-            assert 0.0 <= row[h]["frr_at_0.5_fa_per_hour"] <= 1.0
             assert 0 <= row[h]["missed_at_zero_fa"] <= 4
+            if not name.startswith("snr-20"):  # clean and at 5 dB SNR every "yes" is found
+                assert row[h]["missed_at_zero_fa"] == 0 and row[h]["frr_at_0.5_fa_per_hour"] == 0.0, name
+                assert row[h]["mean_margin"] > 0.2, name
     noisy = [v for k, v in res["conditions"].items() if k != "clean"]
     assert res["mean_noisy"]["2"]["mean_margin"] == pytest.approx(np.mean([r["2"]["mean_margin"] for r in noisy]))
     # drowning the words in noise 20 dB louder than them costs margin against clean

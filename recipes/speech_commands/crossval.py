@@ -20,7 +20,8 @@ non-test clip is held out once), averaged over each run's last 10 epochs.
 
 A variant is ``name=override;override`` (``section.key=value``, values in YAML). Every
 run uses one thread; give each the same ``train.max_minutes`` when the machine is shared,
-so that all schedules end annealed under the same budget.
+so that all schedules end annealed under the same budget. The clips reach the worker
+processes through shared memory: /dev/shm must hold them all (in docker, ``--shm-size``).
 """
 from __future__ import annotations
 
@@ -135,7 +136,60 @@ def read_pack(pack_dir: str | Path) -> Tuple[Dict[str, list], list, int]:
 
 
 # ----------------------------------------------------------------------------- runs
-_DATA: dict = {}  # set before the worker processes fork (shared copy-on-write)
+_DATA: dict = {}  # this worker's clips and noise, set by _init_worker
+
+
+def share_data(roles: Dict[str, list], noise: Sequence) -> tuple:
+    """(flat, index): every wave (pitch variants included) in one flat float tensor (N,)
+    in shared memory, and the clips with (start, end) spans of it in place of their waves.
+
+    Workers are not forked from this process (a fork while torch's or tqdm's threads
+    hold a lock can leave the child waiting on it forever), so the data has to be sent to
+    them: as one shared tensor it is mapped, not copied per worker, and takes one file
+    descriptor, not one per clip."""
+    import dataclasses
+
+    import torch
+
+    pieces: list = []
+    offset = 0
+
+    def span(wave) -> Tuple[int, int]:
+        nonlocal offset
+        pieces.append(wave.reshape(-1).float())
+        offset += wave.numel()
+        return offset - wave.numel(), offset
+
+    index = {"roles": {r: [dataclasses.replace(c, wave=span(c.wave), variants=[span(v) for v in c.variants])
+                           for c in roles[r]] for r in ROLES},
+             "noise": [span(w) for w in noise]}
+    flat = torch.cat(pieces) if pieces else torch.zeros(0)
+    need, free = flat.numel() * flat.element_size(), shm_free_bytes()
+    if free is not None and free < need:  # else a bus error in the middle of the copy
+        raise RuntimeError(f"cross-validation shares {need / 2**20:.0f} MB of audio through /dev/shm, which "
+                           f"has {free / 2**20:.0f} MB free (in docker: --shm-size)")
+    return flat.share_memory_(), index
+
+
+def shm_free_bytes() -> int | None:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _init_worker(flat, index: dict) -> None:
+    """Pool initializer: rebuild the clips and noise of :func:`share_data` as views of the
+    shared tensor (nothing in training writes to a clip's wave)."""
+    import dataclasses
+
+    def view(s: Tuple[int, int]):
+        return flat[s[0]:s[1]]
+
+    _DATA["roles"] = {r: [dataclasses.replace(c, wave=view(c.wave), variants=[view(v) for v in c.variants])
+                          for c in clips] for r, clips in index["roles"].items()}
+    _DATA["noise"] = [view(s) for s in index["noise"]]
 
 
 def _run_one(task: dict) -> dict:
@@ -223,16 +277,25 @@ def cross_validate(config: str, variants: Dict[str, List[str]], roles: Dict[str,
     keys = {clip_key(c) for c in roles["speakers"]}
     if len({fold_of(k, folds) for k in keys}) < folds:
         raise ValueError(f"{len(keys)} speakers do not fill {folds} folds")
-    _DATA.update(roles=roles, noise=noise)
+    flat, index = share_data(roles, noise)
     tasks = [{"variant": v, "fold": f, "folds": folds, "config": config,
               "overrides": list(overrides) + ov, "out": str(out_dir / v / f"fold{f}")}
              for v, ov in variants.items() for f in range(folds)]
     results: List[dict] = []
-    with mp.get_context("fork").Pool(jobs, maxtasksperchild=1) as pool:
+    # not fork: maxtasksperchild makes the pool's thread fork new workers while the main
+    # thread may hold tqdm's lock, and a forked child then waits on it forever. The fork
+    # server is a fresh process that imports torch once (and holds no lock), so a worker
+    # starts without seconds of imports. Not this project's modules: Python 3.11's server
+    # imports them before it takes the parent's sys.path (from an installed copy, say).
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "matplotlib.pyplot"])
+    with ctx.Pool(jobs, initializer=_init_worker, initargs=(flat, index), maxtasksperchild=1) as pool:
         for r in tqdm(pool.imap_unordered(_run_one, tasks), total=len(tasks), desc="cross-validation runs"):
             results.append(r)
             log.info("%s fold %d: %s", r["variant"], r["fold"], r.get("error") or
                      f"{len(r['history'])} epochs, last held-out acc {r['history'][-1]['val_accuracy']:.3f}")
+        pool.close()  # a clean exit, not the context manager's terminate()
+        pool.join()
     report = {v: pooled([r for r in results if r["variant"] == v], labels) for v in variants}
     report = {"folds": folds, "speakers": len(keys), "variants": variants, "overrides": list(overrides),
               "results": report}

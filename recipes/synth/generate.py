@@ -830,7 +830,9 @@ def _run_jobs(todo: list, tmp_root: Path, jobs: int, progress: bool,
 
         # Interleave engines so slow festival/flite work is spread over the workers.
         todo = sorted(todo, key=lambda t: hashlib.sha1(t[0]["id"].encode()).hexdigest())
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        # spawn, not fork: a fork while another thread (tqdm's monitor) holds a lock leaves
+        # the child waiting on it forever
+        ctx = mp.get_context("spawn")
         with ctx.Pool(jobs, initializer=_pool_worker_init, initargs=(str(tmp_root),)) as pool:
             for result in pool.imap_unordered(_star_synth, todo, chunksize=4):
                 handle(result)
