@@ -6,7 +6,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-import asr.heads.ctc  # noqa: F401  (registers the heads)
+import asr.heads.attention  # noqa: F401  (registers the heads)
+import asr.heads.ctc  # noqa: F401
 import asr.heads.transducer  # noqa: F401
 from asr.augment import SpecAugment, warp_features
 from asr.config import ExperimentConfig, HeadConfig
