@@ -204,7 +204,8 @@ def attention_beam(head: AttentionModel, enc: Tensor, enc_lens: Tensor, beam: in
             psi = new_ctc = None
             if ctc is not None:
                 r = ctc_states[[h.ctc_row for h in running]]
-                labels = torch.where(cands == eos, 1 if eos != 1 else 2, cands)  # eos scored below
+                # eos is no CTC label: extend by a stand-in there, replaced by the full score
+                labels = torch.where(cands == eos, 1 if eos != 1 else 2, cands)
                 last = torch.tensor([h.tokens[-1] if h.tokens else -1 for h in running])
                 empty = torch.tensor([not h.tokens for h in running])
                 psi, new_ctc = ctc.extend(r, last, empty, labels)
