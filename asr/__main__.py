@@ -28,7 +28,10 @@ def _decoding_options(args, model, tokenizer, cfg) -> dict:
         model, tokenizer, cfg, args.model, plain=args.plain, head=args.head, method=args.search,
         beam=args.beam, vocab=args.vocab and _read_texts(args.vocab), warps=args.warps,
         lm_texts=args.lm_texts, lm_kind=args.lm_kind, lm_order=args.lm_order,
-        lm_weight=args.lm_weight, length_bonus=args.length_bonus, no_lm=args.no_lm)
+        lm_weight=args.lm_weight, length_bonus=args.length_bonus, no_lm=args.no_lm,
+        hotwords=args.hotwords and _read_texts(args.hotwords), hotword_boost=args.hotword_boost,
+        ctc_weight=args.ctc_weight, rescore=args.rescore, rescore_weight=args.rescore_weight,
+        nbest=args.nbest)
 
 
 def _evaluate(args) -> int:
@@ -52,6 +55,10 @@ def _evaluate(args) -> int:
                            "vocabulary": len(options.get("vocabulary", [])),
                            "warps": len(options.get("warps", [])),
                            "beam": options.get("beam"), "lm": "lm_score" in options}
+    # options past the saved defaults' kinds: named only when used
+    used = {"hotwords": len(set(_read_texts(args.hotwords))) if args.hotwords else None,
+            **{k: options.get(k) for k in ("ctc_weight", "rescore", "nbest")}}
+    metrics["decoding"].update({k: v for k, v in used.items() if v is not None})
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
     return 0
 
@@ -162,6 +169,17 @@ def _add_decoding_arguments(p) -> None:
     p.add_argument("--lm-weight", type=float)
     p.add_argument("--length-bonus", type=float)
     p.add_argument("--no-lm", action="store_true", help="ignore the LM of the model's decoding defaults")
+    p.add_argument("--hotwords", help="boost these phrases (text file, one a line, or .jsonl "
+                   "manifest) in the beam searches; a failed partial match loses its boost")
+    p.add_argument("--hotword-boost", type=float, default=2.0,
+                   help="log-score added per token of a hotword (default 2.0)")
+    p.add_argument("--ctc-weight", type=float, help="attention_beam: weight of the CTC head's "
+                   "prefix scores (joint CTC/attention decoding)")
+    p.add_argument("--rescore", metavar="HEAD", help="re-rank the search's N-best list with "
+                   "this attention head (give --nbest > 1)")
+    p.add_argument("--rescore-weight", type=float,
+                   help="share of the attention log-prob in the rescored score (default 0.5)")
+    p.add_argument("--nbest", type=int, help="hypotheses the search keeps per utterance")
     p.add_argument("--warps", type=float, nargs="*", metavar="ALPHA",
                    help="test-time VTLN: decode once per frequency-warp factor (e.g. 0.84 0.88 "
                    "... 1.16) and keep each utterance's best-scoring warp (no value: off)")

@@ -44,10 +44,16 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
                      warps: Optional[Sequence[float]] = None, lm_texts: Optional[str] = None,
                      lm_kind: Optional[str] = None, lm_order: Optional[int] = None,
                      lm_weight: Optional[float] = None, length_bonus: Optional[float] = None,
-                     no_lm: bool = False) -> Dict:
+                     no_lm: bool = False, hotwords: Optional[Sequence[str]] = None,
+                     hotword_boost: float = 2.0, ctc_weight: Optional[float] = None,
+                     rescore: Optional[str] = None, rescore_weight: Optional[float] = None,
+                     nbest: Optional[int] = None) -> Dict:
     """``head``, ``method`` and search options: each given value, else the model's saved
     default (none of them with ``plain``). A relative saved ``lm_texts`` is found beside
-    the checkpoint ``model_path``; ``no_lm`` drops the saved LM."""
+    the checkpoint ``model_path``; ``no_lm`` drops the saved LM. ``hotwords``: phrases
+    boosted by ``hotword_boost`` per token (through the LM-fusion interface); ``ctc_weight``:
+    joint CTC/attention decoding; ``rescore``: an attention head re-ranking the N-best
+    list (``nbest`` hypotheses) with ``rescore_weight``."""
     from asr.evaluate import vocab_search
 
     saved = cfg.decoding if not plain else type(cfg.decoding)()
@@ -82,4 +88,12 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
                              tokenizer),
             lm_weight=pick(lm_weight, saved.lm_weight),
             length_bonus=pick(length_bonus, saved.length_bonus))
+    if hotwords:
+        from asr.search.biasing import with_biasing
+
+        phrases = [p for p in dict.fromkeys(normalize_text(t) for t in hotwords) if p]
+        options = with_biasing(options, [tokenizer.encode(p) for p in phrases], hotword_boost)
+    given = {"ctc_weight": ctc_weight, "rescore": rescore, "rescore_weight": rescore_weight,
+             "nbest": nbest}
+    options.update({k: v for k, v in given.items() if v is not None})
     return {"head": head, "method": method, **options}

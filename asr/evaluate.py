@@ -29,8 +29,12 @@ def score(refs: Sequence[str], hyps: Sequence[str]) -> Dict[str, float]:
 
 def vocab_search(model: torch.nn.Module, head: Optional[str] = None) -> str:
     """Name of the closed-vocabulary search of ``head`` (default: the model's first)."""
-    h = model.heads[head or next(iter(model.heads))]
-    return next(m for m in h.search_methods if m.endswith("_vocab"))
+    name = head or next(iter(model.heads))
+    found = [m for m in model.heads[name].search_methods if m.endswith("_vocab")]
+    if not found:  # the attention head ranks no closed vocabulary
+        raise ValueError(f"head {name!r} has no closed-vocabulary search (its searches: "
+                         f"{model.heads[name].search_methods}); decode open with --plain or --search")
+    return found[0]
 
 
 def decode_rows(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[Utterance],

@@ -6,13 +6,16 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-import asr.heads.ctc  # noqa: F401  (registers the heads)
+import asr.heads.attention  # noqa: F401  (registers the heads)
+import asr.heads.ctc  # noqa: F401
 import asr.heads.transducer  # noqa: F401
 from asr.augment import SpecAugment, warp_features
 from asr.config import ExperimentConfig, HeadConfig
 from asr.encoders import build_encoder
 from asr.features import FeatureExtractor, dct_basis
+from asr.heads.ctc import CTCHead
 from asr.registry import HEADS
+from asr.search.rescore import rescore_nbest
 from asr.search.types import Hypothesis, SearchResult
 
 
@@ -159,8 +162,14 @@ class ASRModel(nn.Module):
     @torch.no_grad()
     def decode(self, waves: torch.Tensor, wave_lens: torch.Tensor, head: Optional[str] = None,
                method: Optional[str] = None, warps: Optional[Sequence[float]] = None,
+               rescore: Optional[str] = None, rescore_weight: float = 0.5,
                **options) -> List[SearchResult]:
         """Decode with one head (default: the first) and a search method by name.
+
+        ``rescore``: the name of an attention head that re-ranks the search's N-best list
+        (:func:`asr.search.rescore.rescore_nbest` with ``rescore_weight``; ask the search
+        for ``nbest`` > 1). A ``ctc_weight`` option of an attention search gets the CTC
+        head's log-probabilities on the same encoder output (joint CTC/attention decoding).
 
         ``warps``: test-time vocal tract length normalisation. The audio is decoded once
         per frequency-warp factor (e.g. 0.88 ... 1.12) and each utterance keeps the warp
@@ -173,14 +182,27 @@ class ASRModel(nn.Module):
             raise ValueError(f"model has heads {list(self.heads)}, not {name!r}")
         h = self.heads[name]
         method = method or h.search_methods[0]
+        second = self.heads[rescore] if rescore in self.heads else None
+        if rescore is not None and not hasattr(second, "sequence_log_probs"):
+            raise ValueError(f"rescore needs an attention head among {list(self.heads)}, not {rescore!r}")
+        if options.get("ctc_weight"):
+            ctc = next((m for m in self.heads.values() if isinstance(m, CTCHead)), None)
+            if ctc is None:
+                raise ValueError(f"ctc_weight needs a CTC head; the model has {list(self.heads)}")
+
+        def run(enc: torch.Tensor, enc_lens: torch.Tensor) -> List[SearchResult]:
+            extra = {"ctc_log_probs": ctc(enc)} if options.get("ctc_weight") else {}
+            results = h.decode(enc, enc_lens, method, **options, **extra)
+            if rescore is not None:
+                results = rescore_nbest(second, enc, enc_lens, results, rescore_weight)
+            return results
+
         if not warps:
-            enc, enc_lens = self.encode(waves, wave_lens)
-            return h.decode(enc, enc_lens, method, **options)
+            return run(*self.encode(waves, wave_lens))
         if any(not 0.5 <= float(a) <= 2.0 for a in warps):
             raise ValueError(f"warps must lie in [0.5, 2.0], got {list(warps)}")
         feats, feat_lens = self.normalized_features(waves, wave_lens)  # once for all warps
-        per_warp = [h.decode(*self.encoder(warp_features(feats, float(a)), feat_lens), method,
-                             **options) for a in warps]
+        per_warp = [run(*self.encoder(warp_features(feats, float(a)), feat_lens)) for a in warps]
         merged = []
         for results in zip(*per_warp):
             pool: Dict[tuple, Hypothesis] = {}

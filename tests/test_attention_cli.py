@@ -1,0 +1,84 @@
+"""A model with CTC and attention heads: `python -m asr evaluate --head attention` reaches
+the attention searches, and the model wires joint CTC/attention decoding, N-best
+rescoring and hotwords through its decode options."""
+import json
+
+import pytest
+import torch
+
+from asr.__main__ import main
+from asr.checkpoint import save_checkpoint
+from asr.config import HeadConfig
+from asr.data import UtteranceDataset, collate, read_manifest
+from asr.model import ASRModel
+from asr.search.attention import attention_beam
+from asr.search.rescore import rescore_nbest
+from asr.text import build_tokenizer
+from conftest import WORDS
+from test_train import tiny_config
+
+
+@pytest.fixture
+def two_heads(tone_corpus):
+    torch.manual_seed(0)
+    cfg = tiny_config(tone_corpus)
+    cfg.heads = {"ctc": HeadConfig(weight=0.3),
+                 "attention": HeadConfig(options={"dim": 16, "attention_dim": 8, "location_kernel": 5,
+                                                  "max_length_ratio": 0.5})}
+    tok = build_tokenizer("char", WORDS)
+    model = ASRModel(cfg, tok.vocab_size).eval()
+    with torch.no_grad():  # sharper outputs than at initialisation: labels get emitted
+        model.heads["ctc"].proj.weight.mul_(8.0)
+        model.heads["attention"].decoder.output.weight.mul_(4.0)
+    return model, tok, cfg
+
+
+def test_evaluate_cli_decodes_with_the_attention_head(tmp_path, tone_corpus, two_heads, capsys):
+    model, tok, cfg = two_heads
+    path = save_checkpoint(tmp_path / "model.pt", cfg, tok, model)
+    common = ["evaluate", "--model", str(path), "--corpus", "manifest", "--data", str(tone_corpus),
+              "--threads", "1"]
+    runs = [(["--head", "attention"], {"method": "default"}),
+            (["--head", "attention", "--search", "attention_beam", "--beam", "2"],
+             {"method": "attention_beam", "beam": 2}),
+            (["--head", "attention", "--search", "attention_beam", "--ctc-weight", "0.3"],
+             {"method": "attention_beam", "ctc_weight": 0.3}),
+            (["--head", "ctc", "--search", "ctc_prefix_beam", "--nbest", "3", "--rescore", "attention"],
+             {"method": "ctc_prefix_beam", "nbest": 3, "rescore": "attention"}),
+            (["--head", "ctc", "--search", "ctc_prefix_beam", "--hotwords", str(tone_corpus)],
+             {"method": "ctc_prefix_beam", "hotwords": 4, "lm": True})]
+    for flags, expected in runs:
+        assert main(common + flags) == 0, flags
+        metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert metrics["utterances"] == 8 and metrics["wer"] >= 0.0, flags
+        assert {k: metrics["decoding"][k] for k in expected} == expected
+    assert main(common + ["--head", "attention", "--search", "ctc_greedy"]) == 2
+    assert "attention head decodes with" in capsys.readouterr().err
+    assert main(common + ["--head", "attention", "--vocab", str(tone_corpus)]) == 2
+    assert "no closed-vocabulary search" in capsys.readouterr().err
+
+
+def test_model_wires_joint_decoding_and_rescoring(tone_corpus, two_heads):
+    model, tok, cfg = two_heads
+    ds = UtteranceDataset(read_manifest(tone_corpus), tok.encode, cfg.sample_rate)
+    batch = collate([ds[i] for i in range(4)])
+    enc, enc_lens = model.encode(batch.waves, batch.wave_lens)
+    with torch.no_grad():
+        ctc_lp = model.heads["ctc"](enc)
+        joint = attention_beam(model.heads["attention"], enc, enc_lens, beam=3, ctc_log_probs=ctc_lp,
+                               ctc_weight=0.4)
+        first = model.heads["ctc"].decode(enc, enc_lens, "ctc_prefix_beam", beam=4, nbest=4)
+        rescored = rescore_nbest(model.heads["attention"], enc, enc_lens, first, 0.7)
+    got = model.decode(batch.waves, batch.wave_lens, head="attention", method="attention_beam",
+                       beam=3, ctc_weight=0.4)
+    assert [(r.best.tokens, r.best.score) for r in got] == [(r.best.tokens, r.best.score) for r in joint]
+    assert joint != attention_beam(model.heads["attention"], enc, enc_lens, beam=3)  # CTC counted
+    got = model.decode(batch.waves, batch.wave_lens, head="ctc", method="ctc_prefix_beam", beam=4,
+                       nbest=4, rescore="attention", rescore_weight=0.7)
+    assert got == rescored
+    with pytest.raises(ValueError, match="attention head"):
+        model.decode(batch.waves, batch.wave_lens, head="ctc", rescore="ctc")
+    del model.heads["ctc"]
+    with pytest.raises(ValueError, match="CTC head"):
+        model.decode(batch.waves, batch.wave_lens, head="attention", method="attention_beam",
+                     ctc_weight=0.4)
