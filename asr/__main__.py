@@ -1,4 +1,4 @@
-"""Command line: ``python -m asr {train,evaluate,transcribe}``."""
+"""Command line: ``python -m asr {train,evaluate,transcribe,average}``."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,17 @@ def _train(args) -> int:
                       "epochs": result.epochs_done, "train_seconds": round(result.train_seconds, 1),
                       "utterances_per_second": round(result.utterances_per_second, 2),
                       "rejected": len(result.rejected)}))
+    return 0
+
+
+def _average(args) -> int:
+    from asr.average import average_to, last_checkpoints
+
+    if bool(args.exp) == bool(args.checkpoints):
+        raise ValueError("give either --exp E --last N or checkpoint paths")
+    paths = last_checkpoints(args.exp, args.last) if args.exp else args.checkpoints
+    out = average_to(paths, args.out)
+    print(json.dumps({"model": str(out), "averaged": [str(p) for p in paths]}))
     return 0
 
 
@@ -206,6 +217,14 @@ def main(argv=None) -> int:
                    "fed 100 ms at a time, segments cut at endpoints (the model's streaming config)")
     r.add_argument("files", nargs="+")
     r.set_defaults(func=_transcribe)
+
+    a = sub.add_parser("average", help="average the weights of several checkpoints "
+                       "(e.g. a run's last epochs) into one model")
+    a.add_argument("--exp", help="experiment folder: average its newest epoch-N.pt files")
+    a.add_argument("--last", type=int, default=5, help="how many (with --exp; default 5)")
+    a.add_argument("--out", required=True, help="the averaged model (.pt)")
+    a.add_argument("checkpoints", nargs="*", help="checkpoints to average (instead of --exp)")
+    a.set_defaults(func=_average)
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

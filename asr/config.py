@@ -80,7 +80,7 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 2
     checkpoint_every: int = 200  # steps; a checkpoint is also written at every epoch end
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # epoch-N.pt files kept (the newest), for `asr average`
     valid_max_utts: int = 200
     # time budget: the LR schedule anneals over min(epochs, budget) and training stops
     # when it is spent, so a run ends on time on any machine

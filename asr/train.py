@@ -288,6 +288,17 @@ class Trainer:
             rejected_loads={"train": [r.__dict__ for r in self.train_set.rejected],
                             "valid": [r.__dict__ for r in self.valid_set.rejected]})
 
+    def _save_epoch(self) -> Path:
+        """``epoch-N.pt`` (weights, config, tokenizer) after epoch N, keeping the newest
+        ``keep_checkpoints`` of them for ``python -m asr average``."""
+        from asr.average import epoch_checkpoints
+
+        path = save_checkpoint(self.exp_dir / f"epoch-{self.epoch}.pt", self.cfg,
+                               self.tokenizer, self.model, step=self.step, epoch=self.epoch)
+        for old in epoch_checkpoints(self.exp_dir)[:-max(1, self.cfg.train.keep_checkpoints)]:
+            old.unlink()
+        return path
+
     def _resume(self) -> bool:
         path = self.exp_dir / "last.pt"
         if not path.exists():
@@ -396,6 +407,8 @@ class Trainer:
                 tqdm.write(f"epoch {self.epoch}: valid loss {v['loss']:.3f} "
                            f"WER {100 * v['wer']:.1f}% CER {100 * v['cer']:.1f}%")
             self._save()
+            if not stop:
+                self._save_epoch()
             if self.metrics_path.exists():
                 plot_curves(self.metrics_path, self.exp_dir / "curves.png")
         now = time.time()
