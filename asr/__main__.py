@@ -49,8 +49,11 @@ def _evaluate(args) -> int:
     from asr.corpora import load_corpus
     from asr.evaluate import evaluate_model
 
+    from asr.device import resolve_device
+
     torch.set_num_threads(args.threads)
     model, tokenizer, cfg = load_model(args.model)
+    model.to(resolve_device(args.device))
     corpus = load_corpus(args.corpus, args.data, split=args.split)
     if args.rejected:
         _write_rejected(args.rejected, corpus.rejected)
@@ -207,6 +210,9 @@ def main(argv=None) -> int:
     e.add_argument("--results", type=Path, help="write per-utterance results (JSON lines)")
     e.add_argument("--limit", type=int, help="evaluate only the first N utterances")
     e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run the model (auto: the GPU when CUDA is present); "
+                   "searches run on the CPU")
     e.set_defaults(func=_evaluate)
 
     r = sub.add_parser("transcribe", help="transcribe audio files; one JSON line each")

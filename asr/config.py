@@ -85,6 +85,11 @@ class TrainConfig:
     # time budget: the LR schedule anneals over min(epochs, budget) and training stops
     # when it is spent, so a run ends on time on any machine
     max_minutes: Optional[float] = None
+    device: str = "auto"  # "auto" (the GPU when CUDA is present, else the CPU) | "cpu" | "cuda"
+    # "fp32" | "bf16" (autocast) | "fp16" (autocast with gradient scaling); features and
+    # losses stay in fp32
+    precision: str = "fp32"
+    num_workers: int = 0  # DataLoader worker processes reading and augmenting audio
 
 
 @dataclass

@@ -20,6 +20,7 @@ from asr.augment import add_noise, band_limit, colored_noise, set_margins, speed
 from asr.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from asr.config import DataConfig, ExperimentConfig, save_config
 from asr.data import DurationBatchSampler, UtteranceDataset, collate, read_manifest, validate
+from asr.device import autocast, check_precision, grad_scaler, resolve_device
 from asr.model import ASRModel
 from asr.text import CharTokenizer, Tokenizer, build_tokenizer, normalize_text
 
@@ -114,32 +115,47 @@ class LRSchedule:
         self._set(self.rate())
 
 
-def train_step(model: ASRModel, optimizer: torch.optim.Optimizer, batch, grad_clip: float):
+def train_step(model: ASRModel, optimizer: torch.optim.Optimizer, batch, grad_clip: float,
+               precision: str = "fp32", scaler: Optional[torch.amp.GradScaler] = None):
     """One optimiser step: the loss per target token, gradients clipped to ``grad_clip``,
-    and no update when their norm is not finite.
+    and no update when their norm is not finite. ``precision``: the forward pass's
+    autocast (see :mod:`asr.device`); ``scaler`` scales the loss for fp16.
 
     Returns ``(loss, per-head losses (B,), target tokens, gradient norm)``.
     """
-    losses = model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
+    with autocast(batch.waves.device, precision):
+        losses = model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
     ntok = batch.target_lens.sum().clamp(min=1)
-    loss = losses["total"].sum() / ntok
+    loss = losses["total"].float().sum() / ntok
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scaler.scale(loss).backward()
+    return loss, losses, ntok, _clip_and_step(model, optimizer, grad_clip, scaler)
+
+
+def _clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+                   scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """Clip the (unscaled) gradients and step, unless their norm is not finite."""
+    scaler.unscale_(optimizer)
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if torch.isfinite(gnorm):
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # skips the step itself when the gradients overflowed
+        scaler.update()
+    elif torch.isfinite(gnorm):
         optimizer.step()
-    return loss, losses, ntok, gnorm
+    return gnorm
 
 
 def compute_cmvn(model: ASRModel, dataset: UtteranceDataset, max_utts: int = 300):
     """Per-dimension mean and std of the features over up to ``max_utts`` utterances."""
     total, sq, n = None, None, 0
+    device = model.cmvn.mean.device
     with torch.no_grad():
         for i in range(min(max_utts, len(dataset))):
             wave = dataset.load(i)
             if wave is None:
                 continue
-            feats, lens = model.features(wave[None])
+            feats, lens = model.features(wave[None].to(device))
             feats = model.per_utterance_normalization(feats, lens)
             f = feats[0].double()
             total = f.sum(0) if total is None else total + f.sum(0)
@@ -237,7 +253,10 @@ class Trainer:
         self.rejected = rej + rej_v
         self.sampler = DurationBatchSampler([u.duration for u in train_utts],
                                             cfg.train.max_batch_seconds, seed=cfg.train.seed)
-        self.model = ASRModel(cfg, self.tokenizer.vocab_size)
+        self.device = resolve_device(cfg.train.device)
+        self.precision = check_precision(cfg.train.precision)
+        self.model = ASRModel(cfg, self.tokenizer.vocab_size).to(self.device)
+        self.scaler = grad_scaler(self.device, self.precision)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
         t = cfg.train
@@ -284,7 +303,7 @@ class Trainer:
             self.exp_dir / name, self.cfg, self.tokenizer, self.model,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
-            torch_rng=torch.get_rng_state(), rejected=[r.__dict__ for r in self.rejected],
+            torch_rng=torch.get_rng_state(), scaler=self.scaler.state_dict(), rejected=[r.__dict__ for r in self.rejected],
             rejected_loads={"train": [r.__dict__ for r in self.train_set.rejected],
                             "valid": [r.__dict__ for r in self.valid_set.rejected]})
 
@@ -307,6 +326,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         torch.set_rng_state(state["torch_rng"])
@@ -323,18 +344,26 @@ class Trainer:
             f.write(json.dumps(row) + "\n")
 
     # ----------------------------------------------------------------- loops
+    def _loader(self, dataset: UtteranceDataset, batches) -> DataLoader:
+        # its own generator: a loader draws a seed when iterated, and drawing it from the
+        # global RNG would shift dropout/SpecAugment masks after a resume
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                          generator=torch.Generator(), num_workers=self.cfg.train.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
     def validate(self) -> Dict[str, float]:
         from asr.evaluate import score
 
         self.model.eval()
-        loader = DataLoader(self.valid_set, batch_sampler=DurationBatchSampler(
+        loader = self._loader(self.valid_set, DurationBatchSampler(
             [u.duration for u in self.valid_set.utts], self.cfg.train.max_batch_seconds,
-            shuffle=False), collate_fn=collate, generator=torch.Generator())
+            shuffle=False))
         tot_loss, tot_tokens, refs, hyps = 0.0, 0, [], []
         with torch.no_grad():
             for batch in loader:
                 if batch is None:
                     continue
+                batch = batch.to(self.device, non_blocking=True)
                 losses = self.model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
                 tot_loss += float(losses["total"].sum())
                 tot_tokens += int(batch.target_lens.sum())
@@ -365,10 +394,7 @@ class Trainer:
             self.sampler.set_epoch(self.epoch)
             self.augmenter.epoch = self.epoch
             batches = self.sampler.batches()[self.batch_in_epoch:]
-            # its own generator: a loader draws a seed when iterated, and drawing it from the
-            # global RNG would shift dropout/SpecAugment masks after a resume
-            loader = DataLoader(self.train_set, batch_sampler=batches, collate_fn=collate,
-                                generator=torch.Generator())
+            loader = self._loader(self.train_set, batches)
             bar = tqdm(loader, total=self.epoch_batches[self.epoch], initial=self.batch_in_epoch,
                        desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", leave=False,
                        dynamic_ncols=True, mininterval=1.0)
@@ -377,8 +403,9 @@ class Trainer:
                 if batch is None:  # the schedule counts batches: still advance it
                     self.scheduler.step(time.time() - t_start)
                     continue
-                loss, losses, ntok, gnorm = train_step(self.model, self.optimizer, batch,
-                                                       cfg.train.grad_clip)
+                loss, losses, ntok, gnorm = train_step(
+                    self.model, self.optimizer, batch.to(self.device, non_blocking=True),
+                    cfg.train.grad_clip, self.precision, self.scaler)
                 self.scheduler.step(time.time() - t_start)
                 self.step += 1
                 utts_seen += len(batch)
