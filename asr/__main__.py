@@ -13,7 +13,16 @@ def _train(args) -> int:
     from asr.train import Trainer
 
     cfg = load_config(args.config, args.set)
-    result = Trainer(cfg, args.exp, init_from=args.init_from).fit()
+    trainer = Trainer(cfg, args.exp, init_from=args.init_from)
+    try:
+        result = trainer.fit()
+    finally:
+        if trainer.world.distributed:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if not trainer.world.is_main:  # under torchrun: one report, from rank 0
+        return 0
     print(json.dumps({"model": str(result.model_path), "steps": result.steps,
                       "epochs": result.epochs_done, "train_seconds": round(result.train_seconds, 1),
                       "utterances_per_second": round(result.utterances_per_second, 2),

@@ -90,6 +90,10 @@ class TrainConfig:
     # losses stay in fp32
     precision: str = "fp32"
     num_workers: int = 0  # DataLoader worker processes reading and augmenting audio
+    # batches per optimiser step and process: a step of W processes (torchrun) uses W *
+    # accum_steps batches, with the loss per target token of all of them
+    accum_steps: int = 1
+    world_size: int = 1  # recorded by the trainer: the processes of the run (a set value is replaced)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 the CPU without a GPU, bf16 autocast trains on the CPU, fp16 scales its loss; the CUDA
 paths run only where a GPU is."""
 import json
+import math
 
 import pytest
 import torch
@@ -52,10 +53,11 @@ def test_bf16_autocast_trains_on_the_cpu_with_worker_processes(tmp_path, tone_co
     trainer = Trainer(cfg, tmp_path / "exp")
     dtypes = _record_dtypes(trainer)
     before = [p.detach().clone() for p in trainer.model.parameters()]
+    steps, real_step = [], trainer._train_step
+    trainer._train_step = lambda group: steps.append(real_step(group)) or steps[-1]
     result = trainer.fit()
-    assert result.steps > 0 and dtypes and set(dtypes) == {torch.bfloat16}
-    rows = [json.loads(l) for l in open(tmp_path / "exp" / "metrics.jsonl")]
-    assert all(r["loss"] == r["loss"] and abs(r["loss"]) < 1e4 for r in rows)  # finite
+    assert result.steps == len(steps) > 0 and set(dtypes) == {torch.bfloat16}
+    assert all(math.isfinite(s["loss"]) and math.isfinite(s["grad_norm"]) for s in steps)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     # the features are computed in fp32 under autocast too
     wave, lens = torch.randn(1, 8000), torch.tensor([8000])
