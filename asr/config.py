@@ -32,6 +32,15 @@ class EncoderConfig:
     # read with chunk_right_context more frames by the backward direction (output rate)
     chunk_size: int = 16
     chunk_right_context: int = 8
+    # "conformer": hidden_size is the model dimension, num_layers the blocks
+    attention_heads: int = 4
+    ff_expansion: int = 4  # feed-forward width = ff_expansion * hidden_size
+    conv_kernel: int = 15  # depthwise convolution (odd unless causal)
+    # causal: attention sees its chunk of chunk_size frames and attention_left_chunks
+    # chunks before it (-1: all), the depthwise conv only the past; streamable with a
+    # bounded left context (attention_left_chunks >= 0)
+    causal: bool = False
+    attention_left_chunks: int = -1
 
 
 @dataclass
