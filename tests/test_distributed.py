@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,3 +104,26 @@ def test_a_run_resumed_on_another_world_size_continues(tmp_path, tone_corpus, mo
     # processes and accumulated batches a step had
     assert moved["scheduler"]["consumed"] == sum(ref_batches)
     assert moved["optimizer"]["param_groups"][0]["lr"] == pytest.approx(cfg.train.lr * 0.01)
+
+
+def test_a_rank_whose_batch_failed_to_load_still_joins_the_step(tmp_path, tone_corpus):
+    """One clip decodes to NaN (its header reads): alone in its batch, that rank trains on
+    a zero-weight stand-in, and the step still equals one process that skips it."""
+    import soundfile as sf
+
+    from asr.data import read_manifest
+
+    broken = read_manifest(tone_corpus)[0].audio
+    sf.write(broken, np.full(8000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    cfg = deterministic_config(tone_corpus, max_batch_seconds=0.8)  # a clip a batch
+    one = Trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, accum_steps=2)),
+                  tmp_path / "one")
+    assert all(n % 2 == 0 for n in one.epoch_batches)
+    ref = one.fit()
+    assert [r.id for r in ref.rejected] == ["utt0"]
+
+    reports = torchrun(cfg, tmp_path, "two")
+    assert reports[0]["steps"] == ref.steps
+    assert_same_weights(ref.model_path, tmp_path / "two" / "model.pt")
+    rows = [json.loads(l) for l in open(tmp_path / "two" / "metrics.jsonl")]
+    assert all(sum(r["utterances_per_rank"]) == 7 for r in rows if r["kind"] == "epoch")
