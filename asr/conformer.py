@@ -41,10 +41,9 @@ def sinusoids(distances: torch.Tensor, dim: int) -> torch.Tensor:
 class RelPositionAttention(nn.Module):
     """Multi-head self-attention with relative positions (Transformer-XL).
 
-    score(i, j) = (q_i + u) . k_j + (q_i + v) . W p(pos_i - pos_j), over sqrt(d_head).
-    forward(x (B, Tq, D), keys_in (B, Tk, D), q_pos (Tq,), k_pos (Tk,), allowed
-    (B, Tq, Tk) bool) -> (B, Tq, D); ``keys_in`` are the inputs keys and values are
-    projected from (x itself offline; the cached frames and x when streaming).
+    score(i, j) = (q_i + u) . k_j + (q_i + v) . W p(pos_i - pos_j), over sqrt(d_head),
+    p the sinusoidal embedding of a signed distance. Keys and values come in projected
+    (:meth:`split` of ``k(h)``, ``v(h)``), so a stream can cache them.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
@@ -258,20 +257,21 @@ class ConformerEncoder(nn.Module):
             cache_len=zeros(batch_size, dtype=torch.long),
             depthwise_cache=zeros(batch_size, N, D, self.cfg.conv_kernel - 1))
 
-    def _chunk(self, h: torch.Tensor, n: torch.Tensor, state: ConformerState):
-        """All layers over one chunk h (B, C, D) with n (B,) real frames -> (out, caches)."""
-        C, M = h.shape[1], state.key_cache.shape[3]
+    def _chunk(self, h: torch.Tensor, n: torch.Tensor, key_cache: torch.Tensor,
+               value_cache: torch.Tensor, cache_len: torch.Tensor, depthwise_cache: torch.Tensor):
+        """All layers over one chunk h (B, C, D) with n (B,) real frames, from the caches of
+        :class:`ConformerState` -> (out (B, C, D), key_cache, value_cache, depthwise_cache)."""
+        C, M = h.shape[1], key_cache.shape[3]
         valid = torch.arange(C, device=h.device)[None, :] < n[:, None]
-        cache_valid = torch.arange(M, device=h.device)[None, :] >= M - state.cache_len[:, None]
+        cache_valid = torch.arange(M, device=h.device)[None, :] >= M - cache_len[:, None]
         keys, values, depthwise = [], [], []
-        K1 = state.depthwise_cache.shape[-1]
+        K1 = depthwise_cache.shape[-1]
         for i, layer in enumerate(self.layers):
             h, k_new, v_new, conv_in = layer.chunk_forward(
-                h, valid, state.key_cache[:, i], state.value_cache[:, i], cache_valid,
-                state.depthwise_cache[:, i])
+                h, valid, key_cache[:, i], value_cache[:, i], cache_valid, depthwise_cache[:, i])
             # the last M real frames: the chunk's n after the cache's, right-aligned
-            both_k = torch.cat([state.key_cache[:, i], k_new], 2)
-            both_v = torch.cat([state.value_cache[:, i], v_new], 2)
+            both_k = torch.cat([key_cache[:, i], k_new], 2)
+            both_v = torch.cat([value_cache[:, i], v_new], 2)
             idx = (n[:, None] + torch.arange(M, device=h.device))[:, None, :, None]
             idx = idx.expand(-1, both_k.shape[1], -1, both_k.shape[-1])
             keys.append(both_k.gather(2, idx))
@@ -305,9 +305,7 @@ class ConformerEncoder(nn.Module):
             if not bool(ready.any()):
                 break
             n = torch.where(ready, buf_len.clamp(max=C), torch.zeros_like(buf_len))
-            current = ConformerState(cache, frames, buf[:, :C], n, keys, values, cache_len,
-                                     depthwise)
-            out, k2, v2, d2 = self._chunk(buf[:, :C], n, current)
+            out, k2, v2, d2 = self._chunk(buf[:, :C], n, keys, values, cache_len, depthwise)
             r = ready[:, None, None, None, None]
             keys, values = torch.where(r, k2, keys), torch.where(r, v2, values)
             depthwise = torch.where(ready[:, None, None, None], d2, depthwise)
