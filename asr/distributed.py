@@ -63,6 +63,15 @@ def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
     return values
 
 
+def all_reduce_max(value: float, world: World, device: torch.device) -> float:
+    """The largest ``value`` over the ranks."""
+    if not world.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
 def per_rank(value: float, world: World, device: torch.device) -> List[float]:
     """Every rank's ``value``, in rank order (on every rank)."""
     slots = torch.zeros(world.size, dtype=torch.float64, device=device)

@@ -24,7 +24,8 @@ from asr.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from asr.config import DataConfig, ExperimentConfig, save_config
 from asr.data import DurationBatchSampler, UtteranceDataset, collate, read_manifest, validate
 from asr.device import autocast, check_precision, grad_scaler, resolve_device
-from asr.distributed import all_reduce_sum, barrier, init_world, per_rank, shard
+from asr.distributed import (all_reduce_max, all_reduce_sum, barrier, init_world, per_rank,
+                             shard)
 from asr.model import ASRModel
 from asr.text import CharTokenizer, Tokenizer, build_tokenizer, normalize_text
 
@@ -452,6 +453,14 @@ class Trainer:
                 "heads": {k: totals[1 + i].item() / ntok for i, k in enumerate(heads)},
                 "utterances": sum(len(b) for b in group if b is not None)}
 
+    def _elapsed(self, t_start: float) -> float:
+        """Training seconds so far. With a time budget the ranks agree on it (the slowest
+        clock), since it sets the learning rate and when the run stops."""
+        elapsed = time.time() - t_start
+        if self.world.distributed and self.cfg.train.max_minutes:
+            elapsed = all_reduce_max(elapsed, self.world, self.device)
+        return elapsed
+
     def fit(self) -> TrainResult:
         cfg, world = self.cfg, self.world
         if world.is_main:
@@ -493,7 +502,7 @@ class Trainer:
                 # (the epoch's last step also counts the batches the sharding left out)
                 self.batch_in_epoch = first + (len(remaining) if k == steps_left - 1
                                                else (k + 1) * accum * world.size)
-                self.scheduler.step(time.time() - t_start, epoch_start + self.batch_in_epoch)
+                self.scheduler.step(self._elapsed(t_start), epoch_start + self.batch_in_epoch)
                 bar.update(1)
                 if out is None:  # no rank had audio: the schedule still counts the batches
                     continue

@@ -127,3 +127,25 @@ def test_a_rank_whose_batch_failed_to_load_still_joins_the_step(tmp_path, tone_c
     assert_same_weights(ref.model_path, tmp_path / "two" / "model.pt")
     rows = [json.loads(l) for l in open(tmp_path / "two" / "metrics.jsonl")]
     assert all(sum(r["utterances_per_rank"]) == 7 for r in rows if r["kind"] == "epoch")
+
+
+def _agree(rank, port, results):
+    import torch.distributed as dist
+
+    from asr.distributed import all_reduce_max, per_rank
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    world, cpu = World(rank, 2), torch.device("cpu")
+    results[rank] = (all_reduce_max(3.0 + 2 * rank, world, cpu), per_rank(10 + rank, world, cpu))
+    dist.destroy_process_group()
+
+
+def test_ranks_agree_on_the_slowest_clock():
+    """With a time budget the clock sets the learning rate and the stop: every rank must
+    see the same one, or their weights drift apart and one waits for the other forever."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_agree, args=(free_port(), results), nprocs=2)
+        assert dict(results) == {0: (5.0, [10.0, 11.0]), 1: (5.0, [10.0, 11.0])}
