@@ -98,3 +98,22 @@ def test_trains_and_evaluates_on_cuda(tmp_path, tone_corpus, precision, capsys):
     assert result.steps > 0
     assert main(["evaluate", "--model", str(result.model_path), "--corpus", "manifest",
                  "--data", str(tone_corpus), "--device", "cuda"]) == 0
+
+
+@pytest.mark.parametrize("loss", ["pruned", "torchaudio"])
+def test_bf16_trains_a_transducer_head_with_an_fp32_loss(tmp_path, tone_corpus, loss):
+    from asr.config import HeadConfig
+
+    cfg = plain_config(tone_corpus, epochs=1, precision="bf16", device="cpu")
+    cfg.heads = {"transducer": HeadConfig(options={"pred_dim": 16, "joiner_dim": 16,
+                                                   "prune_range": 3, "loss": loss})}
+    trainer = Trainer(cfg, tmp_path / "exp")
+    dtypes = []
+    head = trainer.model.heads["transducer"]
+    real_loss = head.loss
+    head.loss = lambda *a: dtypes.append((out := real_loss(*a)).dtype) or out
+    steps, real_step = [], trainer._train_step
+    trainer._train_step = lambda group: steps.append(real_step(group)) or steps[-1]
+    trainer.fit()
+    assert steps and all(math.isfinite(s["loss"]) and math.isfinite(s["grad_norm"]) for s in steps)
+    assert set(dtypes) == {torch.float32}
