@@ -374,12 +374,13 @@ class TransducerHead(nn.Module):
         dec, _ = self.predictor(tokens, full, None)
         # the joiner and loss in fp32 under autocast: the lattice's log-sums lose too much
         # in 16 bits, and the pruned loss's own backward mixes dtypes
+        dtype = next(self.parameters()).dtype  # fp32 (or what the head itself is in)
         with torch.autocast(enc.device.type, enabled=False):
             loss = rnnt_losses.rnnt_loss(
                 self.config.loss,
                 self,
-                enc.float(),
-                dec.float(),
+                enc.to(dtype),
+                dec.to(dtype),
                 targets,
                 enc_lens,
                 target_lens,
