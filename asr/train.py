@@ -1,5 +1,6 @@
 """Training: per-utterance losses reduced here, gradient clipping, LR schedule, duration
-batching, progress bars, a metrics log and plotted curves, atomic resumable checkpoints."""
+batching, progress bars, a metrics log and plotted curves, atomic resumable checkpoints;
+on a chosen device and precision, and data parallel under torchrun (docs/distributed.md)."""
 from __future__ import annotations
 
 import dataclasses
