@@ -1,4 +1,4 @@
-"""Command line: ``python -m asr {train,evaluate,transcribe}``."""
+"""Command line: ``python -m asr {train,evaluate,transcribe,average}``."""
 from __future__ import annotations
 
 import argparse
@@ -13,11 +13,31 @@ def _train(args) -> int:
     from asr.train import Trainer
 
     cfg = load_config(args.config, args.set)
-    result = Trainer(cfg, args.exp, init_from=args.init_from).fit()
+    trainer = Trainer(cfg, args.exp, init_from=args.init_from)
+    try:
+        result = trainer.fit()
+    finally:
+        if trainer.world.distributed:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if not trainer.world.is_main:  # under torchrun: one report, from rank 0
+        return 0
     print(json.dumps({"model": str(result.model_path), "steps": result.steps,
                       "epochs": result.epochs_done, "train_seconds": round(result.train_seconds, 1),
                       "utterances_per_second": round(result.utterances_per_second, 2),
                       "rejected": len(result.rejected)}))
+    return 0
+
+
+def _average(args) -> int:
+    from asr.average import average_to, last_checkpoints
+
+    if bool(args.exp) == bool(args.checkpoints):
+        raise ValueError("give either --exp E --last N or checkpoint paths")
+    paths = last_checkpoints(args.exp, args.last) if args.exp else args.checkpoints
+    out = average_to(paths, args.out)
+    print(json.dumps({"model": str(out), "averaged": [str(p) for p in paths]}))
     return 0
 
 
@@ -41,8 +61,11 @@ def _evaluate(args) -> int:
     from asr.corpora import load_corpus
     from asr.evaluate import evaluate_model
 
+    from asr.device import resolve_device
+
     torch.set_num_threads(args.threads)
     model, tokenizer, cfg = load_model(args.model)
+    model.to(resolve_device(args.device))
     corpus = load_corpus(args.corpus, args.data, split=args.split)
     if args.rejected:
         _write_rejected(args.rejected, corpus.rejected)
@@ -214,6 +237,9 @@ def main(argv=None) -> int:
     e.add_argument("--results", type=Path, help="write per-utterance results (JSON lines)")
     e.add_argument("--limit", type=int, help="evaluate only the first N utterances")
     e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run the model (auto: the GPU when CUDA is present); "
+                   "searches run on the CPU")
     e.set_defaults(func=_evaluate)
 
     r = sub.add_parser("transcribe", help="transcribe audio files; one JSON line each")
@@ -224,6 +250,14 @@ def main(argv=None) -> int:
                    "fed 100 ms at a time, segments cut at endpoints (the model's streaming config)")
     r.add_argument("files", nargs="+")
     r.set_defaults(func=_transcribe)
+
+    a = sub.add_parser("average", help="average the weights of several checkpoints "
+                       "(e.g. a run's last epochs) into one model")
+    a.add_argument("--exp", help="experiment folder: average its newest epoch-N.pt files")
+    a.add_argument("--last", type=int, default=5, help="how many (with --exp; default 5)")
+    a.add_argument("--out", required=True, help="the averaged model (.pt)")
+    a.add_argument("checkpoints", nargs="*", help="checkpoints to average (instead of --exp)")
+    a.set_defaults(func=_average)
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

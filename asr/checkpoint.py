@@ -22,16 +22,23 @@ def save_checkpoint(path: str | Path, cfg: ExperimentConfig, tokenizer: Tokenize
                     model: torch.nn.Module, **extra: Any) -> Path:
     """Write ``path`` atomically (temp file, fsync, rename) and ``config.yaml`` beside it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "config": to_dict(cfg), "tokenizer": tokenizer.to_dict(),
              "model": model.state_dict(), **extra}
+    write_state(path, state)
+    save_config(cfg, path.parent / "config.yaml")
+    return path
+
+
+def write_state(path: str | Path, state: Dict[str, Any]) -> Path:
+    """``torch.save`` to ``path`` atomically: a temp file, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    save_config(cfg, path.parent / "config.yaml")
     return path
 
 

@@ -32,6 +32,15 @@ class EncoderConfig:
     # read with chunk_right_context more frames by the backward direction (output rate)
     chunk_size: int = 16
     chunk_right_context: int = 8
+    # "conformer": hidden_size is the model dimension, num_layers the blocks
+    attention_heads: int = 4
+    ff_expansion: int = 4  # feed-forward width = ff_expansion * hidden_size
+    conv_kernel: int = 15  # depthwise convolution (odd unless causal)
+    # causal: attention sees its chunk of chunk_size frames and attention_left_chunks
+    # chunks before it (-1: all), the depthwise conv only the past; streamable with a
+    # bounded left context (attention_left_chunks >= 0)
+    causal: bool = False
+    attention_left_chunks: int = -1
 
 
 @dataclass
@@ -80,11 +89,20 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 2
     checkpoint_every: int = 200  # steps; a checkpoint is also written at every epoch end
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # epoch-N.pt files kept (the newest), for `asr average`
     valid_max_utts: int = 200
     # time budget: the LR schedule anneals over min(epochs, budget) and training stops
     # when it is spent, so a run ends on time on any machine
     max_minutes: Optional[float] = None
+    device: str = "auto"  # "auto" (the GPU when CUDA is present, else the CPU) | "cpu" | "cuda"
+    # "fp32" | "bf16" (autocast) | "fp16" (autocast with gradient scaling); features and
+    # losses stay in fp32
+    precision: str = "fp32"
+    num_workers: int = 0  # DataLoader worker processes reading and augmenting audio
+    # batches per optimiser step and process: a step of W processes (torchrun) uses W *
+    # accum_steps batches, with the loss per target token of all of them
+    accum_steps: int = 1
+    world_size: int = 1  # recorded by the trainer: the processes of the run (a set value is replaced)
 
 
 @dataclass

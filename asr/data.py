@@ -231,6 +231,18 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        """The batch with its tensors on ``device`` (``non_blocking`` overlaps the copy
+        with compute when the batch is in pinned memory)."""
+        move = lambda t: t.to(device, non_blocking=non_blocking)
+        return Batch(self.ids, move(self.waves), move(self.wave_lens), move(self.targets),
+                     move(self.target_lens))
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies, for fast host-to-GPU transfer (DataLoader ``pin_memory``)."""
+        return Batch(self.ids, self.waves.pin_memory(), self.wave_lens.pin_memory(),
+                     self.targets.pin_memory(), self.target_lens.pin_memory())
+
 
 def collate(items: Sequence) -> Optional[Batch]:
     items = [it for it in items if it is not None]

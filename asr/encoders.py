@@ -520,4 +520,6 @@ class LCBiGRUEncoder(nn.Module):
 
 
 def build_encoder(input_dim: int, cfg: EncoderConfig) -> nn.Module:
+    import asr.conformer  # noqa: F401  (registers "conformer"; it builds on this module)
+
     return ENCODERS.get(cfg.name)(input_dim, cfg)

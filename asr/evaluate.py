@@ -53,10 +53,12 @@ def decode_rows(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[Utt
     by_id = {u.id: u for u in kept}
     rows, compute, audio_seconds = [], 0.0, 0.0
     model.eval()
+    device = next(model.parameters()).device  # the batches go where the model is
     for batch in tqdm(loader, desc="decoding", leave=False, dynamic_ncols=True):
         if batch is None:
             continue
         t0 = time.perf_counter()
+        batch = batch.to(device)
         results = model.decode(batch.waves, batch.wave_lens, head=head, method=method,
                                **search_options)
         compute += time.perf_counter() - t0

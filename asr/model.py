@@ -125,8 +125,10 @@ class ASRModel(nn.Module):
     def normalized_features(self, waves: torch.Tensor, wave_lens: torch.Tensor):
         """waves: (B, N), wave_lens: (B,) -> (feats (B, T', F), feat_lens (B,)), the
         encoder's input before augmentation."""
-        feats, feat_lens = self.features(waves, wave_lens)
-        return self.cmvn(self.per_utterance_normalization(feats, feat_lens)), feat_lens
+        # fp32 even under autocast: the log of small mel energies loses too much in 16 bits
+        with torch.autocast(waves.device.type, enabled=False):
+            feats, feat_lens = self.features(waves.float(), wave_lens)
+            return self.cmvn(self.per_utterance_normalization(feats, feat_lens)), feat_lens
 
     def per_utterance_normalization(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
         """What ``cmvn`` takes from each utterance before the global statistics."""

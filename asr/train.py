@@ -1,18 +1,22 @@
 """Training: per-utterance losses reduced here, gradient clipping, LR schedule, duration
-batching, progress bars, a metrics log and plotted curves, atomic resumable checkpoints."""
+batching, progress bars, a metrics log and plotted curves, atomic resumable checkpoints;
+on a chosen device and precision, and data parallel under torchrun (docs/distributed.md)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -20,6 +24,9 @@ from asr.augment import add_noise, band_limit, colored_noise, set_margins, speed
 from asr.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from asr.config import DataConfig, ExperimentConfig, save_config
 from asr.data import DurationBatchSampler, UtteranceDataset, collate, read_manifest, validate
+from asr.device import autocast, check_precision, grad_scaler, resolve_device
+from asr.distributed import (all_reduce_max, all_reduce_sum, barrier, init_world, per_rank,
+                             shard)
 from asr.model import ASRModel
 from asr.text import CharTokenizer, Tokenizer, build_tokenizer, normalize_text
 
@@ -59,10 +66,13 @@ class Augmenter:
 class LRSchedule:
     """Learning rate as a function of training progress.
 
-    Linear warm-up over ``warmup_steps``, then (``cosine``) a cosine decay from ``lr`` to
-    ``lr * final_ratio``, or (``constant``) a flat rate. Progress is the larger of
-    step / total_steps and, with a time budget, elapsed / budget: a budgeted run anneals
-    fully and ends on time on a slow or busy machine instead of stopping at a high rate.
+    Linear warm-up over ``warmup_steps`` optimiser steps, then (``cosine``) a cosine decay
+    from ``lr`` to ``lr * final_ratio``, or (``constant``) a flat rate. Progress is the
+    larger of consumed / total_steps and, with a time budget, elapsed / budget: a budgeted
+    run anneals fully and ends on time on a slow or busy machine instead of stopping at a
+    high rate. ``total_steps`` and ``consumed`` count the run's batches: one optimiser step
+    of W processes accumulating A batches consumes W * A of them, so the schedule is the
+    same function of the data seen on any world size, and a resume on another continues it.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, kind: str, lr: float,
@@ -73,11 +83,11 @@ class LRSchedule:
         self.optimizer, self.kind, self.peak = optimizer, kind, lr
         self.total_steps, self.warmup = max(1, total_steps), max(0, warmup_steps)
         self.budget, self.final_ratio = budget_seconds, final_ratio
-        self.steps, self.elapsed = 0, 0.0
+        self.steps, self.consumed, self.elapsed = 0, 0, 0.0
         self._set(self.rate())
 
     def progress(self) -> float:
-        p = self.steps / self.total_steps
+        p = self.consumed / self.total_steps
         if self.budget:
             p = max(p, self.elapsed / self.budget)
         return min(1.0, p)
@@ -93,9 +103,11 @@ class LRSchedule:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def step(self, elapsed: float) -> None:
-        """Advance one optimiser step; ``elapsed`` is total training seconds so far."""
+    def step(self, elapsed: float, consumed: Optional[int] = None) -> None:
+        """Advance one optimiser step; ``elapsed`` is total training seconds so far and
+        ``consumed`` the run's batches used so far (default: one more)."""
         self.steps += 1
+        self.consumed = self.consumed + 1 if consumed is None else consumed
         self.elapsed = elapsed
         self._set(self.rate())
 
@@ -107,39 +119,55 @@ class LRSchedule:
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> Dict:
-        return {"steps": self.steps, "elapsed": self.elapsed}
+        return {"steps": self.steps, "consumed": self.consumed, "elapsed": self.elapsed}
 
     def load_state_dict(self, state: Dict) -> None:
         self.steps, self.elapsed = state["steps"], state["elapsed"]
+        self.consumed = state.get("consumed", self.steps)  # older checkpoints: one a step
         self._set(self.rate())
 
 
-def train_step(model: ASRModel, optimizer: torch.optim.Optimizer, batch, grad_clip: float):
+def train_step(model: ASRModel, optimizer: torch.optim.Optimizer, batch, grad_clip: float,
+               precision: str = "fp32", scaler: Optional[torch.amp.GradScaler] = None):
     """One optimiser step: the loss per target token, gradients clipped to ``grad_clip``,
-    and no update when their norm is not finite.
+    and no update when their norm is not finite. ``precision``: the forward pass's
+    autocast (see :mod:`asr.device`); ``scaler`` scales the loss for fp16.
 
     Returns ``(loss, per-head losses (B,), target tokens, gradient norm)``.
     """
-    losses = model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
+    with autocast(batch.waves.device, precision):
+        losses = model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
     ntok = batch.target_lens.sum().clamp(min=1)
-    loss = losses["total"].sum() / ntok
+    loss = losses["total"].float().sum() / ntok
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scaler.scale(loss).backward()
+    return loss, losses, ntok, _clip_and_step(model, optimizer, grad_clip, scaler)
+
+
+def _clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+                   scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """Clip the (unscaled) gradients and step, unless their norm is not finite."""
+    scaler.unscale_(optimizer)
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if torch.isfinite(gnorm):
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # skips the step itself when the gradients overflowed
+        scaler.update()
+    elif torch.isfinite(gnorm):
         optimizer.step()
-    return loss, losses, ntok, gnorm
+    return gnorm
 
 
 def compute_cmvn(model: ASRModel, dataset: UtteranceDataset, max_utts: int = 300):
     """Per-dimension mean and std of the features over up to ``max_utts`` utterances."""
     total, sq, n = None, None, 0
+    device = model.cmvn.mean.device
     with torch.no_grad():
         for i in range(min(max_utts, len(dataset))):
             wave = dataset.load(i)
             if wave is None:
                 continue
-            feats, lens = model.features(wave[None])
+            feats, lens = model.features(wave[None].to(device))
             feats = model.per_utterance_normalization(feats, lens)
             f = feats[0].double()
             total = f.sum(0) if total is None else total + f.sum(0)
@@ -169,7 +197,8 @@ def plot_curves(metrics_path: Path, out_png: Path) -> None:
         axes[0].plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="valid")
         axes[1].plot([r["epoch"] for r in valid], [100 * r["wer"] for r in valid], "o-")
     axes[0].set(xlabel="step", ylabel="loss per token", title="loss")
-    axes[0].legend()
+    if train or valid:
+        axes[0].legend()
     axes[1].set(xlabel="epoch", ylabel="WER %", title="validation WER (greedy)")
     axes[1].grid(alpha=0.3)
     fig.tight_layout()
@@ -199,7 +228,16 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, exp_dir: str | Path,
                  tokenizer: Optional[Tokenizer] = None, init_from: Optional[str] = None) -> None:
+        self.device = resolve_device(cfg.train.device)
+        self.precision = check_precision(cfg.train.precision)
+        self.world = init_world(self.device)
+        if cfg.train.accum_steps < 1:
+            raise ValueError(f"train.accum_steps must be >= 1, got {cfg.train.accum_steps}")
+        # the resolved config, saved with every checkpoint, records the run's process count
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                 world_size=self.world.size))
         self.cfg = cfg
+        self.ddp: Optional[DistributedDataParallel] = None
         self.exp_dir = Path(exp_dir)
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         self.init_from = init_from
@@ -237,7 +275,8 @@ class Trainer:
         self.rejected = rej + rej_v
         self.sampler = DurationBatchSampler([u.duration for u in train_utts],
                                             cfg.train.max_batch_seconds, seed=cfg.train.seed)
-        self.model = ASRModel(cfg, self.tokenizer.vocab_size)
+        self.model = ASRModel(cfg, self.tokenizer.vocab_size).to(self.device)
+        self.scaler = grad_scaler(self.device, self.precision)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
         t = cfg.train
@@ -279,14 +318,29 @@ class Trainer:
                 f"may differ from the {saved_kind} vocabulary its weights were trained on")
         return rebuilt
 
-    def _save(self, name: str = "last.pt") -> Path:
+    def _save(self, name: str = "last.pt") -> Optional[Path]:
+        if not self.world.is_main:
+            return None
         return save_checkpoint(
             self.exp_dir / name, self.cfg, self.tokenizer, self.model,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
-            torch_rng=torch.get_rng_state(), rejected=[r.__dict__ for r in self.rejected],
+            torch_rng=torch.get_rng_state(), scaler=self.scaler.state_dict(), rejected=[r.__dict__ for r in self.rejected],
             rejected_loads={"train": [r.__dict__ for r in self.train_set.rejected],
                             "valid": [r.__dict__ for r in self.valid_set.rejected]})
+
+    def _save_epoch(self) -> Optional[Path]:
+        """``epoch-N.pt`` (weights, config, tokenizer) after epoch N, keeping the newest
+        ``keep_checkpoints`` of them for ``python -m asr average``."""
+        from asr.average import epoch_checkpoints
+
+        if not self.world.is_main:
+            return None
+        path = save_checkpoint(self.exp_dir / f"epoch-{self.epoch}.pt", self.cfg,
+                               self.tokenizer, self.model, step=self.step, epoch=self.epoch)
+        for old in epoch_checkpoints(self.exp_dir)[:-max(1, self.cfg.train.keep_checkpoints)]:
+            old.unlink()
+        return path
 
     def _resume(self) -> bool:
         path = self.exp_dir / "last.pt"
@@ -296,6 +350,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         torch.set_rng_state(state["torch_rng"])
@@ -308,22 +364,32 @@ class Trainer:
         return True
 
     def _log(self, **row) -> None:
+        if not self.world.is_main:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
     # ----------------------------------------------------------------- loops
+    def _loader(self, dataset: UtteranceDataset, batches) -> DataLoader:
+        # its own generator: a loader draws a seed when iterated, and drawing it from the
+        # global RNG would shift dropout/SpecAugment masks after a resume
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                          generator=torch.Generator(), num_workers=self.cfg.train.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
     def validate(self) -> Dict[str, float]:
         from asr.evaluate import score
 
         self.model.eval()
-        loader = DataLoader(self.valid_set, batch_sampler=DurationBatchSampler(
+        loader = self._loader(self.valid_set, DurationBatchSampler(
             [u.duration for u in self.valid_set.utts], self.cfg.train.max_batch_seconds,
-            shuffle=False), collate_fn=collate, generator=torch.Generator())
+            shuffle=False))
         tot_loss, tot_tokens, refs, hyps = 0.0, 0, [], []
         with torch.no_grad():
             for batch in loader:
                 if batch is None:
                     continue
+                batch = batch.to(self.device, non_blocking=True)
                 losses = self.model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
                 tot_loss += float(losses["total"].sum())
                 tot_tokens += int(batch.target_lens.sum())
@@ -335,48 +401,120 @@ class Trainer:
         m = score(refs, hyps) if refs else {"wer": float("nan"), "cer": float("nan")}
         return {"loss": tot_loss / max(1, tot_tokens), **m}
 
+    def _stand_in(self):
+        """A one-utterance batch of silence, trained on with weight 0 by a rank whose batch
+        failed to load: DistributedDataParallel syncs gradients inside backward, so every
+        rank must run the same number of them."""
+        from asr.data import Batch
+
+        n = self.cfg.sample_rate // 4
+        return Batch(["<stand-in>"], torch.zeros(1, n), torch.tensor([n]),
+                     torch.ones(1, 1, dtype=torch.long), torch.tensor([1]))
+
+    def _train_step(self, group: List) -> Optional[Dict]:
+        """One optimiser step over this rank's micro-batches ``group`` (None: failed to
+        load), all ranks together. The loss is per target token of the whole step (every
+        rank's micro-batches), so W ranks accumulating A batches step exactly as one process
+        accumulating W * A would. Returns None when no rank had any audio (no update)."""
+        t = self.cfg.train
+        group = [b.to(self.device, non_blocking=True) if b is not None else None for b in group]
+        local = torch.tensor([sum(float(b.target_lens.sum()) for b in group if b is not None),
+                              sum(len(b) for b in group if b is not None)],
+                             dtype=torch.float64, device=self.device)
+        ntok, utts = all_reduce_sum(local, self.world).tolist()
+        if utts == 0:
+            return None
+        net = self.ddp or self.model
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        head_sums: Dict[str, float] = {}
+        for j, batch in enumerate(group):
+            weight = 1.0
+            if batch is None:
+                if not self.world.distributed:
+                    continue
+                batch, weight = self._stand_in().to(self.device), 0.0
+            last = j == len(group) - 1
+            # DDP averages gradients over ranks; scaling by W makes that their sum
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else nullcontext()
+            with sync:
+                with autocast(self.device, self.precision):
+                    losses = net(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
+                loss = weight * losses["total"].float().sum() * (self.world.size / ntok)
+                self.scaler.scale(loss).backward()
+            loss_sum += weight * losses["total"].detach().double().sum()
+            for k, v in losses.items():
+                if k != "total":
+                    head_sums[k] = head_sums.get(k, 0.0) + weight * float(v.detach().sum())
+        gnorm = _clip_and_step(self.model, self.optimizer, t.grad_clip, self.scaler)
+        heads = sorted(head_sums)
+        totals = all_reduce_sum(torch.tensor([float(loss_sum)] + [head_sums[k] for k in heads],
+                                             dtype=torch.float64, device=self.device), self.world)
+        return {"loss": totals[0].item() / ntok, "grad_norm": float(gnorm),
+                "heads": {k: totals[1 + i].item() / ntok for i, k in enumerate(heads)},
+                "utterances": sum(len(b) for b in group if b is not None)}
+
+    def _elapsed(self, t_start: float) -> float:
+        """Training seconds so far. With a time budget the ranks agree on it (the slowest
+        clock), since it sets the learning rate and when the run stops."""
+        elapsed = time.time() - t_start
+        if self.world.distributed and self.cfg.train.max_minutes:
+            elapsed = all_reduce_max(elapsed, self.world, self.device)
+        return elapsed
+
     def fit(self) -> TrainResult:
-        cfg = self.cfg
-        save_config(cfg, self.exp_dir / "config.yaml")
+        cfg, world = self.cfg, self.world
+        if world.is_main:
+            save_config(cfg, self.exp_dir / "config.yaml")
         if self._start_state is not None and self._start_path != self.exp_dir / "last.pt":
             self.model.load_state_dict(self._start_state["model"])
             log.info("initialised weights from %s", self._start_path)
-        elif not self._resume():
+        elif not self._resume() and world.is_main:  # DDP gives the others rank 0's statistics
             mean, std = compute_cmvn(self.model, self.train_set)
             self.model.cmvn.set_stats(mean, std)
+        if world.rank:  # dropout and SpecAugment masks differ between ranks
+            torch.manual_seed(cfg.train.seed + 1000003 * world.rank + self.step)
         self.model.train()
+        if world.distributed:  # wraps after the restore: it broadcasts rank 0's weights
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self._start_state = None  # restored; free its copy of the weights
         run_start = time.time()
         t_start = run_start - self.scheduler.elapsed  # training time carries over a resume
         utts_seen = 0
         stop = False
+        accum = cfg.train.accum_steps
         while self.epoch < cfg.train.epochs and not stop:
             self.sampler.set_epoch(self.epoch)
             self.augmenter.epoch = self.epoch
-            batches = self.sampler.batches()[self.batch_in_epoch:]
-            # its own generator: a loader draws a seed when iterated, and drawing it from the
-            # global RNG would shift dropout/SpecAugment masks after a resume
-            loader = DataLoader(self.train_set, batch_sampler=batches, collate_fn=collate,
-                                generator=torch.Generator())
-            bar = tqdm(loader, total=self.epoch_batches[self.epoch], initial=self.batch_in_epoch,
-                       desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}", leave=False,
-                       dynamic_ncols=True, mininterval=1.0)
-            for batch in bar:
-                self.batch_in_epoch += 1
-                if batch is None:  # the schedule counts batches: still advance it
-                    self.scheduler.step(time.time() - t_start)
+            epoch_start = sum(self.epoch_batches[:self.epoch])  # the run's batches before it
+            remaining = self.sampler.batches()[self.batch_in_epoch:]
+            mine = shard(remaining, world)
+            steps_left = -(-len(mine) // accum)
+            loader = iter(self._loader(self.train_set, mine))
+            bar = tqdm(total=steps_left, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+                       leave=False, dynamic_ncols=True, mininterval=1.0, disable=not world.is_main)
+            epoch_utts, first = 0, self.batch_in_epoch
+            for k in range(steps_left):
+                group = [next(loader) for _ in range(min(accum, len(mine) - k * accum))]
+                out = self._train_step(group)
+                # batch_in_epoch counts the epoch's global batches (every rank's) used, so
+                # a resume on another world size starts where this one stopped
+                # (the epoch's last step also counts the batches the sharding left out)
+                self.batch_in_epoch = first + (len(remaining) if k == steps_left - 1
+                                               else (k + 1) * accum * world.size)
+                self.scheduler.step(self._elapsed(t_start), epoch_start + self.batch_in_epoch)
+                bar.update(1)
+                if out is None:  # no rank had audio: the schedule still counts the batches
                     continue
-                loss, losses, ntok, gnorm = train_step(self.model, self.optimizer, batch,
-                                                       cfg.train.grad_clip)
-                self.scheduler.step(time.time() - t_start)
                 self.step += 1
-                utts_seen += len(batch)
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+                utts_seen += out["utterances"]
+                epoch_utts += out["utterances"]
+                bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
                 if self.step % 10 == 0:
-                    self._log(kind="train", step=self.step, epoch=self.epoch, loss=loss.item(),
-                              grad_norm=float(gnorm), lr=self.scheduler.get_last_lr()[0],
-                              **{f"loss_{k}": float(v.detach().sum() / ntok) for k, v in losses.items()
-                                 if k != "total"})
+                    self._log(kind="train", step=self.step, epoch=self.epoch, loss=out["loss"],
+                              grad_norm=out["grad_norm"], lr=self.scheduler.get_last_lr()[0],
+                              **{f"loss_{k}": v for k, v in out["heads"].items()})
                 if self.step % cfg.train.checkpoint_every == 0:
                     self._save()
                 if cfg.train.max_minutes and self.scheduler.done:
@@ -385,29 +523,37 @@ class Trainer:
                     stop = True
                     break
             bar.close()
+            self._log(kind="epoch", epoch=self.epoch, step=self.step,
+                      utterances_per_rank=[int(n) for n in per_rank(epoch_utts, world, self.device)])
             if not stop:
                 self.epoch += 1
                 self.batch_in_epoch = 0
             else:  # the budget ended this run: the checkpoint marks it finished
                 self.epoch = cfg.train.epochs
-            v = self.validate() if len(self.valid_set) else {}
+            v = self.validate() if len(self.valid_set) and world.is_main else {}
             if v:
                 self._log(kind="valid", step=self.step, epoch=self.epoch, **v)
                 tqdm.write(f"epoch {self.epoch}: valid loss {v['loss']:.3f} "
                            f"WER {100 * v['wer']:.1f}% CER {100 * v['cer']:.1f}%")
             self._save()
-            if self.metrics_path.exists():
+            if not stop:
+                self._save_epoch()
+            if self.metrics_path.exists() and world.is_main:
                 plot_curves(self.metrics_path, self.exp_dir / "curves.png")
+            barrier(world)  # the others wait while rank 0 validates and writes
         now = time.time()
         rejected, seen = [], set()
         for r in self.rejected + self.train_set.rejected + self.valid_set.rejected:
             if (r.id, r.audio) not in seen:  # once, also when train and valid share it
                 seen.add((r.id, r.audio))
                 rejected.append(r)
-        with open(self.exp_dir / "rejected.jsonl", "w") as f:
-            for r in rejected:
-                f.write(json.dumps(r.__dict__) + "\n")
-        model_path = save_checkpoint(self.exp_dir / "model.pt", cfg, self.tokenizer, self.model)
+        model_path = self.exp_dir / "model.pt"
+        if world.is_main:
+            with open(self.exp_dir / "rejected.jsonl", "w") as f:
+                for r in rejected:
+                    f.write(json.dumps(r.__dict__) + "\n")
+            save_checkpoint(model_path, cfg, self.tokenizer, self.model)
+        barrier(world)
         return TrainResult(self.exp_dir / "last.pt", model_path, self.step, self.epoch,
                            utts_seen / max(now - run_start, 1e-9), now - t_start, rejected,
                            utts_seen)

@@ -76,6 +76,7 @@ class KWSTrainConfig:
     # noisy copy of the negative audio (training noise, an SNR from this list per 10 s)
     seed: int = 0
     num_threads: int = 1  # shared 2-core machines: >1 thread makes the GRU much slower
+    device: str = "auto"  # "auto" (the GPU when CUDA is present, else the CPU) | "cpu" | "cuda"
     max_minutes: Optional[float] = 10.0  # stop cleanly after this much training time
     grad_clip: float = 5.0
     mixup_alpha: float = 0.0  # >0: mixup of feature windows within a batch, lambda ~ Beta(a, a)

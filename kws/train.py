@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from asr.augment import SpecAugment
 from asr.config import to_dict
+from asr.device import resolve_device
 from asr.features import FeatureExtractor
 from kws.config import KWSConfig, kws_config_from_dict, save_kws_config
 from kws.data import Clip, NoiseBank, WindowMaker, balanced_draws, write_atomically
@@ -74,9 +75,11 @@ def load_checkpoint(path: str | Path) -> Spotter:
 
 @torch.no_grad()
 def predict_windows(spotter: Spotter, waves: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """waves (B, N) -> posteriors (B, C), eval mode."""
+    """waves (B, N) -> posteriors (B, C) on the CPU, eval mode, on the spotter's device."""
     spotter.eval()
-    outs = [torch.softmax(spotter(waves[i:i + batch]), dim=-1) for i in range(0, waves.shape[0], batch)]
+    device = next(spotter.parameters()).device
+    outs = [torch.softmax(spotter(waves[i:i + batch].to(device)), dim=-1).cpu()
+            for i in range(0, waves.shape[0], batch)]
     return torch.cat(outs) if outs else torch.zeros(0, len(spotter.cfg.labels))
 
 
@@ -208,7 +211,8 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
     if unknown:
         raise ValueError(f"train.class_weights names unknown classes {unknown}; labels: {cfg.labels}")
     class_weights = {cfg.labels.index(k): w for k, w in tc.class_weights.items()}
-    spotter = Spotter(cfg)
+    device = resolve_device(tc.device)
+    spotter = Spotter(cfg).to(device)
     maker = WindowMaker(cfg.window_samples, cfg.augment, noise, cfg.features.sample_rate)
     specaug = SpecAugment(cfg.augment.specaugment) if cfg.augment.specaugment else None
 
@@ -216,7 +220,7 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
     with torch.no_grad():
         idx = balanced_draws(train_clips, 512, num_classes, rng, tc.class_balance, tc.synthetic_weight,
                              class_weights)
-        feats = spotter.features(torch.stack([maker(train_clips[i], rng) for i in idx]))
+        feats = spotter.features(torch.stack([maker(train_clips[i], rng) for i in idx]).to(device))
         if cfg.model.cmn:
             feats = feats - feats.mean(dim=1, keepdim=True)
         spotter.crnn.set_normalization(feats.mean(dim=(0, 1)), feats.std(dim=(0, 1)))
@@ -277,8 +281,8 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
                 else:
                     waves.append(maker(c, rng))
                 labels.append(c.label)
-            x = torch.stack(waves)
-            y = torch.tensor(labels)
+            x = torch.stack(waves).to(device)  # windows are made on the CPU
+            y = torch.tensor(labels, device=device)
             if cfg.features.pcen_trainable:
                 feats = spotter.features(x)
             else:
@@ -286,11 +290,11 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
                     feats = spotter.features(x)
             if specaug is not None:
                 specaug.train()
-                feats = specaug(feats, torch.full((x.shape[0],), feats.shape[1]))
+                feats = specaug(feats, torch.full((x.shape[0],), feats.shape[1], device=device))
             if tc.mixup_alpha > 0:
                 lam = float(torch.distributions.Beta(tc.mixup_alpha, tc.mixup_alpha).sample())
                 lam = max(lam, 1.0 - lam)  # the first window dominates (its label counts for accuracy)
-                perm = torch.randperm(x.shape[0])
+                perm = torch.randperm(x.shape[0], device=device)
                 logits = spotter.crnn(lam * feats + (1.0 - lam) * feats[perm])
                 loss = (lam * F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
                         + (1.0 - lam) * F.cross_entropy(logits, y[perm], label_smoothing=tc.label_smoothing))

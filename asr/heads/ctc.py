@@ -48,4 +48,5 @@ class CTCHead(nn.Module):
                **options) -> List[SearchResult]:
         if method not in self.search_methods:
             raise ValueError(f"CTC head decodes with {self.search_methods}, not {method!r}")
-        return SEARCHES.get(method)(self.forward(enc), enc_lens, **options)
+        # searches are Python loops over frames: they run on the CPU, in fp32
+        return SEARCHES.get(method)(self.forward(enc).float().cpu(), enc_lens.cpu(), **options)

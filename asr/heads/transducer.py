@@ -372,18 +372,22 @@ class TransducerHead(nn.Module):
         tokens = nn.functional.pad(targets.long().clamp(0, self.config.vocab_size - 1), (1, 0), value=self.blank)
         full = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
         dec, _ = self.predictor(tokens, full, None)
-        loss = rnnt_losses.rnnt_loss(
-            self.config.loss,
-            self,
-            enc,
-            dec,
-            targets,
-            enc_lens,
-            target_lens,
-            blank=self.blank,
-            prune_range=self.config.prune_range,
-            simple_loss_scale=self.config.simple_loss_scale,
-        )
+        # the joiner and loss in fp32 under autocast: the lattice's log-sums lose too much
+        # in 16 bits, and the pruned loss's own backward mixes dtypes
+        dtype = next(self.parameters()).dtype  # fp32 (or what the head itself is in)
+        with torch.autocast(enc.device.type, enabled=False):
+            loss = rnnt_losses.rnnt_loss(
+                self.config.loss,
+                self,
+                enc.to(dtype),
+                dec.to(dtype),
+                targets,
+                enc_lens,
+                target_lens,
+                blank=self.blank,
+                prune_range=self.config.prune_range,
+                simple_loss_scale=self.config.simple_loss_scale,
+            )
         finite = torch.isfinite(loss)
         if not bool(finite.all()):
             log.warning("RNN-T loss (%s): %d of %d utterances have a non-finite loss (no path in the "
