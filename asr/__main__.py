@@ -76,11 +76,11 @@ def _evaluate(args) -> int:
     metrics["decoding"] = {"head": options["head"] or next(iter(model.heads)),
                            "method": options["method"] or "default",
                            "vocabulary": len(options.get("vocabulary", [])),
-                           "warps": len(options.get("warps", [])),
-                           "beam": options.get("beam"), "lm": "lm_score" in options}
-    # options past the saved defaults' kinds: named only when used
+                           "warps": len(options.get("warps", []))}
+    # options past the closed-vocabulary ones: named only when used
     used = {"hotwords": len(set(_read_texts(args.hotwords))) if args.hotwords else None,
-            **{k: options.get(k) for k in ("ctc_weight", "rescore", "nbest")}}
+            "lm": True if "lm_score" in options else None,
+            **{k: options.get(k) for k in ("beam", "ctc_weight", "rescore", "nbest")}}
     metrics["decoding"].update({k: v for k, v in used.items() if v is not None})
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
     return 0

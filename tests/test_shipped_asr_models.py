@@ -33,7 +33,7 @@ def test_shipped_fsdd_model(name, tmp_path):
     # --plain: the head's own open search, no warps
     plain, _ = evaluate("--plain")
     assert plain["decoding"] == {"head": metrics["decoding"]["head"], "method": "default",
-                                 "vocabulary": 0, "warps": 0, "beam": None, "lm": False}
+                                 "vocabulary": 0, "warps": 0}
     assert plain["utterances"] == 60 and plain["accuracy"] >= 0.9, plain
     # a named open search leaves the saved vocabulary out; --vocab brings one back
     greedy, _ = evaluate("--head", "ctc", "--search", "ctc_greedy", "--warps")
