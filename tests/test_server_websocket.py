@@ -17,6 +17,7 @@ httpx = pytest.importorskip("httpx")
 from server_helpers import (make_streaming_checkpoint, offline_streaming_text,  # noqa: E402
                             start_server, write_speechlike_wav)
 
+pytestmark = pytest.mark.timeout(60)
 START = {"type": "start", "version": 1, "sample_rate": 16000, "format": "pcm_s16le"}
 
 
