@@ -110,7 +110,8 @@ async def serve(service: RecognitionService, on_started=None) -> None:
     # uvicorn's own cap only stops frames far over ours, which get an error event first
     http = uvicorn.Server(uvicorn.Config(
         create_app(service), host=cfg.host, port=cfg.port, log_level="warning",
-        ws_max_size=4 * max(cfg.max_frame_bytes, cfg.max_text_bytes), lifespan="off"))
+        ws_max_size=4 * max(cfg.max_frame_bytes, cfg.max_text_bytes), lifespan="off",
+        timeout_graceful_shutdown=2))  # a stuck client must not hold up shutdown
     wyoming = None
     if cfg.wyoming_port is not None:
         wyoming = AsyncTcpServer(cfg.host, cfg.wyoming_port)
