@@ -32,9 +32,10 @@ install_system() {
 
 install_python() {
     if ! $PY -c "import asr, torch, torchaudio, librosa, jiwer, num2words, onnxruntime, pytest_timeout,
-fastapi, uvicorn, sqlalchemy, alembic, psycopg, argon2, multipart, httpx, selenium" 2>/dev/null; then
+fastapi, uvicorn, sqlalchemy, alembic, psycopg, argon2, multipart, httpx, selenium,
+websockets, wyoming, prometheus_client" 2>/dev/null; then
         echo "installing Python packages (torch 2.14.1, torchaudio 2.11.0, ...)"
-        $PY -m pip install -q -e '.[test,queue]'
+        $PY -m pip install -q -e '.[test,queue,server]'
     fi
 }
 

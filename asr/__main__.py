@@ -1,4 +1,4 @@
-"""Command line: ``python -m asr {train,evaluate,transcribe,average}``."""
+"""Command line: ``python -m asr {train,evaluate,transcribe,average,serve,client}``."""
 from __future__ import annotations
 
 import argparse
@@ -176,6 +176,35 @@ def _transcribe_streaming(files, model, tokenizer, cfg, options) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    import asyncio
+
+    import torch
+
+    from asr.server.config import ServerConfig
+    from asr.server.service import load_service, serve
+
+    torch.set_num_threads(args.threads)
+    config = ServerConfig(host=args.host, port=args.port, wyoming_port=args.wyoming_port,
+                          max_streams=args.max_streams, idle_timeout_s=args.idle_timeout)
+    service = load_service(args.model, config, kws_model_path=args.kws_model,
+                           search=args.search, beam=args.beam)
+    try:
+        asyncio.run(serve(service))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _client(args) -> int:
+    import asyncio
+
+    from asr.server.client import stream_files
+
+    return asyncio.run(stream_files(args.url, args.files, speed=args.speed,
+                                    chunk_ms=args.chunk_ms))
+
+
 def _add_decoding_arguments(p) -> None:
     """Search options; each defaults to the model's saved ``decoding`` section."""
     p.add_argument("--head", help="head to decode with (default: the model's first)")
@@ -258,6 +287,28 @@ def main(argv=None) -> int:
     a.add_argument("--out", required=True, help="the averaged model (.pt)")
     a.add_argument("checkpoints", nargs="*", help="checkpoints to average (instead of --exp)")
     a.set_defaults(func=_average)
+
+    s = sub.add_parser("serve", help="recognition server: WebSocket /ws, the microphone page, "
+                       "/health, /metrics, and Wyoming over TCP (docs/protocol.md)")
+    s.add_argument("--model", required=True, help="a streaming ASR checkpoint (.pt)")
+    s.add_argument("--kws-model", help="a wake-word ONNX model for Wyoming detect")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="HTTP and WebSocket port")
+    s.add_argument("--wyoming-port", type=int, help="Wyoming TCP port (default: off)")
+    s.add_argument("--search", help="streaming search (default: the head's first)")
+    s.add_argument("--beam", type=int, default=8)
+    s.add_argument("--max-streams", type=int, default=16)
+    s.add_argument("--idle-timeout", type=float, default=30.0, help="seconds")
+    s.add_argument("--threads", type=int, default=1, help="torch threads of the decoder")
+    s.set_defaults(func=_serve)
+
+    c = sub.add_parser("client", help="stream audio files to a server; prints its messages")
+    c.add_argument("--url", required=True, help="e.g. ws://127.0.0.1:8000/ws")
+    c.add_argument("--speed", type=float, default=1.0,
+                   help="times real time (default 1; 0: as fast as the server takes it)")
+    c.add_argument("--chunk-ms", type=int, default=100)
+    c.add_argument("files", nargs="+")
+    c.set_defaults(func=_client)
 
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -1,0 +1,177 @@
+"""The Wyoming protocol (Home Assistant, Rhasspy) over the same decode worker:
+describe -> info; transcribe + audio-start/chunk/stop -> transcript-start,
+transcript-chunk per final segment, transcript, transcript-stop (the order the protocol
+asks for, so clients that do not stream still get their transcript); detect + audio ->
+detection(s) or not-detected, with the --kws-model."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import List, Optional
+
+import numpy as np
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event, async_read_event
+from wyoming.info import (AsrModel, AsrProgram, Attribution, Describe, Info, WakeModel,
+                          WakeProgram)
+from wyoming.server import AsyncEventHandler
+from wyoming.wake import Detect, Detection, NotDetected
+
+from asr.server.sessions import Closing, Done, Final, ServerBusy, Session
+
+log = logging.getLogger(__name__)
+ATTRIBUTION = Attribution(name="speechkit", url="https://example.invalid/speechkit")
+
+
+def wyoming_info(service) -> Info:
+    asr = AsrProgram(
+        name="speechkit-asr", attribution=ATTRIBUTION, installed=True,
+        description="speechkit streaming recognizer", version=None,
+        models=[AsrModel(name=service.model_name, attribution=ATTRIBUTION, installed=True,
+                         description=None, version=None, languages=list(service.languages))],
+        supports_transcript_streaming=True, requires_external_vad=False)
+    wake = []
+    if service.kws_model is not None:
+        kws = service.kws_model
+        wake = [WakeProgram(
+            name="speechkit-kws", attribution=ATTRIBUTION, installed=True,
+            description="speechkit keyword spotter", version=None,
+            models=[WakeModel(name=kws.keyword, attribution=ATTRIBUTION, installed=True,
+                              description=None, version=None, languages=["en"],
+                              phrase=kws.keyword)])]
+    return Info(asr=[asr], wake=wake)
+
+
+def pcm16_samples(chunk: AudioChunk) -> np.ndarray:
+    return np.frombuffer(chunk.audio, dtype="<i2").astype(np.float32) / 32768.0
+
+
+class WyomingHandler(AsyncEventHandler):
+    """One Wyoming connection; any number of requests, one after another."""
+
+    def __init__(self, reader, writer, service) -> None:
+        super().__init__(reader, writer)
+        self.service = service
+        self.mode = "transcribe"
+        self.wake_names: Optional[List[str]] = None
+        self.session: Optional[Session] = None
+        self.results: Optional[asyncio.Task] = None
+        self.converter: Optional[AudioChunkConverter] = None
+        self.kws_stream = None
+        self.detected = False
+        service.metrics.connections.labels("wyoming").inc()
+
+    async def run(self) -> None:
+        """The base class's loop, with the idle timeout: a silent client is dropped."""
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(async_read_event(self.reader),
+                                                   self.service.config.idle_timeout_s)
+                except asyncio.TimeoutError:
+                    self.service.metrics.errors.labels("wyoming", "idle").inc()
+                    break
+                if event is None or not await self.handle_event(event):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+            log.info("wyoming client dropped: %s", exc)
+        finally:
+            await self.disconnect()
+            self.writer.close()
+
+    async def disconnect(self) -> None:
+        if self.session is not None:
+            self.session.release()
+        if self.results is not None:
+            self.results.cancel()
+
+    async def handle_event(self, event: Event) -> bool:
+        if Describe.is_type(event.type):
+            await self.write_event(wyoming_info(self.service).event())
+        elif Transcribe.is_type(event.type):
+            self.mode = "transcribe"
+        elif Detect.is_type(event.type):
+            if self.service.kws_model is None:
+                await self.write_event(Error("no wake word model (--kws-model)", "no_wake").event())
+                return True
+            self.mode = "detect"
+            self.wake_names = Detect.from_event(event).names
+        elif AudioStart.is_type(event.type):
+            start = AudioStart.from_event(event)
+            return await (self._start_detect(start) if self.mode == "detect"
+                          else self._start_transcribe(start))
+        elif AudioChunk.is_type(event.type):
+            chunk = AudioChunk.from_event(event)
+            if self.kws_stream is not None:
+                await self._detect(chunk)
+            elif self.session is not None:
+                await self.session.put_audio(pcm16_samples(self.converter.convert(chunk)))
+        elif AudioStop.is_type(event.type):
+            if self.kws_stream is not None:
+                await self._stop_detect()
+            elif self.session is not None:
+                self.session.finish()
+                await self.results
+                self.session = self.results = None
+        return True
+
+    # ------------------------------------------------ transcribe
+    async def _start_transcribe(self, start: AudioStart) -> bool:
+        cfg = self.service.config
+        try:
+            self.session = self.service.worker.open_session(
+                start.rate, "wyoming", cfg.max_buffered_seconds, cfg.outbox_size)
+        except ServerBusy as exc:
+            await self.write_event(Error(str(exc), "busy").event())
+            return False
+        self.converter = AudioChunkConverter(rate=start.rate, width=2, channels=1)
+        self.results = asyncio.create_task(self._write_transcript(self.session))
+        return True
+
+    async def _write_transcript(self, session: Session) -> None:
+        texts: List[str] = []
+        await self.write_event(TranscriptStart(language=self.service.languages[0]).event())
+        while True:
+            event = await session.next_event()
+            if isinstance(event, Final) and event.result.text:
+                chunk = (" " if texts else "") + event.result.text
+                texts.append(event.result.text)
+                await self.write_event(TranscriptChunk(chunk).event())
+            elif isinstance(event, Done):
+                await self.write_event(Transcript(" ".join(texts)).event())
+                await self.write_event(TranscriptStop().event())
+                return
+            elif isinstance(event, Closing):
+                await self.write_event(Error(event.reason, str(event.code)).event())
+                return
+
+    # ------------------------------------------------ detect
+    async def _start_detect(self, start: AudioStart) -> bool:
+        kws = self.service.kws_model
+        self.kws_stream = kws.stream()
+        self.detected = False
+        self.converter = AudioChunkConverter(rate=kws.sample_rate, width=2, channels=1)
+        return True
+
+    async def _detect(self, chunk: AudioChunk) -> None:
+        samples = pcm16_samples(self.converter.convert(chunk))
+        # onnxruntime off the event loop, so other connections keep being served
+        detections = await asyncio.to_thread(self.kws_stream.accept_waveform, samples)
+        await self._report(detections)
+
+    async def _report(self, detections) -> None:
+        for det in detections:
+            if self.wake_names and det.label not in self.wake_names:
+                continue
+            self.detected = True
+            self.service.metrics.detections.inc()
+            await self.write_event(Detection(name=det.label,
+                                             timestamp=int(det.time_s * 1000)).event())
+
+    async def _stop_detect(self) -> None:
+        await self._report(await asyncio.to_thread(self.kws_stream.flush))
+        if not self.detected:
+            await self.write_event(NotDetected().event())
+        self.kws_stream = None

@@ -1,0 +1,133 @@
+"""The Wyoming side, driven by the wyoming package's own client: describe -> info with the
+ASR model and the wake word; transcribe a file -> the recognizer's offline streaming
+result, with the streaming transcript events in the protocol's order; detect -> detection
+on a real "computer" recording, not-detected on a not-wake-word one."""
+import asyncio
+import glob
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("wyoming")
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop  # noqa: E402
+from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
+from wyoming.client import AsyncTcpClient  # noqa: E402
+from wyoming.info import Describe, Info  # noqa: E402
+from wyoming.wake import Detect, Detection, NotDetected  # noqa: E402
+
+from kws.edge import read_audio  # noqa: E402
+from server_helpers import (make_streaming_checkpoint, offline_streaming_text,  # noqa: E402
+                            start_server, write_speechlike_wav)
+
+pytestmark = pytest.mark.timeout(60)
+ROOT = Path(__file__).resolve().parents[1]
+KWS = ROOT / "data" / "models" / "computer_crnn.onnx"
+PRECISE = Path("/work/shared/corpora/mycroft_precise")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wy")
+    model = make_streaming_checkpoint(tmp / "model.pt")
+    wav = write_speechlike_wav(tmp / "a.wav", seconds=2.5, rate=22050, seed=2)
+    srv = start_server(model, kws_model=str(KWS), wyoming=True)
+    yield srv, model, wav
+    srv.stop()
+
+
+def client(srv):
+    return AsyncTcpClient("127.0.0.1", srv.service.config.wyoming_port)
+
+
+async def send_audio(c, wave: np.ndarray, rate: int, chunk=1024):
+    pcm = (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
+    await c.write_event(AudioStart(rate=rate, width=2, channels=1).event())
+    for i in range(0, len(pcm), chunk * 2):
+        await c.write_event(AudioChunk(rate=rate, width=2, channels=1,
+                                       audio=pcm[i:i + chunk * 2]).event())
+    await c.write_event(AudioStop().event())
+
+
+async def read_until(c, *types):
+    events = []
+    while True:
+        event = await asyncio.wait_for(c.read_event(), 20)
+        assert event is not None, "server closed the connection"
+        events.append(event)
+        if any(t.is_type(event.type) for t in types):
+            return events
+
+
+def test_describe_lists_the_asr_model_and_the_wake_word(setup):
+    srv, _, _ = setup
+
+    async def describe():
+        async with client(srv) as c:
+            await c.write_event(Describe().event())
+            return Info.from_event((await read_until(c, Info))[-1])
+    info = asyncio.run(describe())
+    assert [m.name for m in info.asr[0].models] == ["model"]
+    assert info.asr[0].supports_transcript_streaming
+    assert [m.name for m in info.wake[0].models] == ["computer"]
+
+
+def test_transcribe_a_file_twice_on_one_connection(setup):
+    srv, model, wav = setup
+    import soundfile as sf
+
+    wave, rate = sf.read(str(wav), dtype="float32")
+    ref = offline_streaming_text(model, wav)["text"]
+    assert ref
+
+    async def transcribe():
+        results = []
+        async with client(srv) as c:
+            for _ in range(2):
+                await c.write_event(Transcribe(language="en").event())
+                await send_audio(c, wave, rate)
+                results.append(await read_until(c, TranscriptStop))
+        return results
+    for events in asyncio.run(transcribe()):
+        types = [e.type for e in events]
+        assert types[0] == "transcript-start" and types[-2:] == ["transcript", "transcript-stop"]
+        chunks = "".join(TranscriptChunk.from_event(e).text for e in events
+                         if TranscriptChunk.is_type(e.type))
+        assert chunks == Transcript.from_event(events[-2]).text == ref
+
+
+@pytest.mark.skipif(not PRECISE.is_dir(), reason="Mycroft Precise recordings not present")
+def test_detect_the_wake_word_and_not_detected_otherwise(setup):
+    srv, _, _ = setup
+    positive = sorted(glob.glob(str(PRECISE / "computer/en/*.flac")))[0]
+    negative = sorted(glob.glob(str(PRECISE / "not-wake-words/en/*.flac")))[0]
+
+    async def detect(path):
+        async with client(srv) as c:
+            await c.write_event(Detect(names=["computer"]).event())
+            await send_audio(c, read_audio(path, 16000), 16000)
+            return await read_until(c, NotDetected, Detection)
+    hit = asyncio.run(detect(positive))[-1]
+    assert Detection.is_type(hit.type) and Detection.from_event(hit).name == "computer"
+    miss = asyncio.run(detect(negative))[-1]
+    assert NotDetected.is_type(miss.type)
+
+
+def test_a_dropped_wyoming_client_frees_its_stream(setup):
+    srv, _, _ = setup
+
+    async def drop():
+        c = client(srv)
+        await c.connect()
+        await c.write_event(Transcribe().event())
+        await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=b"\0" * 6400).event())
+        await asyncio.sleep(0.2)
+        assert srv.service.worker.active == 1
+        await c.disconnect()
+        for _ in range(100):
+            if srv.service.worker.active == 0:
+                return 0
+            await asyncio.sleep(0.05)
+        return srv.service.worker.active
+    assert asyncio.run(drop()) == 0
