@@ -46,3 +46,57 @@ def word_times(tokens: Sequence[int], times: Sequence[float], tokenizer: Tokeniz
             current.word += ch
             current.end = t + frame_seconds
     return words
+
+
+class SegmentStream:
+    """The segment logic shared by the torch Stream (``asr.streaming``) and the onnxruntime
+    one (``export.asr_runtime``): readiness, trailing-silence endpoints, results and reset.
+
+    A subclass sets ``_recognizer`` (with ``config``, ``frame_seconds``, ``tokenizer``,
+    ``best(search, final)`` and ``new_search()``), ``_search`` (with ``frames``),
+    ``_pending`` (frames waiting, (T, F)), ``_segment_start``, ``_segment``,
+    ``_input_finished`` and ``_finished``.
+    """
+
+    def is_ready(self) -> bool:
+        """A chunk of frames is waiting, or the last frames after input_finished()."""
+        if self._finished:
+            return False
+        return (self._pending.shape[0] >= self._recognizer.config.chunk_frames
+                or self._input_finished)
+
+    @property
+    def finished(self) -> bool:
+        """All audio has been decoded."""
+        return self._finished
+
+    def is_endpoint(self) -> bool:
+        """The current segment ended by the trailing-silence rules of the config."""
+        rules = self._recognizer.config.endpoint
+        seconds = self._recognizer.frame_seconds
+        hyp = self._recognizer.best(self._search, final=False)
+        frames = self._search.frames
+        trailing = (frames - (hyp.times[-1] + 1 if hyp.tokens else 0)) * seconds
+        if rules.max_segment > 0 and frames * seconds >= rules.max_segment:
+            return True
+        limit = rules.silence_after_speech if hyp.tokens else rules.silence_without_speech
+        return limit > 0 and trailing >= limit
+
+    def result(self) -> StreamResult:
+        """The current segment: partial, or final at an endpoint or the end of the input."""
+        rec = self._recognizer
+        final = self._finished or self.is_endpoint()
+        hyp = rec.best(self._search, final=final)
+        offset = self._segment_start
+        times = [(offset + t) * rec.frame_seconds for t in hyp.times]
+        return StreamResult(
+            text=rec.tokenizer.decode(hyp.tokens), tokens=list(hyp.tokens), times=times,
+            words=word_times(hyp.tokens, times, rec.tokenizer, rec.frame_seconds),
+            segment=self._segment, start=offset * rec.frame_seconds, is_final=final)
+
+    def reset(self) -> None:
+        """Start the next segment (after an endpoint and its final result); the audio,
+        features and encoder state carry on, so times stay relative to the stream's start."""
+        self._segment_start += self._search.frames
+        self._segment += 1
+        self._search = self._recognizer.new_search()

@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from asr.search.ctc_state import CTCGreedyState, LMScore, PrefixBeam
 from asr.search.types import Hypothesis
-from asr.stream_result import StreamResult, word_times
+from asr.stream_result import SegmentStream, StreamResult, word_times
 from asr.text import Tokenizer
 from export.asr_features_np import StreamingFeatures
 from export.asr_search_np import (TransducerGreedyState, ctc_greedy_advance,
@@ -216,7 +216,7 @@ class Recognizer:
             pass
 
 
-class Stream:
+class Stream(SegmentStream):
     """One utterance's (or client's) audio, features, encoder and search state."""
 
     def __init__(self, recognizer: Recognizer) -> None:
@@ -250,46 +250,3 @@ class Stream:
     def _add_frames(self, frames: np.ndarray) -> None:
         if frames.shape[0]:
             self._pending = np.concatenate([self._pending, frames])
-
-    def is_ready(self) -> bool:
-        """A chunk of frames is waiting, or the last frames after input_finished()."""
-        if self._finished:
-            return False
-        return (self._pending.shape[0] >= self._recognizer.config.chunk_frames
-                or self._input_finished)
-
-    @property
-    def finished(self) -> bool:
-        """All audio has been decoded."""
-        return self._finished
-
-    def is_endpoint(self) -> bool:
-        """The current segment ended by the trailing-silence rules of the config."""
-        rules = self._recognizer.config.endpoint
-        seconds = self._recognizer.frame_seconds
-        hyp = self._recognizer.best(self._search, final=False)
-        frames = self._search.frames
-        trailing = (frames - (hyp.times[-1] + 1 if hyp.tokens else 0)) * seconds
-        if rules.max_segment > 0 and frames * seconds >= rules.max_segment:
-            return True
-        limit = rules.silence_after_speech if hyp.tokens else rules.silence_without_speech
-        return limit > 0 and trailing >= limit
-
-    def result(self) -> StreamResult:
-        """The current segment: partial, or final at an endpoint or the end of the input."""
-        rec = self._recognizer
-        final = self._finished or self.is_endpoint()
-        hyp = rec.best(self._search, final=final)
-        offset = self._segment_start
-        times = [(offset + t) * rec.frame_seconds for t in hyp.times]
-        return StreamResult(
-            text=rec.tokenizer.decode(hyp.tokens), tokens=list(hyp.tokens), times=times,
-            words=word_times(hyp.tokens, times, rec.tokenizer, rec.frame_seconds),
-            segment=self._segment, start=offset * rec.frame_seconds, is_final=final)
-
-    def reset(self) -> None:
-        """Start the next segment (after an endpoint and its final result); the audio,
-        features and encoder state carry on, so times stay relative to the stream's start."""
-        self._segment_start += self._search.frames
-        self._segment += 1
-        self._search = self._recognizer.new_search()
