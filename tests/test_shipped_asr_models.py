@@ -52,3 +52,22 @@ def _evaluate(model: Path, data: Path, *flags: str):
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in open(results)]
     return json.loads(out.stdout.strip().splitlines()[-1]), rows
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "corpora" / "an4").is_dir(),
+                    reason="../shared/corpora/an4 not present")
+def test_shipped_english_model_decodes_with_its_lm(tmp_path):
+    """data/models/english.pt finds the LM text shipped beside it and, with its default
+    decoding (prefix beam 32 + char 8-gram), transcribes AN4 clips (a regression check:
+    most of these speakers trained it)."""
+    model = ROOT / "data" / "models" / "english.pt"
+    assert model.stat().st_size < 10 * 2**20 and (model.parent / "english_lm.txt").is_file()
+    out = subprocess.run(
+        [sys.executable, "-m", "asr", "evaluate", "--model", str(model), "--corpus", "an4",
+         "--data", str(ROOT.parent / "shared" / "corpora" / "an4"), "--limit", "12",
+         "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=230)
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    assert metrics["decoding"]["lm"] is True and metrics["decoding"]["beam"] == 32, metrics
+    assert metrics["utterances"] == 12 and metrics["wer"] < 0.4, metrics
