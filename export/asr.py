@@ -33,6 +33,7 @@ from asr.encoders import ConvRNNEncoder, ConvRNNState
 from asr.heads.ctc import CTCHead
 from asr.heads.transducer import TransducerHead
 from asr.text import Tokenizer
+from kws.export import add_metadata, read_metadata  # noqa: F401 (one ONNX metadata helper for both exports)
 
 MODEL_TYPE = "asr_streaming"
 FORMAT_VERSION = "1"
@@ -151,20 +152,6 @@ def metadata(model, tokenizer: Tokenizer) -> Dict[str, str]:
         "tokenizer": json.dumps(tokenizer.to_dict()),
         "vocab_size": str(tokenizer.vocab_size),
     }
-
-
-def add_metadata(path: Path, meta: Dict[str, str]) -> None:
-    m = onnx.load(str(path))
-    del m.metadata_props[:]
-    for k, v in meta.items():
-        entry = m.metadata_props.add()
-        entry.key, entry.value = k, str(v)
-    onnx.save(m, str(path))
-
-
-def read_metadata(path: str | Path) -> Dict[str, str]:
-    m = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in m.metadata_props}
 
 
 def check_exportable(model) -> ConvRNNEncoder:

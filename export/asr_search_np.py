@@ -33,13 +33,7 @@ def ctc_greedy_advance(log_probs: np.ndarray, lengths: np.ndarray,
     best_lp = np.take_along_axis(log_probs, best[..., None], axis=-1)[..., 0]
     for b, st in enumerate(states):
         n = int(lengths[b])
-        for t, tok in enumerate(best[b, :n].tolist()):
-            if tok != blank and tok != st.last:
-                st.tokens.append(tok)
-                st.times.append(st.frames + t)
-            st.last = tok
-        st.score += float(best_lp[b, :n].astype(np.float64).sum())
-        st.frames += n
+        st.extend(best[b, :n].tolist(), float(best_lp[b, :n].astype(np.float64).sum()), blank)
 
 
 @dataclass

@@ -33,13 +33,7 @@ def ctc_greedy_advance(log_probs: torch.Tensor, lengths: torch.Tensor,
     best_lp, best = log_probs.max(dim=-1)  # (B, T)
     for b, st in enumerate(states):
         n = int(lengths[b])
-        for t, tok in enumerate(best[b, :n].tolist()):
-            if tok != blank and tok != st.last:
-                st.tokens.append(tok)
-                st.times.append(st.frames + t)
-            st.last = tok
-        st.score += float(best_lp[b, :n].double().sum())
-        st.frames += n
+        st.extend(best[b, :n].tolist(), float(best_lp[b, :n].double().sum()), blank)
 
 
 @SEARCHES.register("ctc_greedy")

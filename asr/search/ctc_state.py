@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from asr.search.types import Hypothesis, SearchResult
 
@@ -36,6 +36,17 @@ class CTCGreedyState:
     score: float = 0.0
     last: int = 0  # blank before the first frame
     frames: int = 0
+
+    def extend(self, best: Sequence[int], score: float, blank: int = 0) -> None:
+        """Read the next frames' best tokens ``best`` (their log-probabilities summing to
+        ``score``): merge repeats, drop blanks. Shared by the torch and numpy searches."""
+        for t, tok in enumerate(best):
+            if tok != blank and tok != self.last:
+                self.tokens.append(tok)
+                self.times.append(self.frames + t)
+            self.last = tok
+        self.score += score
+        self.frames += len(best)
 
 
 class PrefixBeam:
