@@ -71,3 +71,27 @@ def test_shipped_english_model_decodes_with_its_lm(tmp_path):
     metrics = json.loads(out.stdout.strip().splitlines()[-1])
     assert metrics["decoding"]["lm"] is True and metrics["decoding"]["beam"] == 32, metrics
     assert metrics["utterances"] == 12 and metrics["wer"] < 0.4, metrics
+
+
+@pytest.mark.timeout(280)
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "corpora" / "an4").is_dir(),
+                    reason="../shared/corpora/an4 not present")
+def test_shipped_english_streaming_model_streams_as_it_decodes_offline():
+    """data/models/english_streaming.pt is streamable (latency-controlled GRUs, running
+    CMVN) and `transcribe --streaming`, fed as a server would be, gives the offline text."""
+    import torch
+
+    model = ROOT / "data" / "models" / "english_streaming.pt"
+    assert model.stat().st_size < 10 * 2**20
+    cfg = torch.load(model, map_location="cpu", weights_only=False)["config"]
+    assert cfg["encoder"]["name"] == "lc_bgru" and cfg["cmvn"] == "running", cfg["encoder"]
+    clips = sorted((ROOT.parent / "shared" / "corpora" / "an4" / "wav").rglob("*.flac"))[:4]
+    texts = {}
+    for mode in ([], ["--streaming"]):
+        out = subprocess.run([sys.executable, "-m", "asr", "transcribe", "--model", str(model),
+                              *mode, *map(str, clips)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=200)
+        assert out.returncode == 0, out.stderr
+        texts[bool(mode)] = [json.loads(line)["text"] for line in out.stdout.splitlines()]
+    assert len(texts[True]) == 4 and all(texts[True]), texts
+    assert texts[True] == texts[False]
