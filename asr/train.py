@@ -462,13 +462,30 @@ class Trainer:
             elapsed = all_reduce_max(elapsed, self.world, self.device)
         return elapsed
 
+    def _init_weights(self, weights: Dict[str, torch.Tensor]) -> None:
+        """Start from another run's weights (``--init-from``). Every weight the checkpoint
+        has must fit this model; this model may have more (a head the checkpoint lacks,
+        e.g. RNN-T and attention heads added to a CTC model), which keep their fresh
+        initialisation and are named in the log."""
+        own = self.model.state_dict()
+        unknown = sorted(set(weights) - set(own))
+        misfit = sorted(k for k in set(weights) & set(own) if weights[k].shape != own[k].shape)
+        if unknown or misfit:
+            raise ValueError(
+                f"{self._start_path}: its weights do not fit this config's model "
+                f"(not in the model: {unknown[:5]}; other shapes: {misfit[:5]})")
+        fresh = sorted(set(own) - set(weights))
+        self.model.load_state_dict(weights, strict=False)
+        log.info("initialised weights from %s%s", self._start_path,
+                 f"; {len(fresh)} new ones start fresh ({', '.join(sorted({k.rsplit('.', 2)[0] for k in fresh})[:6])})"
+                 if fresh else "")
+
     def fit(self) -> TrainResult:
         cfg, world = self.cfg, self.world
         if world.is_main:
             save_config(cfg, self.exp_dir / "config.yaml")
         if self._start_state is not None and self._start_path != self.exp_dir / "last.pt":
-            self.model.load_state_dict(self._start_state["model"])
-            log.info("initialised weights from %s", self._start_path)
+            self._init_weights(self._start_state["model"])
         elif not self._resume() and world.is_main:  # DDP gives the others rank 0's statistics
             mean, std = compute_cmvn(self.model, self.train_set)
             self.model.cmvn.set_stats(mean, std)

@@ -110,6 +110,32 @@ def test_init_from_starts_from_the_given_weights(tmp_path, tone_corpus):
     assert any(not torch.equal(fresh[k], ref[k]) for k in ref)
 
 
+def test_init_from_a_model_with_fewer_heads(tmp_path, tone_corpus):
+    """A CTC model starts a CTC + RNN-T model: the shared weights are the CTC model's, the
+    new head keeps its fresh start; weights that do not fit are refused by file name."""
+    import dataclasses
+
+    from asr.config import HeadConfig
+
+    cfg = tiny_config(tone_corpus, epochs=1)
+    start = Trainer(cfg, tmp_path / "start").fit().model_path
+    ref = read_checkpoint(start)["model"]
+    two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=0.0), heads={
+        "ctc": HeadConfig(weight=1.0),
+        "transducer": HeadConfig(weight=1.0, options={"pred_dim": 16, "joiner_dim": 16})})
+    trainer = Trainer(two, tmp_path / "two", init_from=str(start))
+    fresh_head = {k: v.clone() for k, v in trainer.model.state_dict().items()
+                  if k.startswith("heads.transducer.")}
+    got = read_checkpoint(trainer.fit().model_path)["model"]
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], msg=k)
+    assert fresh_head and all(torch.equal(got[k], v) for k, v in fresh_head.items())
+    wider = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder,
+                                                                 hidden_size=cfg.encoder.hidden_size + 8))
+    with pytest.raises(ValueError, match="start/model.pt.*do not fit"):
+        Trainer(wider, tmp_path / "wider", init_from=str(start)).fit()
+
+
 def test_truncated_checkpoint_is_refused_by_name(tmp_path, tone_corpus):
     cfg = tiny_config(tone_corpus, epochs=1)
     result = Trainer(cfg, tmp_path / "exp").fit()
