@@ -10,6 +10,12 @@ defaults) in its metadata, so no side config is read.
         for det in stream.accept_waveform(chunk):
             print(det.time_s, det.label, det.score)
     stream.flush()
+
+Two stream kinds: :class:`KeywordStream` runs the model on the last window every hop
+(any model; the only path for bidirectional ones) and :class:`StatefulKeywordStream`
+carries the GRU state and the convolution's frame context from hop to hop (models
+exported with :func:`kws.export.export_streaming_onnx`). ``model.stream(mode=...)``
+chooses; "auto" streams when the file has a streaming graph.
 """
 from __future__ import annotations
 
