@@ -1,7 +1,7 @@
 """Command line for the keyword spotter.
 
     python -m kws train --config C.yaml --train train.jsonl --val val.jsonl --out DIR
-    python -m kws export --checkpoint DIR --out M.onnx [--int8 M_int8.onnx]
+    python -m kws export --checkpoint DIR --out M.onnx [--int8 M_int8.onnx] [--streaming]
     python -m kws evaluate --model M.onnx --corpus speech_commands --data DIR
     python -m kws evaluate-detection --model M(.onnx|checkpoint) --positives DIR... --negatives DIR...
         [--noise DIR...] [--snr 5] [--out DIR]
@@ -60,13 +60,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import os
 
-    from kws.export import export_onnx, quantize_int8
+    from kws.export import export_onnx, export_streaming_onnx, quantize_int8
     from kws.model import count_parameters
     from kws.train import load_checkpoint
 
     spotter = load_checkpoint(args.checkpoint)
-    path = export_onnx(spotter.crnn, spotter.cfg, args.out, frontend=spotter.frontend)
-    out = {"onnx": str(path), "bytes": os.path.getsize(path), "params": count_parameters(spotter.crnn)}
+    export = export_streaming_onnx if args.streaming else export_onnx
+    path = export(spotter.crnn, spotter.cfg, args.out, frontend=spotter.frontend)
+    out = {"onnx": str(path), "bytes": os.path.getsize(path), "params": count_parameters(spotter.crnn),
+           "graph": "streaming_step" if args.streaming else "window"}
     if args.int8:
         q = quantize_int8(path, args.int8)
         out.update({"int8": str(q), "int8_bytes": os.path.getsize(q)})
@@ -181,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--int8", default="")
+    e.add_argument("--streaming", action="store_true",
+                   help="export the streaming step (GRU state as input/output; unidirectional models)")
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("evaluate", help="N-way accuracy on a corpus layout (one JSON line)")

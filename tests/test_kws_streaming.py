@@ -179,3 +179,22 @@ def test_training_windows_have_the_features_of_serving():
         assert np.abs(bare - win)[[0, -1]].max() > 0.1
         checked += 1
     assert checked >= 20
+
+
+def test_cli_export_streaming(tmp_path, capsys):
+    from kws.__main__ import main
+    from kws.train import Spotter, save_checkpoint
+
+    for bidirectional in (False, True):
+        cfg = KWSConfig(labels=["_background_", "kw"], task="wakeword", keyword="kw",
+                        model=CRNNConfig(bidirectional=bidirectional, gru_size=8, conv_channels=4,
+                                         dense_size=8, gru_layers=1))
+        ck = tmp_path / f"ck{int(bidirectional)}"
+        save_checkpoint(Spotter(cfg).eval(), ck)
+        rc = main(["export", "--checkpoint", str(ck), "--out", str(ck / "s.onnx"),
+                   "--int8", str(ck / "s_int8.onnx"), "--streaming"])
+        if bidirectional:  # a clear error, not a broken file
+            assert rc == 2 and "unidirectional" in capsys.readouterr().err
+        else:
+            assert rc == 0
+            assert KWSModel(str(ck / "s.onnx")).streaming and KWSModel(str(ck / "s_int8.onnx")).streaming
