@@ -310,7 +310,6 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
     and adds corpora never used in training).
     """
     cfg = cfg or DetectionEvalConfig()
-    sr = model.sample_rate
     skipped: Dict[str, str] = {}
     pos_waves, contexts, neg_sets = _load_trials(model, positives, negatives, cfg, skipped)
 

@@ -8,6 +8,8 @@ equal to it (the GRU has seen more than one window of audio), so the windowed pa
 different computation, kept for comparison and for bidirectional models.
 """
 import os
+import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +20,6 @@ from kws.edge import EdgeError, KWSModel
 from kws.export import export_onnx, export_streaming_onnx, quantize_int8
 from kws.features_np import compute_features
 from kws.model import CRNN, CRNNStream
-
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SR = 16000
@@ -137,7 +137,7 @@ def test_bidirectional_models_are_windowed_only(tmp_path):
         edge.stream(mode="streaming")
 
 
-def test_training_windows_have_the_features_of_serving():
+def test_training_windows_have_the_features_of_serving(tmp_path):
     """The windows the serving stream feeds the model equal the training path's features
     of the same audio (a window with its context, kws.data.WindowMaker + Spotter.features)."""
     from kws.data import Clip, NoiseBank, WindowMaker
@@ -146,7 +146,7 @@ def test_training_windows_have_the_features_of_serving():
     cfg = KWSConfig(labels=["_background_", "kw"], task="wakeword", keyword="kw",
                     model=CRNNConfig(gru_size=8, conv_channels=4, dense_size=8, gru_layers=1))
     spotter = Spotter(cfg).eval()
-    path = export_onnx(spotter.crnn, cfg, Path(os.environ.get("TMPDIR", "/tmp")) / f"feat_{os.getpid()}.onnx")
+    path = export_onnx(spotter.crnn, cfg, tmp_path / "w.onnx")
     edge = KWSModel(str(path))
     seen = []
     predict = edge.predict
@@ -169,7 +169,7 @@ def test_training_windows_have_the_features_of_serving():
         segment = torch.from_numpy(audio[start - ctx: start + n + ctx])
         # WindowMaker cuts exactly this segment from a clip of the same audio
         clip = Clip(torch.from_numpy(audio[start - ctx - 1000: start + n + ctx + 1000]), 0)
-        made = maker(clip, __import__("random").Random(0), augment=False)
+        made = maker(clip, random.Random(0), augment=False)
         assert made.shape == (n + 2 * ctx,) and torch.equal(made, segment)
         with torch.no_grad():
             train_feats = spotter.features(made[None])[0].numpy()
