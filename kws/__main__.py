@@ -1,9 +1,10 @@
 """Command line for the keyword spotter.
 
     python -m kws train --config C.yaml --train train.jsonl --val val.jsonl --out DIR
-    python -m kws export --checkpoint DIR --out M.onnx [--int8 M_int8.onnx]
+    python -m kws export --checkpoint DIR --out M.onnx [--int8 M_int8.onnx] [--streaming]
     python -m kws evaluate --model M.onnx --corpus speech_commands --data DIR
-    python -m kws evaluate-detection --model M.onnx --positives DIR --negatives DIR [DIR...] [--snr DB]
+    python -m kws evaluate-detection --model M(.onnx|checkpoint) --positives DIR... --negatives DIR...
+        [--noise DIR...] [--snr 5] [--out DIR]
     python -m kws detect FILE|- [--model M.onnx] [--mic]
 
 ``detect`` and the two evaluations run on the edge runtime (numpy + onnxruntime);
@@ -59,13 +60,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import os
 
-    from kws.export import export_onnx, quantize_int8
+    from kws.export import export_onnx, export_streaming_onnx, quantize_int8
     from kws.model import count_parameters
     from kws.train import load_checkpoint
 
     spotter = load_checkpoint(args.checkpoint)
-    path = export_onnx(spotter.crnn, spotter.cfg, args.out, frontend=spotter.frontend)
-    out = {"onnx": str(path), "bytes": os.path.getsize(path), "params": count_parameters(spotter.crnn)}
+    export = export_streaming_onnx if args.streaming else export_onnx
+    path = export(spotter.crnn, spotter.cfg, args.out, frontend=spotter.frontend)
+    out = {"onnx": str(path), "bytes": os.path.getsize(path), "params": count_parameters(spotter.crnn),
+           "graph": "streaming_step" if args.streaming else "window"}
     if args.int8:
         q = quantize_int8(path, args.int8)
         out.update({"int8": str(q), "int8_bytes": os.path.getsize(q)})
@@ -90,15 +93,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_detection(args: argparse.Namespace) -> int:
-    from kws.edge import KWSModel
-    from kws.evaluate import evaluate_detection
+    from kws.evaluate import DetectionEvalConfig, detection_report
 
-    model = KWSModel(args.model, num_threads=args.threads)
-    res = evaluate_detection(model, args.positives, args.negatives, snr_db=args.snr,
-                             noise_dirs=args.noise or (), seed=args.seed, plot=args.plot)
+    model = _load_edge_model(args.model, args.threads, args.out)
+    cfg = DetectionEvalConfig(snrs=tuple(args.snr), noise_dirs=tuple(args.noise), seed=args.seed,
+                              context_s=args.context_s, min_hours_factor=args.min_hours_factor,
+                              mode=args.mode)
+    res = detection_report(model, args.positives, args.negatives, cfg, out_dir=args.out or None)
     res["model"] = args.model
     _print_json(res)
     return 0
+
+
+def _load_edge_model(path: str, threads: int, out: str = ""):
+    """An ONNX file as is; a checkpoint (folder or .pt) exported to ONNX first (needs torch),
+    into ``out`` when given, else a temporary folder."""
+    from kws.edge import KWSModel
+
+    p = Path(path)
+    if p.suffix == ".onnx":
+        return KWSModel(path, num_threads=threads)
+    if not (p.is_dir() or p.suffix == ".pt"):
+        raise ValueError(f"{path}: expected an .onnx model or a checkpoint (folder or .pt)")
+    import tempfile
+
+    from kws.export import export_onnx, export_streaming_onnx
+    from kws.train import load_checkpoint
+
+    spotter = load_checkpoint(p)
+    folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="kws_eval_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    if spotter.crnn.can_stream:
+        onnx_path = export_streaming_onnx(spotter.crnn, spotter.cfg, folder / "model_stream.onnx",
+                                          frontend=spotter.frontend)
+    else:
+        onnx_path = export_onnx(spotter.crnn, spotter.cfg, folder / "model.onnx", frontend=spotter.frontend)
+    return KWSModel(str(onnx_path), num_threads=threads)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -153,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--int8", default="")
+    e.add_argument("--streaming", action="store_true",
+                   help="export the streaming step (GRU state as input/output; unidirectional models)")
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("evaluate", help="N-way accuracy on a corpus layout (one JSON line)")
@@ -168,14 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=1)
     v.set_defaults(func=cmd_evaluate)
 
-    d = sub.add_parser("evaluate-detection", help="FRR at 0.5 / 1 false alarms per hour (one JSON line)")
-    d.add_argument("--model", required=True)
-    d.add_argument("--positives", nargs="+", required=True)
-    d.add_argument("--negatives", nargs="+", required=True)
-    d.add_argument("--snr", type=float, default=None, help="mix noise at this SNR (dB)")
-    d.add_argument("--noise", nargs="*", default=[], help="noise directories (default: generated)")
+    d = sub.add_parser("evaluate-detection", help="FRR at 0.5 / 1 false alarms per hour, clean and noisy "
+                       "(one JSON line)")
+    d.add_argument("--model", required=True, help="an .onnx model or a checkpoint (folder or model.pt)")
+    d.add_argument("--positives", nargs="+", required=True, help="folders of keyword clips (recursive)")
+    d.add_argument("--negatives", nargs="+", required=True,
+                   help="folders of audio without the keyword; each streamed as one continuous stream")
+    d.add_argument("--snr", type=float, nargs="*", default=[5.0],
+                   help="noisy conditions beside clean, dB (default 5; none: clean only)")
+    d.add_argument("--noise", nargs="*", default=[],
+                   help="real noise folders, e.g. speech_commands/_background_noise_ (default: generated)")
+    d.add_argument("--out", default="", help="folder for det.png and detection.json")
+    d.add_argument("--mode", default="auto", choices=["auto", "windowed", "streaming"],
+                   help="windowed: the model on the last 1 s every hop; streaming: recurrent state "
+                        "carried from hop to hop (models exported with --streaming)")
+    d.add_argument("--context-s", type=float, default=1.0, help="negative audio streamed before each positive")
+    d.add_argument("--min-hours-factor", type=float, default=3.0,
+                   help="report FRR at r FA/h only with >= k / r hours of negatives (k=3: rule of three)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--plot", default="", help="DET curve PNG")
     d.add_argument("--threads", type=int, default=1)
     d.set_defaults(func=cmd_evaluate_detection)
 

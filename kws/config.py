@@ -126,6 +126,14 @@ class KWSConfig:
     def window_samples(self) -> int:
         return int(round(self.window_s * self.features.sample_rate))
 
+    @property
+    def context_samples(self) -> int:
+        """Samples of audio on each side of a window that its edge frames read: a centered
+        frame spans ``n_fft // 2`` samples either side of its center. Training windows carry
+        them (``window_samples + 2 * context_samples`` samples, framed without padding), so
+        a window's features equal those the stream computes for the same audio."""
+        return self.features.n_fft // 2 if self.features.center else 0
+
 
 def kws_config_from_dict(data: Dict[str, Any], where: str = "kws config") -> KWSConfig:
     cfg = from_dict(KWSConfig, data, where=where)

@@ -214,18 +214,22 @@ class NoiseBank:
 
 # ----------------------------------------------------------------------------- sampler
 class WindowMaker:
-    """Turns a clip into one training window (window_samples,) with augmentation."""
+    """Turns a clip into one training window with augmentation: (context + window_samples
+    + context,) samples, the clip's own audio (or zeros) around the window on each side
+    (``context``: :attr:`kws.config.KWSConfig.context_samples`; 0 gives bare windows)."""
 
     def __init__(self, window_samples: int, cfg: AugmentConfig, noise: NoiseBank,
-                 sample_rate: int = 16000) -> None:
-        self.n = window_samples
+                 sample_rate: int = 16000, context: int = 0) -> None:
+        self.window = window_samples
+        self.context = context
+        self.n = window_samples + 2 * context  # samples returned
         self.cfg = cfg
         self.noise = noise
         self.sr = sample_rate
 
     def place(self, wave: torch.Tensor, focus: Optional[Tuple[int, int]], rng: random.Random,
               jitter: bool) -> torch.Tensor:
-        """Crop or zero-pad ``wave`` (N,) to the window (n,).
+        """Crop or zero-pad ``wave`` (N,) to the window with its context (n,).
 
         The natural placement is the one evaluation uses (a centered crop or centered
         padding, :meth:`kws.edge.KWSModel.fit_window`); training shifts it by up to
@@ -233,7 +237,7 @@ class WindowMaker:
         fits; in a clip longer than the window it may sit anywhere. Long clips without a
         focus (running speech) are cropped anywhere.
         """
-        n, N = self.n, wave.numel()
+        n, N = self.window, wave.numel()
         start = (N - n) // 2
         shift = int(self.cfg.time_shift_s * self.sr)
         if jitter:
@@ -249,6 +253,8 @@ class WindowMaker:
                 start = rng.randint(f1 - n, f0)
             else:  # starts that keep [f0, f1) inside: [f1 - n, f0]
                 start = min(max(start, f1 - n), f0)
+        start -= self.context  # the window's context on both sides comes with it
+        n = self.n
         out = torch.zeros(n)
         a, b = max(start, 0), min(start + n, N)
         if b > a:
@@ -256,7 +262,7 @@ class WindowMaker:
         return out
 
     def __call__(self, clip: Clip, rng: random.Random, augment: bool = True) -> torch.Tensor:
-        """clip.wave (N,) -> window (window_samples,): pitch variant, speed, placement,
+        """clip.wave (N,) -> window with context (n,): pitch variant, speed, placement,
         gain and noise when ``augment``; the evaluation placement alone otherwise."""
         c = self.cfg
         wave, focus = clip.wave, clip.focus

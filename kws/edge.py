@@ -10,6 +10,12 @@ defaults) in its metadata, so no side config is read.
         for det in stream.accept_waveform(chunk):
             print(det.time_s, det.label, det.score)
     stream.flush()
+
+Two stream kinds: :class:`KeywordStream` runs the model on the last window every hop
+(any model; the only path for bidirectional ones) and :class:`StatefulKeywordStream`
+carries the GRU state and the convolution's frame context from hop to hop (models
+exported with :func:`kws.export.export_streaming_onnx`). ``model.stream(mode=...)``
+chooses; "auto" streams when the file has a streaming graph.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import onnxruntime as ort
 from kws.detector import Detection, PosteriorDetector, target_indices
 from kws.features_np import StreamingFeatures, compute_features, resample, window_features
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".sph")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".sph")
 
 
 class EdgeError(ValueError):
@@ -81,6 +87,12 @@ class KWSModel:
         self.detector_config = json.loads(meta["detector"])
         self.targets = target_indices(self.labels)
         self.input_name = self.session.get_inputs()[0].name
+        # a streaming-step graph (kws.export.export_streaming_onnx) also serves windows
+        self.streaming = meta.get("graph") == "streaming_step"
+        if self.streaming:
+            self.state_shape = tuple(json.loads(meta["state_shape"]))  # (L, H)
+            self.conv_kernel_t = int(meta["conv_kernel_t"])
+            self.conv_stride_t = int(meta["conv_stride_t"])
         n_mels = int(self.feature_config["n_mels"])
         self.silence_frame = np.full(
             n_mels, 0.0 if self.feature_config["kind"] == "pcen" else
@@ -93,31 +105,72 @@ class KWSModel:
         if feats.ndim != 3 or feats.shape[1] != self.window_frames:
             raise EdgeError(f"{self.path}: expected features (B, {self.window_frames}, F), "
                             f"got {feats.shape}")
-        outs = [self.session.run(None, {self.input_name: feats[i:i + batch]})[0]
-                for i in range(0, feats.shape[0], batch)]
+        if self.streaming:  # a zero state, the last step: the windowed computation
+            outs = [self.step(feats[i:i + batch], self.zero_state(feats[i:i + batch].shape[0]))[0][:, -1]
+                    for i in range(0, feats.shape[0], batch)]
+        else:
+            outs = [self.session.run(None, {self.input_name: feats[i:i + batch]})[0]
+                    for i in range(0, feats.shape[0], batch)]
         return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
 
+    def zero_state(self, batch: int = 1) -> np.ndarray:
+        """(L, B, H) zeros: the state at the start of a stream."""
+        layers, hidden = self.state_shape
+        return np.zeros((layers, batch, hidden), np.float32)
+
+    def step(self, feats: np.ndarray, state: np.ndarray) -> tuple:
+        """Streaming graph only. feats (B, LT + (K-1) ST, F), state (L, B, H) ->
+        (posteriors (B, K, C), state (L, B, H))."""
+        post, h = self.session.run(None, {"features": np.ascontiguousarray(feats, dtype=np.float32),
+                                          "state": state})
+        return post, h
+
     def fit_window(self, wave: np.ndarray) -> np.ndarray:
-        """Center-crop or zero-pad a clip (N,) to one window (window_samples,)."""
-        n, w = wave.shape[0], self.window_samples
-        if n >= w:
-            start = (n - w) // 2
-            return wave[start:start + w]
-        left = (w - n) // 2
-        return np.pad(wave, (left, w - n - left))
+        """Center-crop or zero-pad a clip (N,) to one window with its context on both sides
+        (context_samples + window_samples + context_samples,), as training makes them."""
+        w = self.window_samples
+        n = wave.shape[0]
+        start = (n - w) // 2 - self.context_samples
+        total = w + 2 * self.context_samples
+        out = np.zeros(total, np.float32)
+        a, b = max(start, 0), min(start + total, n)
+        if b > a:
+            out[a - start:b - start] = wave[a:b]
+        return out
+
+    @property
+    def context_samples(self) -> int:
+        """:attr:`kws.config.KWSConfig.context_samples` of the model's features."""
+        return int(self.feature_config["n_fft"]) // 2 if self.feature_config.get("center", True) else 0
 
     def features(self, wave: np.ndarray) -> np.ndarray:
         """(N,) waveform -> (T, F) features (numpy, equal to asr.features within 1e-4)."""
         return compute_features(wave, self.feature_config)
 
+    def window_features(self, window: np.ndarray) -> np.ndarray:
+        """A window with its context (from :meth:`fit_window`) -> (window_frames, F): the
+        frames the stream computes for the same audio (framed without padding)."""
+        if not self.context_samples:
+            return self.features(window)
+        return compute_features(window, {**self.feature_config, "center": False})
+
     def classify(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Clips [(N_i,)] -> posteriors (B, C), one window per clip (centered)."""
-        feats = np.stack([self.features(self.fit_window(np.asarray(w, np.float32))) for w in waves])
+        feats = np.stack([self.window_features(self.fit_window(np.asarray(w, np.float32))) for w in waves])
         return self.predict(feats)
 
     # ---------------------------------------------------------------- streams
     def stream(self, threshold: Optional[float] = None, smooth_hops: Optional[int] = None,
-               refractory_s: Optional[float] = None, record: bool = False) -> "KeywordStream":
+               refractory_s: Optional[float] = None, record: bool = False, mode: str = "auto"):
+        """A per-input stream. ``mode``: "windowed" (:class:`KeywordStream`: the model on
+        the last window every hop), "streaming" (:class:`StatefulKeywordStream`: the
+        recurrent state carried from hop to hop; streaming-step models only) or "auto"
+        (streaming when the model has a streaming graph)."""
+        if mode not in ("auto", "windowed", "streaming"):
+            raise ValueError(f"mode must be 'auto', 'windowed' or 'streaming', got {mode!r}")
+        if mode == "streaming" and not self.streaming:
+            raise EdgeError(f"{self.path}: not a streaming-step model (export a unidirectional "
+                            "model with 'python -m kws export --streaming'); use mode 'windowed'")
         d = dict(self.detector_config)
         if threshold is not None:
             d["threshold"] = threshold
@@ -125,6 +178,8 @@ class KWSModel:
             d["smooth_hops"] = smooth_hops
         if refractory_s is not None:
             d["refractory_s"] = refractory_s
+        if mode == "streaming" or (mode == "auto" and self.streaming):
+            return StatefulKeywordStream(self, d, record=record)
         return KeywordStream(self, d, record=record)
 
 
@@ -206,6 +261,90 @@ class KeywordStream:
 
     def flush(self, seconds: float = 0.3) -> List[Detection]:
         """Feed trailing silence so the end of the input reaches the window."""
+        return self.accept_waveform(np.zeros(int(seconds * self.model.sample_rate), np.float32))
+
+
+class StatefulKeywordStream:
+    """Hop-to-hop streaming without recomputation, for streaming-step models.
+
+    accept_waveform(samples (n,)) -> [Detection], as :class:`KeywordStream`. Each log-mel
+    frame is computed once; the frames not yet consumed by the convolution (its context)
+    and the GRU state (``state`` input/output of the ONNX graph) are carried between calls,
+    so each new frame passes through the network once. At every hop the detector gets the
+    posterior of the last convolution step whose frames have all arrived (the
+    convolution's stride, e.g. 80 ms, need not divide the 100 ms hop); that posterior
+    equals the model run over all audio since the stream started (tested against torch).
+    Hops before the first convolution step (LT frames) give no posterior.
+    """
+
+    def __init__(self, model: KWSModel, detector: dict, record: bool = False) -> None:
+        if model.feature_config["kind"] == "pcen":
+            raise EdgeError(f"{model.path}: streaming-step models take log-mel features")
+        self.model = model
+        self.hop_frames = max(1, int(round(detector["hop_s"] * model.sample_rate / model.hop_length)))
+        self.detector = PosteriorDetector(
+            model.labels, threshold=detector["threshold"], smooth_hops=detector["smooth_hops"],
+            refractory_hops=int(round(detector["refractory_s"] / detector["hop_s"])))
+        self.features = StreamingFeatures(model.feature_config)
+        self.lt, self.st = model.conv_kernel_t, model.conv_stride_t
+        self.record = record
+        self.reset()
+
+    def reset(self) -> None:
+        self.features.reset()
+        self.detector.reset()
+        self._buf = np.zeros((0, int(self.model.feature_config["n_mels"])), np.float32)  # unconsumed frames
+        self._state = self.model.zero_state(1)
+        self._frames = 0
+        self._steps = 0
+        self._last: Optional[np.ndarray] = None  # posterior of the latest step
+        self._samples = 0
+        self.posteriors: List[np.ndarray] = []
+        self.times: List[float] = []
+
+    @property
+    def seconds(self) -> float:
+        return self._samples / self.model.sample_rate
+
+    def accept_waveform(self, samples: np.ndarray) -> List[Detection]:
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self._samples += samples.size
+        new = self.features.accept(samples)
+        if new.shape[0] == 0:
+            return []
+        first = self._frames
+        self._frames += new.shape[0]
+        self._buf = np.concatenate([self._buf, new])
+        first_step = self._steps
+        probs = np.zeros((0, len(self.model.labels)), np.float32)
+        if self._buf.shape[0] >= self.lt:
+            k = (self._buf.shape[0] - self.lt) // self.st + 1
+            post, self._state = self.model.step(self._buf[None, : self.lt + (k - 1) * self.st], self._state)
+            probs = post[0]
+            self._buf = self._buf[k * self.st:]
+            self._steps += k
+        hop = self.hop_frames
+        ends = np.arange(((first + 1 + hop - 1) // hop) * hop - 1, self._frames, hop)
+        dets = []
+        fr = self.model.hop_length / self.model.sample_rate
+        for e in ends:
+            if e + 1 < self.lt:
+                continue
+            j = (e + 1 - self.lt) // self.st  # the last step whose frames end at or before e
+            p = probs[j - first_step] if j >= first_step else self._last
+            t = float(e * fr)
+            if self.record:
+                self.posteriors.append(p)
+                self.times.append(t)
+            d = self.detector.push(p, t)
+            if d is not None:
+                dets.append(d)
+        if probs.shape[0]:
+            self._last = probs[-1]
+        return dets
+
+    def flush(self, seconds: float = 0.3) -> List[Detection]:
+        """Feed trailing silence so the end of the input reaches the network."""
         return self.accept_waveform(np.zeros(int(seconds * self.model.sample_rate), np.float32))
 
 

@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 
 from asr.config import to_dict
 from kws.config import KWSConfig
-from kws.model import CRNN, CRNNWithSoftmax, count_parameters
+from kws.model import CRNN, CRNNStepWithSoftmax, CRNNWithSoftmax, count_parameters
 
 MODEL_TYPE = "kws_crnn"
 FORMAT_VERSION = "1"
@@ -85,6 +85,43 @@ def export_onnx(model: CRNN, cfg: KWSConfig, path: str | Path,
             dynamic_axes={"features": {0: "batch", 1: "time"}, "posteriors": {0: "batch"}},
             opset_version=opset, dynamo=False)
     add_metadata(path, metadata(cfg, model, frontend))
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def export_streaming_onnx(model: CRNN, cfg: KWSConfig, path: str | Path,
+                          frontend: Optional[torch.nn.Module] = None, opset: int = 17) -> Path:
+    """Write the streaming step of a streamable model (:attr:`CRNN.can_stream`):
+    inputs ``features`` (B, T, F) with T = LT + (K - 1) * ST and ``state`` (L, B, H);
+    outputs ``posteriors`` (B, K, C) (softmax) and ``state_out`` (L, B, H).
+
+    The same file serves both paths of the edge runtime: streaming (the state carried from
+    hop to hop, :class:`kws.edge.KeywordStream` ``mode="streaming"``) and windowed (one
+    window with a zero state, the last step's posteriors). Metadata as :func:`export_onnx`,
+    plus ``graph: streaming_step``, ``state_shape`` [L, H] and the time kernel/stride.
+    """
+    if not model.can_stream:
+        model.step(torch.zeros(1, cfg.model.conv_kernel[0], cfg.features.n_mels))  # raises, naming why
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = CRNNStepWithSoftmax(model.eval()).eval()
+    lt, st = cfg.model.conv_kernel[0], cfg.model.conv_stride[0]
+    layers, hidden = model.state_shape
+    dummy = (torch.randn(2, lt + st, cfg.features.n_mels), torch.zeros(layers, 2, hidden))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing notes on the checks in CRNN.step (constant here)
+        torch.onnx.export(
+            wrapper, dummy, str(path), input_names=["features", "state"],
+            output_names=["posteriors", "state_out"],
+            dynamic_axes={"features": {0: "batch", 1: "time"}, "state": {1: "batch"},
+                          "posteriors": {0: "batch", 1: "steps"}, "state_out": {1: "batch"}},
+            opset_version=opset, dynamo=False)
+    meta = metadata(cfg, model, frontend)
+    meta.update({"graph": "streaming_step", "state_shape": json.dumps([layers, hidden]),
+                 "conv_kernel_t": str(lt), "conv_stride_t": str(st),
+                 "input": "features (B, LT + (K-1) ST, n_mels) float32; state (L, B, H) float32",
+                 "output": "posteriors (B, K, num_classes) softmax; state_out (L, B, H)"})
+    add_metadata(path, meta)
     onnx.checker.check_model(str(path))
     return path
 

@@ -71,8 +71,11 @@ def frr_at_fa(curve: Dict[str, np.ndarray], fa_per_hour: float) -> Dict[str, flo
 
 
 def plot_det(curves: Dict[str, Dict[str, np.ndarray]], path: str, title: str = "",
-             marks: Sequence[float] = (0.5, 1.0)) -> None:
-    """FRR (y) against false alarms per hour (x) for each named curve, as a PNG."""
+             marks: Sequence[float] = (0.5, 1.0), min_rate: Optional[float] = None) -> None:
+    """FRR (y) against false alarms per hour (x) for each named curve, as a PNG.
+
+    ``min_rate``: rates below it are shaded as not observable with the negative audio
+    given (see :func:`kws.evaluate.hours_needed`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,6 +90,9 @@ def plot_det(curves: Dict[str, Dict[str, np.ndarray]], path: str, title: str = "
                 label=name)
     for m in marks:
         ax.axvline(m, color="gray", ls=":", lw=1)
+    if min_rate is not None and min_rate > 1e-2:
+        ax.axvspan(1e-2 / 1.5, min_rate, color="gray", alpha=0.15, lw=0,
+                   label=f"below {min_rate:.2g} FA/h: too little negative audio")
     ax.set_xscale("log")
     ax.set_xlabel("false alarms per hour (0 drawn at 0.01)")
     ax.set_ylabel("false rejection rate (%)")

@@ -7,6 +7,8 @@ model as buffers, so the exported graph takes raw features.
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,6 +27,12 @@ class CRNN(nn.Module):
     The convolution has no padding in frequency and pads time only up to one kernel, so
     ``T`` may be any length >= 1; the number of recurrent steps is
     ``conv_out(max(T, LT), LT, ST)``.
+
+    Streaming (:meth:`step`, :class:`CRNNStream`) needs a model whose output at a step
+    depends on the past alone: a unidirectional GRU, ``pool: last`` and no per-window
+    mean subtraction (``can_stream``). For such a model the logits of ``forward`` on
+    frames ``0..T-1`` equal the last step of :meth:`step` run over the same frames in any
+    number of pieces, carrying the GRU state and the convolution's frame context.
     """
 
     def __init__(self, cfg: CRNNConfig, n_mels: int, num_classes: int) -> None:
@@ -66,6 +74,39 @@ class CRNN(nn.Module):
         b, c, t, f = x.shape
         return x.permute(0, 2, 1, 3).reshape(b, t, c * f)
 
+    @property
+    def can_stream(self) -> bool:
+        """Whether the model's output at a step depends only on frames up to that step."""
+        return not self.cfg.bidirectional and self.cfg.pool == "last" and not self.cfg.cmn
+
+    @property
+    def state_shape(self) -> tuple:
+        """(L, H): the GRU state of one stream (its batch axis goes in the middle)."""
+        return (self.cfg.gru_layers * (2 if self.cfg.bidirectional else 1), self.cfg.gru_size)
+
+    def step(self, feats: torch.Tensor, state: Optional[torch.Tensor] = None
+             ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One streaming step over K convolution steps.
+
+        Args:
+            feats: (B, T, F) raw features, T = LT + (K - 1) * ST: the frames of K new
+                convolution steps, the previous steps' overlapping frames (conv context)
+                included.
+            state: (L, B, H) GRU state after the previous step, or None (zeros: the start
+                of a stream).
+        Returns:
+            logits (B, K, C) at each of the K steps, and the new state (L, B, H).
+        """
+        if not self.can_stream:
+            raise ValueError("streaming needs a unidirectional GRU, pool 'last' and cmn off "
+                             f"(model: bidirectional={self.cfg.bidirectional}, pool={self.cfg.pool!r}, "
+                             f"cmn={self.cfg.cmn})")
+        lt, st = self.cfg.conv_kernel[0], self.cfg.conv_stride[0]
+        if feats.shape[1] < lt or (feats.shape[1] - lt) % st:
+            raise ValueError(f"step needs LT + (K - 1) * ST frames (LT={lt}, ST={st}), got {feats.shape[1]}")
+        y, h = self.gru(self.conv_features(feats), state)  # y (B, K, H)
+        return self.out(self.drop(F.relu(self.dense(self.drop(y))))), h
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         x = self.conv_features(feats)
         y, h = self.gru(x)  # y (B, T', H * dirs); h (layers * dirs, B, H)
@@ -79,9 +120,56 @@ class CRNN(nn.Module):
         return self.out(z)
 
 
+class CRNNStream:
+    """Hop-to-hop inference with a streamable :class:`CRNN` (torch; the edge runtime has
+    its own, on the exported step): accept(frames (T, F)) -> logits (K, C) of the K
+    convolution steps those frames complete (K may be 0).
+
+    Carries the GRU state and the frames not yet consumed by the convolution (the last
+    ``LT - ST`` frames of the previous step, plus any remainder), so nothing is
+    recomputed. The logits of step k equal ``model(all frames up to that step)``.
+    """
+
+    def __init__(self, model: CRNN) -> None:
+        if not model.can_stream:
+            model.step(torch.zeros(1, model.cfg.conv_kernel[0], model.n_mels))  # raises, naming why
+        self.model = model.eval()
+        self.lt, self.st = model.cfg.conv_kernel[0], model.cfg.conv_stride[0]
+        self.reset()
+
+    def reset(self) -> None:
+        self.buf = torch.zeros(0, self.model.n_mels)  # frames from the next step's first on
+        self.state: Optional[torch.Tensor] = None
+        self.steps = 0
+
+    @torch.no_grad()
+    def accept(self, frames: torch.Tensor) -> torch.Tensor:
+        self.buf = torch.cat([self.buf, frames.to(self.buf.dtype)])
+        if self.buf.shape[0] < self.lt:
+            return torch.zeros(0, self.model.num_classes)
+        k = (self.buf.shape[0] - self.lt) // self.st + 1
+        logits, self.state = self.model.step(self.buf[None, : self.lt + (k - 1) * self.st], self.state)
+        self.buf = self.buf[k * self.st:]
+        self.steps += k
+        return logits[0]
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (normalisation buffers and BN statistics excluded)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class CRNNStepWithSoftmax(nn.Module):
+    """The exported streaming step: forward(features (B, T, F), state (L, B, H)) ->
+    (posteriors (B, K, C), state_out (L, B, H)), softmax inside."""
+
+    def __init__(self, model: CRNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits, h = self.model.step(feats, state)
+        return torch.softmax(logits, dim=-1), h
 
 
 class CRNNWithSoftmax(nn.Module):

@@ -41,7 +41,16 @@ class Spotter(nn.Module):
         self.crnn = CRNN(cfg.model, cfg.features.n_mels, len(cfg.labels))
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
-        """wave (B, N) -> feats (B, T, F)."""
+        """wave (B, N) -> feats (B, T, F).
+
+        A window with its context (N = window_samples + 2 * context_samples, as
+        :class:`kws.data.WindowMaker` makes them) is framed without padding: every frame
+        reads the real samples around it, so the features equal the streaming features of
+        the same audio in serving (tested). Any other length is a whole clip (centered
+        frames, reflection at its ends)."""
+        ctx = self.cfg.context_samples
+        if ctx and wave.shape[-1] == self.cfg.window_samples + 2 * ctx:
+            return self.frontend.from_mel(self.frontend.mel.from_padded(wave))
         feats, _ = self.frontend(wave)
         return feats
 
@@ -127,7 +136,7 @@ def mine_hard_negatives(spotter: Spotter, streams: Sequence[torch.Tensor], backg
                         threshold: float, limit: int, hop: int, rng: random.Random) -> List[torch.Tensor]:
     """Windows of negative audio (N,) that the model scores as a keyword (posterior of
     the best non-background class above ``threshold``), highest first."""
-    n = spotter.cfg.window_samples
+    n = spotter.cfg.window_samples + 2 * spotter.cfg.context_samples  # windows with their context
     found = []
     for s in streams:
         if s.numel() < n:
@@ -213,7 +222,8 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
     class_weights = {cfg.labels.index(k): w for k, w in tc.class_weights.items()}
     device = resolve_device(tc.device)
     spotter = Spotter(cfg).to(device)
-    maker = WindowMaker(cfg.window_samples, cfg.augment, noise, cfg.features.sample_rate)
+    maker = WindowMaker(cfg.window_samples, cfg.augment, noise, cfg.features.sample_rate,
+                        context=cfg.context_samples)
     specaug = SpecAugment(cfg.augment.specaugment) if cfg.augment.specaugment else None
 
     # normalisation statistics from augmented training windows

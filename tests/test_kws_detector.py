@@ -65,10 +65,34 @@ def test_detection_summary_of_a_subset_of_streams():
     pos = [0.95, 0.9, 0.8, 0.6, 0.2]
     a = {"scores": np.array([0.1, 0.7, 0.1]), "seconds": 3600.0, "files": 3}
     b = {"scores": np.array([0.1, 0.85, 0.1]), "seconds": 3600.0, "files": 2}
-    both = detection_summary(pos, [a, b], det)
-    only_a = detection_summary(pos, [a], det)
+    both = detection_summary(pos, [a, b], det, min_hours_factor=0.0)
+    only_a = detection_summary(pos, [a], det, min_hours_factor=0.0)
     assert both["negative_hours"] == pytest.approx(2.0) and both["negative_files"] == 5
     assert both["frr_at_0.5_fa_per_hour"] == pytest.approx(0.4)  # one FA allowed in 2 h
     assert only_a["negative_hours"] == pytest.approx(1.0)
     assert only_a["frr_at_0.5_fa_per_hour"] == pytest.approx(0.4)  # above 0.7: 0.95, 0.9, 0.8 pass
     assert both["false_alarms"] == 1 and both["detected_at_threshold"] == 3
+
+
+def test_rates_are_reported_only_with_enough_negative_hours():
+    """Rule: FRR at r FA/h only with >= 3 / r hours of negatives (0.5 -> 6 h, 1 -> 3 h)."""
+    from kws.evaluate import detection_summary, hours_needed
+
+    assert hours_needed(0.5) == pytest.approx(6.0) and hours_needed(1.0) == pytest.approx(3.0)
+    det = {"hop_s": 0.1, "refractory_s": 0.0, "threshold": 0.75}
+    pos = [0.95, 0.9, 0.8, 0.6, 0.2]
+
+    def summary(hours):
+        return detection_summary(pos, [{"scores": np.array([0.1, 0.85, 0.1]), "seconds": hours * 3600,
+                                        "files": 1}], det)
+
+    short = summary(2.0)
+    assert short["frr_at_0.5_fa_per_hour"] is None and short["frr_at_1_fa_per_hour"] is None
+    assert "needs >= 3 h" in short["frr_at_1_fa_per_hour_unreported"]
+    assert "2.000 h given" in short["frr_at_1_fa_per_hour_unreported"]
+    assert short["frr_at_zero_false_alarms"] == pytest.approx(0.6)  # always given
+    mid = summary(3.5)  # one false alarm in 3.5 h is 0.29 FA/h: allowed at 1 FA/h
+    assert mid["frr_at_1_fa_per_hour"] == pytest.approx(0.0) and mid["frr_at_0.5_fa_per_hour"] is None
+    assert "frr_at_1_fa_per_hour_unreported" not in mid
+    long = summary(6.0)
+    assert long["frr_at_0.5_fa_per_hour"] == pytest.approx(0.0)

@@ -112,24 +112,65 @@ def test_cli_evaluate_names_a_bad_layout(trained, tmp_path):
 
 def test_cli_evaluate_detection_keys_and_counts(trained, tmp_path):
     rng = np.random.default_rng(5)
-    pos, neg = tmp_path / "pos", tmp_path / "neg"
-    pos.mkdir(), neg.mkdir()
+    pos, neg, noise = tmp_path / "pos", tmp_path / "neg" / "deeper", tmp_path / "noise"
+    pos.mkdir(), neg.mkdir(parents=True), noise.mkdir()
     for i in range(6):
         sf.write(pos / f"p{i}.wav", np.concatenate([_word(500.0, rng), _word(500.0, rng, dur=0.01)]), SR)
-    for i in range(4):  # 20 s of 'other words' and noise
+    for i in range(4):  # 20 s of 'other words' and noise, in a subfolder (read recursively)
         sf.write(neg / f"n{i}.flac", np.concatenate([_word(3500.0, rng) for _ in range(5)]), SR)
-    out = _cli("evaluate-detection", "--model", trained["fp32"], "--positives", pos, "--negatives", neg,
-               "--snr", "5", "--plot", tmp_path / "det.png")
-    res = json.loads(out.strip().splitlines()[-1])
-    for key in ("frr_at_0.5_fa_per_hour", "frr_at_1_fa_per_hour", "negative_hours", "false_alarms", "positives"):
+    sf.write(neg / "silent.wav", np.zeros(SR, np.float32), SR)
+    (neg / "corrupt.wav").write_bytes(b"RIFF not really a wave file")
+    sf.write(noise / "hum.wav", (0.05 * np.sin(np.arange(3 * SR) * 0.05)).astype(np.float32), SR)
+    out = _cli("evaluate-detection", "--model", trained["fp32"], "--positives", pos,
+               "--negatives", tmp_path / "neg", "--snr", "5", "--noise", noise, "--out", tmp_path / "eval")
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    res = json.loads(lines[0])
+    for key in ("frr_at_0.5_fa_per_hour", "frr_at_1_fa_per_hour", "negative_hours", "positives", "skipped"):
         assert key in res
-    assert res["positives"] == 6
+    assert res["positives"] == 6 and res["negative_files"] == 4
     assert res["negative_hours"] == pytest.approx(20 / 3600, rel=1e-3)
+    # 20 s cannot show a rate of 1 FA/h (the rule needs 3 h): null, and why
+    assert res["frr_at_1_fa_per_hour"] is None and res["frr_at_0.5_fa_per_hour"] is None
+    assert "needs >= 3 h" in res["frr_at_1_fa_per_hour_unreported"]
+    assert sorted(Path(s["file"]).name for s in res["skipped"]) == ["corrupt.wav", "silent.wav"]
+    assert "silent" in {Path(s["file"]).name: s["reason"] for s in res["skipped"]}["silent.wav"]
+    assert set(res["conditions"]) == {"clean", "snr_5"}
+    clean = res["conditions"]["clean"]
     # the model tells its "yes" (a 500 Hz burst) from the 3500 Hz "other words": at most one
     # of the six is missed at the 0.5 threshold, or at the threshold above every false alarm
-    assert res["detected_at_threshold"] >= 5
-    assert res["frr_at_0.5_fa_per_hour"] <= 1 / 6
-    assert (tmp_path / "det.png").stat().st_size > 1000
+    assert clean["detected_at_threshold"] >= 5 and clean["frr_at_zero_false_alarms"] <= 1 / 6
+    assert len(clean["positive_scores"]) == 6
+    assert (tmp_path / "eval" / "det.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "eval" / "detection.json").read_text())["positives"] == 6
+    # with the rule off (k = 0) the figures are given
+    out = _cli("evaluate-detection", "--model", trained["fp32"], "--positives", pos,
+               "--negatives", tmp_path / "neg", "--snr", "--min-hours-factor", "0")
+    res0 = json.loads(out.strip().splitlines()[-1])
+    assert list(res0["conditions"]) == ["clean"]
+    assert res0["frr_at_1_fa_per_hour"] == pytest.approx(clean["frr_at_zero_false_alarms"], abs=1 / 6)
+
+
+def test_evaluate_detection_takes_a_checkpoint(trained, tmp_path):
+    """--model may be a checkpoint: exported to ONNX first (in-process here: the CLI's
+    model loader, without a second torch start-up)."""
+    from kws.__main__ import _load_edge_model
+    from kws.evaluate import DetectionEvalConfig, detection_report
+
+    rng = np.random.default_rng(6)
+    (tmp_path / "pos").mkdir(), (tmp_path / "neg").mkdir()
+    sf.write(tmp_path / "pos" / "p.wav", _word(500.0, rng), SR)
+    sf.write(tmp_path / "neg" / "n.wav", _word(3500.0, rng), SR)
+    model = _load_edge_model(str(trained["tmp"] / "ckpt"), 1, str(tmp_path / "o"))
+    assert (tmp_path / "o" / "model.onnx").is_file()
+    res = detection_report(model, [tmp_path / "pos"], [tmp_path / "neg"], DetectionEvalConfig(snrs=()))
+    ref = detection_report(KWSModel(str(trained["fp32"])), [tmp_path / "pos"], [tmp_path / "neg"],
+                           DetectionEvalConfig(snrs=()))
+    assert res["positives"] == 1
+    assert res["conditions"]["clean"]["positive_scores"] == pytest.approx(
+        ref["conditions"]["clean"]["positive_scores"], abs=1e-3)
+    with pytest.raises(ValueError, match="expected an .onnx model"):
+        _load_edge_model(str(tmp_path / "pos" / "p.wav"), 1)
 
 
 def test_noisy_validation_conditions_and_means(trained, tmp_path):

@@ -144,6 +144,8 @@ def prepare(keyword: str, shared: Path, out: Path, positive_dirs: Sequence[str] 
     sc = shared / "speech_commands"
     if sc.exists():
         for p in list_audio(sc):
+            if p.parent.name == "_background_noise_":  # long noise recordings, not speech
+                continue
             kind = "noise" if p.parent.name == "_silence_" else "speech_commands"
             # the same speaker split as the Speech Commands recipe
             add(p, "_background_", speaker_of(p), kind, 20.0, 10.0)
