@@ -215,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="windowed: the model on the last 1 s every hop; streaming: recurrent state "
                         "carried from hop to hop (models exported with --streaming)")
     d.add_argument("--context-s", type=float, default=1.0, help="negative audio streamed before each positive")
-    d.add_argument("--min-hours-factor", type=float, default=3.0,
-                   help="report FRR at r FA/h only with >= k / r hours of negatives (k=3: rule of three)")
+    d.add_argument("--min-hours-factor", type=float, default=1.5,
+                   help="report FRR at r FA/h only with >= k / r hours of negatives "
+                        "(default 1.5: 0.5 FA/h needs 3 h; 3 is the rule of three)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1)
     d.set_defaults(func=cmd_evaluate_detection)

@@ -137,17 +137,19 @@ def _best_target(posteriors: List[np.ndarray], targets: Sequence[int], smooth_ho
     return smooth_scores(p, smooth_hops).max(axis=1)
 
 
-MIN_HOURS_FACTOR = 3.0
+MIN_HOURS_FACTOR = 1.5
 
 
 def hours_needed(rate: float, factor: float = MIN_HOURS_FACTOR) -> float:
     """Negative hours needed before an FRR "at ``rate`` false alarms per hour" is reported.
 
-    The rule is ``negative_hours >= factor / rate``, with ``factor`` 3 by default: after
-    ``H`` hours with no false alarm the one-sided 95% upper bound on the false-alarm rate is
-    about ``3 / H`` per hour (the "rule of three", -ln 0.05 = 3.0), so only from
-    ``H = 3 / rate`` on does an operating point with zero observed false alarms show that
-    the rate is at most ``rate``. 0.5 FA/h needs 6 h, 1 FA/h needs 3 h.
+    The rule is ``negative_hours >= factor / rate``: ``rate * hours`` is how many false
+    alarms the operating point may make, and below 1.5 the rate is not observed at all
+    (0.5 FA/h on 17 minutes means "no false alarm"). With the default 1.5, 0.5 FA/h needs
+    3 h and 1 FA/h 1.5 h: the operating point then allows one false alarm, and is a measured
+    rate rather than an empty count. ``factor`` 3 is the stricter "rule of three" (after
+    ``H`` hours with no false alarm the one-sided 95% upper bound on the rate is about
+    ``3 / H``): 0.5 FA/h then needs 6 h.
     """
     return factor / rate
 

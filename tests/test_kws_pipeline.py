@@ -132,7 +132,7 @@ def test_cli_evaluate_detection_keys_and_counts(trained, tmp_path):
     assert res["negative_hours"] == pytest.approx(20 / 3600, rel=1e-3)
     # 20 s cannot show a rate of 1 FA/h (the rule needs 3 h): null, and why
     assert res["frr_at_1_fa_per_hour"] is None and res["frr_at_0.5_fa_per_hour"] is None
-    assert "needs >= 3 h" in res["frr_at_1_fa_per_hour_unreported"]
+    assert "needs >= 1.5 h" in res["frr_at_1_fa_per_hour_unreported"]
     assert sorted(Path(s["file"]).name for s in res["skipped"]) == ["corrupt.wav", "silent.wav"]
     assert "silent" in {Path(s["file"]).name: s["reason"] for s in res["skipped"]}["silent.wav"]
     assert set(res["conditions"]) == {"clean", "snr_5"}
