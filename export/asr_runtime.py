@@ -29,6 +29,7 @@ from asr.search.types import Hypothesis
 from asr.stream_result import SegmentStream, StreamResult, word_times
 from asr.text import Tokenizer
 from export.asr_features_np import RunningMean, StreamingFeatures
+from export.asr_resample_np import StreamingResampler
 from export.asr_search_np import (TransducerGreedyState, ctc_greedy_advance,
                                   transducer_greedy_advance, transducer_greedy_init)
 
@@ -280,6 +281,8 @@ class Stream(SegmentStream):
     def __init__(self, recognizer: Recognizer) -> None:
         self._recognizer = recognizer
         self._features = StreamingFeatures(recognizer.feature_config)
+        self._input_rate: Optional[int] = None
+        self._resampler: Optional[StreamingResampler] = None
         self._pending = np.zeros((0, recognizer.feature_dim), dtype=np.float32)
         if recognizer.frontend is not None:  # lc_bgru
             self._encoder_state = recognizer.frontend.zero_state(1)
@@ -296,19 +299,28 @@ class Stream(SegmentStream):
         self._finished = False  # the encoder has had the last frame
 
     def accept_waveform(self, sample_rate: int, samples) -> None:
-        """samples: (N,) float audio in [-1, 1] at the model's sample rate."""
+        """samples: (N,) float audio in [-1, 1] at ``sample_rate`` (resampled as needed,
+        with torchaudio's kernel in numpy; a stream keeps the rate of its first piece)."""
         if self._input_finished:
             raise RuntimeError("accept_waveform() after input_finished()")
-        if int(sample_rate) != self._recognizer.sample_rate:
-            # asr.streaming resamples with torchaudio's kernel; no numpy port of it yet
-            raise ValueError(f"the ONNX runtime takes audio at {self._recognizer.sample_rate} Hz, "
-                             f"got {sample_rate} Hz; resample before accept_waveform")
-        self._add_frames(self._features.accept(np.asarray(samples, dtype=np.float32)))
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self._input_rate is None:
+            self._input_rate = int(sample_rate)
+            if self._input_rate != self._recognizer.sample_rate:
+                self._resampler = StreamingResampler(self._input_rate,
+                                                     self._recognizer.sample_rate)
+        elif int(sample_rate) != self._input_rate:
+            raise ValueError(f"stream started at {self._input_rate} Hz, got {sample_rate} Hz")
+        if self._resampler is not None:
+            samples = self._resampler.accept(samples)
+        self._add_frames(self._features.accept(samples))
 
     def input_finished(self) -> None:
         """No more audio: the last frames (the end's padding) become ready."""
         if self._input_finished:
             return
+        if self._resampler is not None:
+            self._add_frames(self._features.accept(self._resampler.flush()))
         self._add_frames(self._features.flush())
         self._input_finished = True
 
