@@ -188,7 +188,8 @@ def _serve(args) -> int:
     config = ServerConfig(host=args.host, port=args.port, wyoming_port=args.wyoming_port,
                           max_streams=args.max_streams, idle_timeout_s=args.idle_timeout)
     service = load_service(args.model, config, kws_model_path=args.kws_model,
-                           search=args.search, beam=args.beam)
+                           search=args.search, beam=args.beam, int8=args.int8,
+                           num_threads=args.threads)
     try:
         asyncio.run(serve(service))
     except KeyboardInterrupt:
@@ -290,7 +291,9 @@ def main(argv=None) -> int:
 
     s = sub.add_parser("serve", help="recognition server: WebSocket /ws, the microphone page, "
                        "/health, /metrics, and Wyoming over TCP (docs/protocol.md)")
-    s.add_argument("--model", required=True, help="a streaming ASR checkpoint (.pt)")
+    s.add_argument("--model", required=True, help="a streaming ASR checkpoint (.pt), or a "
+                   "directory from python -m export asr (decoded with onnxruntime)")
+    s.add_argument("--int8", action="store_true", help="with an export directory: its int8 graphs")
     s.add_argument("--kws-model", help="a wake-word ONNX model for Wyoming detect")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000, help="HTTP and WebSocket port")
@@ -299,7 +302,8 @@ def main(argv=None) -> int:
     s.add_argument("--beam", type=int, default=8)
     s.add_argument("--max-streams", type=int, default=16)
     s.add_argument("--idle-timeout", type=float, default=30.0, help="seconds")
-    s.add_argument("--threads", type=int, default=1, help="torch threads of the decoder")
+    s.add_argument("--threads", type=int, default=1,
+                   help="threads of the decoder (torch, or onnxruntime intra-op)")
     s.set_defaults(func=_serve)
 
     c = sub.add_parser("client", help="stream audio files to a server; prints its messages")

@@ -2,7 +2,8 @@
 
     python -m export asr --model M.pt --out DIR [--no-int8] [--chunk-frames N] [--opset N]
 
-``asr`` writes encoder.onnx (the streaming step), ctc.onnx and/or decoder.onnx +
+``asr`` writes encoder.onnx (the streaming step; for lc_bgru frontend.onnx and one
+window's encoder.onnx), ctc.onnx and/or decoder.onnx +
 joiner.onnx, each with its ``*.int8.onnx`` variant, and prints their paths as JSON. The
 exported graphs run on ``export.asr_runtime`` (no torch). KWS models export with
 ``python -m kws export``.
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("asr", help="streaming ASR checkpoint -> ONNX graphs (+ int8)")
-    a.add_argument("--model", required=True, help="checkpoint (.pt) of a forward-only conv_rnn model")
+    a.add_argument("--model", required=True, help="checkpoint (.pt) of a forward-only conv_rnn or an lc_bgru model")
     a.add_argument("--out", required=True, help="directory for the .onnx files")
     a.add_argument("--no-int8", action="store_true", help="skip the int8 variants")
     a.add_argument("--chunk-frames", type=int, default=None,

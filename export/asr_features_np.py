@@ -98,3 +98,23 @@ class StreamingFeatures:
         self.buffer = self.buffer[keep_from - self.buffer_start:]
         self.buffer_start = keep_from
         return feats.astype(np.float32)
+
+
+class RunningMean:
+    """``asr.model.RunningMeanNormalization`` in numpy, for cmvn "running": each frame minus
+    the causal running mean m_t = m_{t-1} + (x_t - m_{t-1}) / min(t, frames), carried
+    across calls. ``(T, D) -> (T, D)``; the global statistics follow in the graph."""
+
+    def __init__(self, dim: int, frames: int) -> None:
+        self.frames = int(frames)
+        self.mean = np.zeros(dim, dtype=np.float32)
+        self.count = 0
+
+    def __call__(self, feats: np.ndarray) -> np.ndarray:
+        out = np.empty_like(feats, dtype=np.float32)
+        for t in range(feats.shape[0]):
+            self.count += 1
+            rate = np.float32(1.0 / min(self.count, self.frames))
+            self.mean = self.mean + (feats[t] - self.mean) * rate
+            out[t] = feats[t] - self.mean
+        return out

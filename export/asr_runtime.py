@@ -28,7 +28,8 @@ from asr.search.ctc_state import CTCGreedyState, LMScore, PrefixBeam
 from asr.search.types import Hypothesis
 from asr.stream_result import SegmentStream, StreamResult, word_times
 from asr.text import Tokenizer
-from export.asr_features_np import StreamingFeatures
+from export.asr_features_np import RunningMean, StreamingFeatures
+from export.asr_resample_np import StreamingResampler
 from export.asr_search_np import (TransducerGreedyState, ctc_greedy_advance,
                                   transducer_greedy_advance, transducer_greedy_init)
 
@@ -112,6 +113,16 @@ class Recognizer:
         self.encoder = load("encoder")
         meta = self.encoder.meta
         self.meta = meta
+        # lc_bgru: frontend.onnx (convolutions) + encoder.onnx (one window), driven here
+        self.encoder_kind = meta.get("encoder_kind", "conv_rnn")
+        self.frontend: Optional[Session] = None
+        if self.encoder_kind == "lc_bgru":
+            self.frontend = load("frontend")
+            self.chunk_size = int(meta["chunk_size"])
+            self.window_frames = int(meta["window_frames"])
+            self.frame_dim = int(meta["frame_dim"])
+        self.running_cmvn_frames = (int(meta["cmvn_running_frames"])
+                                    if meta.get("cmvn") == "running" else None)
         heads = json.loads(meta["heads"])
         self.head_name = head or next(iter(heads))
         if self.head_name not in heads:
@@ -186,21 +197,28 @@ class Recognizer:
         x = np.zeros((len(ready), max(1, int(lens.max())), self.feature_dim), dtype=np.float32)
         for b, c in enumerate(chunks):
             x[b, : c.shape[0]] = c
-        names = self.encoder.state_inputs
-        feeds = {n: np.concatenate([s._encoder_state[i] for s in ready], 0)
-                 for i, n in enumerate(names)}
-        out = self.encoder.run({"features": x, "feature_lens": lens,
-                                "final": np.array(finals, dtype=bool), **feeds})
-        enc, enc_lens = out["encoder_out"], out["encoder_out_lens"]
-        for b, (s, final) in enumerate(zip(ready, finals)):
-            s._encoder_state = [out["new_" + n][b:b + 1] for n in names]
+        if self.frontend is not None:
+            enc, enc_lens = self._lc_bgru_step(ready, x, lens, finals)
+        else:
+            names = self.encoder.state_inputs
+            feeds = {n: np.concatenate([s._encoder_state[i] for s in ready], 0)
+                     for i, n in enumerate(names)}
+            out = self.encoder.run({"features": x, "feature_lens": lens,
+                                    "final": np.array(finals, dtype=bool), **feeds})
+            enc, enc_lens = out["encoder_out"], out["encoder_out_lens"]
+            for b, s in enumerate(ready):
+                s._encoder_state = [out["new_" + n][b:b + 1] for n in names]
+        for s, final in zip(ready, finals):
             s._finished = final
         searches = [s._search for s in ready]
         if self.method == "transducer_greedy":
             searches = transducer_greedy_advance(self._decoder_step, self._joiner, enc, enc_lens,
                                                  searches, self.max_symbols_per_frame, self.blank)
         else:
-            log_probs = self.ctc.run({"encoder_out": enc})["log_probs"]
+            if enc.shape[1]:
+                log_probs = self.ctc.run({"encoder_out": enc})["log_probs"]
+            else:  # no window was complete in this step
+                log_probs = np.zeros((len(ready), 0, self.tokenizer.vocab_size), np.float32)
             if self.method == "ctc_greedy":
                 ctc_greedy_advance(log_probs, enc_lens, searches, self.blank)
             else:
@@ -209,6 +227,47 @@ class Recognizer:
         for s, search in zip(ready, searches):
             s._search = search
         return len(ready)
+
+    def _lc_bgru_step(self, ready: Sequence["Stream"], x: np.ndarray, lens: np.ndarray,
+                      finals: Sequence[bool]):
+        """``LCBiGRUEncoder.streaming_forward`` on the two graphs: the front end over the
+        chunk, then encoder.onnx once per window that some stream has complete (W frames
+        in, or fewer at the end of its input), the streams with a window in one batch.
+        x: (B, T, F) features, lens (B,) -> (encoder_out (B, T', D), lengths (B,))."""
+        names = self.frontend.state_inputs
+        feeds = {n: np.concatenate([s._encoder_state[i] for s in ready], 0)
+                 for i, n in enumerate(names)}
+        out = self.frontend.run({"features": x, "feature_lens": lens, **feeds})
+        frames, frame_lens = out["frames"], out["frame_lens"]
+        for b, s in enumerate(ready):
+            s._encoder_state = [out["new_" + n][b:b + 1] for n in names]
+            s._window_frames = np.concatenate([s._window_frames, frames[b, :frame_lens[b]]])
+        W, C = self.window_frames, self.chunk_size
+        outs: List[List[np.ndarray]] = [[] for _ in ready]
+        while True:
+            rows = [b for b, s in enumerate(ready)
+                    if s._window_frames.shape[0] >= W or (finals[b] and s._window_frames.shape[0])]
+            if not rows:
+                break
+            window = np.zeros((len(rows), W, self.frame_dim), np.float32)
+            window_lens = np.zeros(len(rows), np.int64)
+            for r, b in enumerate(rows):
+                buf = ready[b]._window_frames[:W]
+                window[r, :buf.shape[0]], window_lens[r] = buf, buf.shape[0]
+            res = self.encoder.run({
+                "window": window, "window_lens": window_lens,
+                "state.rnn_hidden": np.concatenate([ready[b]._rnn_hidden for b in rows], 0)})
+            for r, b in enumerate(rows):
+                s = ready[b]
+                outs[b].append(res["encoder_out"][r, :min(C, int(window_lens[r]))])
+                s._rnn_hidden = res["new_state.rnn_hidden"][r:r + 1]
+                s._window_frames = s._window_frames[C:]
+        enc_lens = np.array([sum(o.shape[0] for o in row) for row in outs], dtype=np.int64)
+        enc = np.zeros((len(ready), int(enc_lens.max()), 2 * self.frame_dim), np.float32)
+        for b, row in enumerate(outs):
+            if row:
+                enc[b, :enc_lens[b]] = np.concatenate(row)
+        return enc, enc_lens
 
     def decode_stream(self, stream: "Stream") -> None:
         """Decode all of one stream's ready audio."""
@@ -222,8 +281,17 @@ class Stream(SegmentStream):
     def __init__(self, recognizer: Recognizer) -> None:
         self._recognizer = recognizer
         self._features = StreamingFeatures(recognizer.feature_config)
+        self._input_rate: Optional[int] = None
+        self._resampler: Optional[StreamingResampler] = None
         self._pending = np.zeros((0, recognizer.feature_dim), dtype=np.float32)
-        self._encoder_state = recognizer.encoder.zero_state(1)
+        if recognizer.frontend is not None:  # lc_bgru
+            self._encoder_state = recognizer.frontend.zero_state(1)
+            self._rnn_hidden = recognizer.encoder.zero_state(1)[0]
+            self._window_frames = np.zeros((0, recognizer.frame_dim), np.float32)
+        else:
+            self._encoder_state = recognizer.encoder.zero_state(1)
+        self._running_cmvn = (RunningMean(recognizer.feature_dim, recognizer.running_cmvn_frames)
+                              if recognizer.running_cmvn_frames else None)
         self._search = recognizer.new_search()
         self._segment = 0
         self._segment_start = 0  # encoder frames before the current segment
@@ -231,22 +299,33 @@ class Stream(SegmentStream):
         self._finished = False  # the encoder has had the last frame
 
     def accept_waveform(self, sample_rate: int, samples) -> None:
-        """samples: (N,) float audio in [-1, 1] at the model's sample rate."""
+        """samples: (N,) float audio in [-1, 1] at ``sample_rate`` (resampled as needed,
+        with torchaudio's kernel in numpy; a stream keeps the rate of its first piece)."""
         if self._input_finished:
             raise RuntimeError("accept_waveform() after input_finished()")
-        if int(sample_rate) != self._recognizer.sample_rate:
-            # asr.streaming resamples with torchaudio's kernel; no numpy port of it yet
-            raise ValueError(f"the ONNX runtime takes audio at {self._recognizer.sample_rate} Hz, "
-                             f"got {sample_rate} Hz; resample before accept_waveform")
-        self._add_frames(self._features.accept(np.asarray(samples, dtype=np.float32)))
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self._input_rate is None:
+            self._input_rate = int(sample_rate)
+            if self._input_rate != self._recognizer.sample_rate:
+                self._resampler = StreamingResampler(self._input_rate,
+                                                     self._recognizer.sample_rate)
+        elif int(sample_rate) != self._input_rate:
+            raise ValueError(f"stream started at {self._input_rate} Hz, got {sample_rate} Hz")
+        if self._resampler is not None:
+            samples = self._resampler.accept(samples)
+        self._add_frames(self._features.accept(samples))
 
     def input_finished(self) -> None:
         """No more audio: the last frames (the end's padding) become ready."""
         if self._input_finished:
             return
+        if self._resampler is not None:
+            self._add_frames(self._features.accept(self._resampler.flush()))
         self._add_frames(self._features.flush())
         self._input_finished = True
 
     def _add_frames(self, frames: np.ndarray) -> None:
         if frames.shape[0]:
+            if self._running_cmvn is not None:
+                frames = self._running_cmvn(frames)
             self._pending = np.concatenate([self._pending, frames])

@@ -293,6 +293,141 @@ def test_runtime_does_not_import_torch(exported):
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 
+def _lc_model(seed=0):
+    """A random lc_bgru CTC model with running CMVN (the streaming English recipe's kind),
+    chunks of 3 frames with 2 of right context."""
+    torch.manual_seed(seed)
+    cfg = ExperimentConfig(
+        features=FeatureConfig(n_mels=16), specaugment=None, cmvn="running",
+        cmvn_running_frames=20,  # the exponential regime within the test's audio
+        encoder=EncoderConfig(name="lc_bgru", hidden_size=16, num_layers=2, conv_channels=4,
+                              dropout=0.0, chunk_size=3, chunk_right_context=2),
+        heads={"ctc": HeadConfig()}, streaming=NO_ENDPOINT)
+    model = ASRModel(cfg, TOKENIZER.vocab_size).eval()
+    with torch.no_grad():
+        model.cmvn.set_stats(torch.randn(16), torch.rand(16) + 0.5)
+        for p in model.heads["ctc"].parameters():
+            p.mul_(4.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def lc_exported(tmp_path_factory):
+    model = _lc_model()
+    out = tmp_path_factory.mktemp("onnx_lc")
+    return model, export_asr(model, TOKENIZER, out), out
+
+
+def test_lc_bgru_graphs_match_torch_over_chunks_with_state_fed_back(lc_exported):
+    """frontend.onnx + one window of encoder.onnx at a time, driven by the runtime, against
+    LCBiGRUEncoder.streaming_forward: outputs and every state tensor, chunk after chunk."""
+    model, paths, out = lc_exported
+    meta = read_metadata(paths["encoder"])
+    assert (meta["encoder_kind"], meta["chunk_size"], meta["chunk_right_context"],
+            meta["window_frames"]) == ("lc_bgru", "3", "2", "5")
+    rec = Recognizer(out)
+    streams = [rec.create_stream() for _ in range(3)]
+    enc = model.encoder
+    state = enc.init_state(3)
+    # feature frames per row (4 per output frame); rows end (final) at different chunks
+    chunks = [(9, [9, 5, 0], [0, 0, 0]), (16, [16, 16, 3], [0, 0, 0]), (13, [13, 2, 13], [0, 0, 1]),
+              (20, [20, 20, 0], [0, 0, 0]), (7, [7, 1, 0], [1, 0, 0]), (6, [0, 6, 0], [0, 1, 0])]
+    steps_with_output = 0
+    for width, lens, final in chunks:
+        x = torch.randn(3, width, 16) * 2
+        lens_t, final_t = torch.tensor(lens), torch.tensor(final, dtype=torch.bool)
+        with torch.no_grad():
+            ref, ref_lens, state = enc.streaming_forward(model.cmvn(x), lens_t, state, final_t)
+        got, got_lens = rec._lc_bgru_step(streams, x.numpy(), lens_t.numpy(), final)
+        assert got_lens.tolist() == ref_lens.tolist()
+        for b, n in enumerate(ref_lens.tolist()):
+            assert np.abs(got[b, :n] - ref[b, :n].numpy()).max(initial=0) < 1e-4
+        steps_with_output += int(ref_lens.sum() > 0)
+        for b, s in enumerate(streams):  # the state fed back equals torch's
+            np.testing.assert_allclose(s._rnn_hidden[0], state.rnn_hidden[b].numpy(), atol=1e-4)
+            pending = state.pending[b, :state.pending_len[b]].numpy()
+            assert s._window_frames.shape == pending.shape
+            np.testing.assert_allclose(s._window_frames, pending, atol=1e-4)
+            for got_c, ref_c in zip(s._encoder_state, (*state.conv_cache, state.conv_frames)):
+                np.testing.assert_allclose(got_c[0], ref_c[b].numpy(), atol=1e-4)
+    assert steps_with_output >= 4 and int(state.pending_len.sum()) == 0
+
+
+def test_lc_bgru_unrolled_window_equals_the_gru_one():
+    """The int8 graph's source (the GRUs as MatMuls) computes the same window."""
+    from export.asr import WindowStep
+
+    rnn = _lc_model().encoder.rnn
+    x, hidden = torch.randn(4, 5, 16), torch.randn(4, 2, 16)
+    lens = torch.tensor([5, 4, 2, 1])
+    with torch.no_grad():
+        ref = WindowStep(rnn)(x, lens, hidden)
+        got = WindowStep(rnn, unroll=True)(x, lens, hidden)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ctc_greedy", "ctc_prefix_beam"])
+def test_lc_bgru_onnx_recognizer_equals_torch_recognizer(lc_exported, method):
+    model, _, out = lc_exported
+    ref_rec = TorchRecognizer(model, TOKENIZER, NO_ENDPOINT, method=method, beam=3)
+    rec = Recognizer(out, method=method, beam=3)
+    waves = [_audio(n, seed) for seed, n in enumerate([9000, 4100, 12345])]
+    streams = [rec.create_stream() for _ in waves]
+    for s, wave, piece in zip(streams, waves, [160, 1000, 777]):
+        _feed(s, wave.numpy(), piece)
+    while rec.decode_streams(streams):  # every ready stream in one batch per step
+        pass
+    total = 0
+    for s, wave in zip(streams, waves):
+        ref = ref_rec.create_stream()
+        _feed(ref, wave, 3000)
+        ref_rec.decode_stream(ref)
+        got, want = s.result(), ref.result()
+        assert s.finished and (got.tokens, got.text) == (want.tokens, want.text)
+        assert got.times == pytest.approx(want.times)
+        total += len(want.tokens)
+    assert total >= 3
+
+
+@pytest.mark.parametrize("rate", [8000, 44100])
+def test_onnx_stream_resamples_like_the_torch_one(lc_exported, rate):
+    """A client at 8 kHz or 44.1 kHz: the numpy resampler gives the torch one's samples
+    piece by piece, the streams the same feature frames, and the recognizers the same text."""
+    from asr.streaming.resample import StreamingResampler as TorchResampler
+    from export.asr_resample_np import StreamingResampler
+
+    model, _, out = lc_exported
+    g = torch.Generator().manual_seed(rate)
+    t = torch.arange(int(1.3 * rate)) / rate
+    wave = 0.3 * torch.sin(2 * math.pi * 330 * t) + 0.05 * torch.randn(t.numel(), generator=g)
+    ref_r, got_r = TorchResampler(rate, 16000), StreamingResampler(rate, 16000)
+    ref_rec, rec = TorchRecognizer(model, TOKENIZER, NO_ENDPOINT), Recognizer(out)
+    ref_s, got_s = ref_rec.create_stream(), rec.create_stream()
+    pieces, start, n_out = [17, 441, 160, 3000, 1, 2205], 0, 0
+    while start < wave.numel():
+        piece = wave[start:start + pieces[start % len(pieces)]]
+        start += piece.numel()
+        a, b = ref_r.accept(piece), got_r.accept(piece.numpy())
+        assert b.shape == tuple(a.shape)
+        np.testing.assert_allclose(b, a.numpy(), atol=1e-4)
+        n_out += b.size
+        ref_s.accept_waveform(rate, piece)
+        got_s.accept_waveform(rate, piece.numpy())
+    a, b = ref_r.flush(), got_r.flush()
+    np.testing.assert_allclose(b, a.numpy(), atol=1e-4)
+    assert n_out + b.size == math.ceil(wave.numel() * 16000 / rate)
+    ref_s.input_finished()
+    got_s.input_finished()
+    # the ONNX stream's frames lack only the global statistics (applied in the graph)
+    frames = (got_s._pending - model.cmvn.mean.numpy()) * model.cmvn.inv_std.numpy()
+    assert frames.shape == tuple(ref_s._pending.shape) and frames.shape[0] > 100
+    np.testing.assert_allclose(frames, ref_s._pending.numpy(), atol=2e-3, rtol=1e-3)
+    ref_rec.decode_stream(ref_s)
+    rec.decode_stream(got_s)
+    assert got_s.result().tokens == ref_s.result().tokens and ref_s.result().tokens
+
+
 def _int8_weights(path) -> int:
     import onnx
 
@@ -310,6 +445,7 @@ def _decode_all(rec, waves):
 
 WORDS = ["yes", "no", "up", "down"]
 TONE_MODEL = ROOT / "data" / "models" / "tones_stream_ctc.pt"
+TONE_MODEL_LC = ROOT / "data" / "models" / "tones_stream_lcbgru.pt"
 
 
 def tone_clips(n: int, seed: int):
@@ -328,16 +464,21 @@ def tone_clips(n: int, seed: int):
     return clips
 
 
-def train_tone_model(path: Path = TONE_MODEL, steps: int = 400) -> None:
-    """Writes the forward-only CTC model the int8 test uses (a few CPU minutes):
-    ``PYTHONPATH=. python tests/test_asr_onnx_export.py``."""
+def train_tone_model(path: Path = TONE_MODEL, steps: int = 400, lc_bgru: bool = False) -> None:
+    """Writes the CTC models the int8 tests use (a few CPU minutes each): forward-only
+    conv_rnn, or ``lc_bgru`` with running CMVN (the streaming English recipe's kind):
+    ``PYTHONPATH=. python tests/test_asr_onnx_export.py [lc_bgru]``."""
     from asr.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    cfg = ExperimentConfig(
-        features=FeatureConfig(n_mels=16), specaugment=None,
-        encoder=EncoderConfig(bidirectional=False, lookahead=2, hidden_size=48, num_layers=1,
-                              conv_channels=4, dropout=0.0))
+    if lc_bgru:
+        encoder = EncoderConfig(name="lc_bgru", hidden_size=32, num_layers=2, conv_channels=4,
+                                dropout=0.0, chunk_size=4, chunk_right_context=2)
+    else:
+        encoder = EncoderConfig(bidirectional=False, lookahead=2, hidden_size=48, num_layers=1,
+                                conv_channels=4, dropout=0.0)
+    cfg = ExperimentConfig(features=FeatureConfig(n_mels=16), specaugment=None, encoder=encoder,
+                           cmvn="running" if lc_bgru else "global")
     model = ASRModel(cfg, TOKENIZER.vocab_size)
     train = tone_clips(48, seed=0)
     waves = [torch.from_numpy(w) for _, w in train]
@@ -348,6 +489,7 @@ def train_tone_model(path: Path = TONE_MODEL, steps: int = 400) -> None:
     targets = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True)
     with torch.no_grad():
         feats, feat_lens = model.features(waves, wave_lens)
+        feats = model.per_utterance_normalization(feats, feat_lens)  # the running mean
         frames = feats[torch.arange(feats.shape[1])[None] < feat_lens[:, None]]
         model.cmvn.set_stats(frames.mean(0), frames.std(0))
     opt = torch.optim.Adam(model.parameters(), 5e-3)
@@ -359,13 +501,17 @@ def train_tone_model(path: Path = TONE_MODEL, steps: int = 400) -> None:
     save_checkpoint(path, cfg, TOKENIZER, model.eval())
 
 
-def test_int8_changes_wer_by_less_than_one_point(tmp_path):
-    """A small forward-only CTC model trained on tone "words" (train_tone_model): on its
-    48 training clips of 3 words, where the fp32 output is known good (it overfits: WER on
-    fresh clips is ~98%, mostly insertions), the int8 graphs' WER is within 1 point."""
+# lc_bgru's tone model (train_tone_model(TONE_MODEL_LC, lc_bgru=True)) is not shipped yet:
+# it did not finish training on the shared machine; add it here once it is in data/models
+@pytest.mark.parametrize("path", [TONE_MODEL], ids=["conv_rnn"])
+def test_int8_changes_wer_by_less_than_one_point(tmp_path, path):
+    """Small CTC models trained on tone "words" (train_tone_model; forward-only conv_rnn,
+    later lc_bgru with running CMVN): on their 48 training clips of 3 words, where the fp32
+    output is known good (they overfit: WER on fresh clips is high, mostly insertions), the
+    int8 graphs' WER is within 1 point."""
     from asr.checkpoint import load_model
 
-    model, tokenizer, _ = load_model(TONE_MODEL)
+    model, tokenizer, _ = load_model(path)
     paths = export_asr(model, tokenizer, tmp_path)
     for name in ("encoder", "ctc"):  # int8 weights really are in the graphs
         assert _int8_weights(paths[f"{name}.int8"]) > 0 and _int8_weights(paths[name]) == 0
@@ -398,4 +544,7 @@ def test_cli_writes_every_graph_and_refuses_a_bidirectional_model(tmp_path, caps
 
 
 if __name__ == "__main__":
-    train_tone_model()
+    if sys.argv[1:] == ["lc_bgru"]:
+        train_tone_model(TONE_MODEL_LC, lc_bgru=True)
+    else:
+        train_tone_model()

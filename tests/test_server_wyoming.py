@@ -4,6 +4,8 @@ result, with the streaming transcript events in the protocol's order; detect -> 
 on a real "computer" recording, not-detected on a not-wake-word one."""
 import asyncio
 import glob
+import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,75 @@ def test_a_dropped_wyoming_client_frees_its_stream(setup):
             await asyncio.sleep(0.05)
         return srv.service.worker.active
     assert asyncio.run(drop()) == 0
+
+
+def _raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a plain socket and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+
+
+def test_oversized_events_are_refused_and_others_still_served(setup):
+    srv, model, wav = setup
+    import soundfile as sf
+
+    port = srv.service.config.wyoming_port
+    chunk = {"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1}}
+    bad = {  # field named in the error -> the bytes a client sends
+        "payload_length": json.dumps({**chunk, "payload_length": 10 ** 12}).encode() + b"\n",
+        "data_length": json.dumps({"type": "transcribe", "data_length": 2 ** 40}).encode() + b"\n",
+        "header": b'{"type": "describe", "pad": "' + b"x" * 200_000,  # no newline, ever
+    }
+    for field, data in bad.items():
+        reply = _raw_exchange(port, data)
+        header = json.loads(reply.split(b"\n", 1)[0])
+        assert header["type"] == "error", reply[:200]
+        rest = reply.split(b"\n", 1)[1]
+        text = json.loads(rest[:header["data_length"]])["text"] if header.get("data_length") \
+            else header["data"]["text"]
+        assert field in text and "limit" in text, text
+    assert srv.service.metrics.errors.labels("wyoming", "too_big")._value.get() == 3
+
+    wave, rate = sf.read(str(wav), dtype="float32")
+
+    async def transcribe():
+        async with client(srv) as c:
+            await c.write_event(Transcribe(language="en").event())
+            await send_audio(c, wave, rate)
+            return await read_until(c, TranscriptStop)
+    events = asyncio.run(transcribe())
+    assert Transcript.from_event(events[-2]).text == offline_streaming_text(model, wav)["text"]
+
+
+def test_an_onnx_export_serves_the_torch_transcript(setup, tmp_path):
+    """``serve --model DIR``: the onnxruntime recognizer behind the same server gives the
+    checkpoint's own streaming transcript."""
+    import soundfile as sf
+
+    from asr.checkpoint import load_model
+    from export.asr import export_asr
+
+    _, model_path, wav = setup
+    model, tokenizer, _ = load_model(model_path)
+    export_asr(model, tokenizer, tmp_path / "onnx", int8=False)
+    srv = start_server(tmp_path / "onnx", wyoming=True)
+    try:
+        assert type(srv.service.recognizer).__module__ == "export.asr_runtime"
+        wave, rate = sf.read(str(wav), dtype="float32")
+
+        async def transcribe():
+            async with client(srv) as c:
+                await c.write_event(Transcribe(language="en").event())
+                await send_audio(c, wave, rate)
+                return await read_until(c, TranscriptStop)
+        events = asyncio.run(transcribe())
+    finally:
+        srv.stop()
+    ref = offline_streaming_text(model_path, wav)["text"]
+    assert ref and Transcript.from_event(events[-2]).text == ref

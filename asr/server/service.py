@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class StreamingRecognizer(Protocol):
-    """What the server needs of a recognizer (``asr.streaming.Recognizer`` today; an
-    ONNX one later): streams with accept_waveform / input_finished / is_ready / finished
+    """What the server needs of a recognizer (``asr.streaming.Recognizer`` or the
+    onnxruntime ``export.asr_runtime.Recognizer``): streams with accept_waveform / input_finished / is_ready / finished
     / is_endpoint / result / reset, decoded in batches."""
 
     sample_rate: int
@@ -49,12 +49,25 @@ class RecognitionService:
 
 
 def load_service(model_path: str, config: ServerConfig, kws_model_path: Optional[str] = None,
-                 search: Optional[str] = None, beam: int = 8) -> RecognitionService:
-    from asr.checkpoint import load_model
-    from asr.streaming import Recognizer
+                 search: Optional[str] = None, beam: int = 8, int8: bool = False,
+                 num_threads: int = 1) -> RecognitionService:
+    """``model_path``: a checkpoint (.pt, decoded with torch by ``asr.streaming``) or a
+    directory written by ``python -m export asr`` (decoded with onnxruntime by
+    ``export.asr_runtime``, its ``*.int8.onnx`` graphs with ``int8``)."""
+    if Path(model_path).is_dir():
+        from export.asr_runtime import Recognizer as OnnxRecognizer
 
-    model, tokenizer, cfg = load_model(model_path)
-    recognizer = Recognizer(model, tokenizer, cfg.streaming, method=search, beam=beam)
+        recognizer = OnnxRecognizer(model_path, int8=int8, method=search, beam=beam,
+                                    num_threads=num_threads)
+    else:
+        if int8:
+            raise ValueError(f"{model_path}: int8 is for an ONNX export directory "
+                             "(python -m export asr), not a checkpoint")
+        from asr.checkpoint import load_model
+        from asr.streaming import Recognizer
+
+        model, tokenizer, cfg = load_model(model_path)
+        recognizer = Recognizer(model, tokenizer, cfg.streaming, method=search, beam=beam)
     kws = None
     if kws_model_path:
         from kws.edge import KWSModel

@@ -6,6 +6,7 @@ detection(s) or not-detected, with the --kws-model."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import List, Optional
 
@@ -13,7 +14,7 @@ import numpy as np
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
 from wyoming.error import Error
-from wyoming.event import Event, async_read_event
+from wyoming.event import Event
 from wyoming.info import (AsrModel, AsrProgram, Attribution, Describe, Info, WakeModel,
                           WakeProgram)
 from wyoming.server import AsyncEventHandler
@@ -44,6 +45,60 @@ def wyoming_info(service) -> Info:
     return Info(asr=[asr], wake=wake)
 
 
+class EventTooBig(ValueError):
+    """A Wyoming event over the server's limits; the message names the field and limit."""
+
+
+async def read_event_limited(reader: asyncio.StreamReader, max_header_bytes: int,
+                             max_data_bytes: int, max_payload_bytes: int) -> Optional[Event]:
+    """``wyoming.event.async_read_event`` with limits: the JSON header line, ``data_length``
+    and ``payload_length`` are checked before anything that large is read, so a client
+    declaring a huge payload costs nothing. Returns None at the end of the stream; raises
+    :class:`EventTooBig` over a limit and ValueError on a malformed header."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise ConnectionError("connection closed inside an event header") from None
+    except asyncio.LimitOverrunError:
+        raise EventTooBig(f"event header line is over the limit of {max_header_bytes} "
+                          "bytes") from None
+    if len(line) > max_header_bytes:
+        raise EventTooBig(f"event header line of {len(line)} bytes is over the limit of "
+                          f"{max_header_bytes}")
+    try:
+        header = json.loads(line)
+    except ValueError:
+        raise ValueError("event header is not JSON") from None
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise ValueError('event header must be a JSON object with a string "type"')
+    lengths = {}
+    for key, limit in (("data_length", max_data_bytes), ("payload_length", max_payload_bytes)):
+        value = header.get(key)
+        if value is None:
+            lengths[key] = 0
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
+        if value > limit:
+            raise EventTooBig(f"{key} {value} is over the limit of {limit} bytes "
+                              f"(event {header['type']!r})")
+        lengths[key] = value
+    data = header.get("data") or {}
+    if not isinstance(data, dict):
+        raise ValueError("event data must be a JSON object")
+    if lengths["data_length"]:
+        extra = json.loads(await reader.readexactly(lengths["data_length"]))
+        if not isinstance(extra, dict):
+            raise ValueError("event data must be a JSON object")
+        data.update(extra)
+    payload = None
+    if lengths["payload_length"]:
+        payload = await reader.readexactly(lengths["payload_length"])
+    return Event(type=header["type"], data=data, payload=payload)
+
+
 def pcm16_samples(chunk: AudioChunk) -> np.ndarray:
     return np.frombuffer(chunk.audio, dtype="<i2").astype(np.float32) / 32768.0
 
@@ -65,13 +120,25 @@ class WyomingHandler(AsyncEventHandler):
 
     async def run(self) -> None:
         """The base class's loop, with the idle timeout: a silent client is dropped."""
+        cfg = self.service.config
         try:
             while True:
                 try:
-                    event = await asyncio.wait_for(async_read_event(self.reader),
-                                                   self.service.config.idle_timeout_s)
+                    event = await asyncio.wait_for(
+                        read_event_limited(self.reader, cfg.max_text_bytes, cfg.max_text_bytes,
+                                           cfg.max_frame_bytes), cfg.idle_timeout_s)
                 except asyncio.TimeoutError:
                     self.service.metrics.errors.labels("wyoming", "idle").inc()
+                    break
+                except (EventTooBig, ValueError) as exc:
+                    # the rest of the stream cannot be framed: say why, then close
+                    kind = "too_big" if isinstance(exc, EventTooBig) else "invalid"
+                    self.service.metrics.errors.labels("wyoming", kind).inc()
+                    log.info("wyoming client refused: %s", exc)
+                    try:
+                        await self.write_event(Error(str(exc), kind).event())
+                    except (ConnectionError, OSError):
+                        pass
                     break
                 if event is None or not await self.handle_event(event):
                     break
