@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from asr.__main__ import main as asr_main
@@ -42,6 +43,7 @@ def make_librispeech(root: Path, sr: int = 16000) -> Path:
     return root / "LibriSpeech"
 
 
+@pytest.mark.timeout(600)  # a short training and an evaluation: minutes on a busy machine
 def test_prepare_shard_train_evaluate_on_the_public_layout(tmp_path, monkeypatch, capsys):
     corpus = make_librispeech(tmp_path)
     out = tmp_path / "data"

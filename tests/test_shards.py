@@ -203,6 +203,7 @@ def test_corrupt_audio_in_a_shard_is_skipped_and_named(tmp_path, caplog):
     assert str(shard) in s.dataset.rejected[0].audio
 
 
+@pytest.mark.timeout(600)  # three short trainings: seconds alone, minutes on a busy machine
 def test_trainer_trains_from_shards_and_resumes_mid_epoch_to_the_same_batches(tmp_path, monkeypatch):
     manifest = make_tone_corpus(tmp_path / "tones", n=16)
     write_shards(read_manifest(manifest), tmp_path / "sh", shard_size=5, progress=False)
