@@ -2,7 +2,6 @@
 in a seeded order, resumed exactly, split exactly between ranks, with corrupt audio
 skipped and named; and the trainer training from them and resuming mid-epoch."""
 import dataclasses
-import io
 import json
 import logging
 import tarfile
