@@ -6,6 +6,8 @@ hidden 96, 2 layers) trains one epoch on the first ``--limit`` utterances of a m
 - ``1proc``: one process, ``--threads`` torch threads, accum_steps 2;
 - ``2proc``: two processes under torchrun (gloo), ``--threads / 2`` threads each,
   accum_steps 1;
+- ``1proc1t`` (with ``--kinds``): one process on one thread, accum_steps 2 (what each
+  rank of ``2proc`` has);
 so every optimiser step uses the same 2 batches of up to ``--max-batch-seconds``. The figure
 is the run's utterances (every rank's, from metrics.jsonl) over its training seconds (from
 the trainer's report: after start-up and feature statistics, no validation). The two runs
@@ -29,7 +31,9 @@ from asr.data import read_manifest, write_manifest
 
 def train(kind: str, manifest: Path, work: Path, threads: int, max_batch: float) -> dict:
     exp = work / f"{kind}-{len(list(work.glob(kind + '-*')))}"
-    nproc = 1 if kind == "1proc" else 2
+    nproc = 2 if kind == "2proc" else 1
+    if kind == "1proc1t":  # one process on one thread: what each of the two ranks has
+        threads = 1
     sets = ["encoder.hidden_size=96", "encoder.num_layers=2", f"data.train={manifest}",
             "data.valid=''", "train.epochs=1", "train.max_minutes=null", "train.warmup_steps=10",
             f"train.max_batch_seconds={max_batch}", "train.checkpoint_every=100000",
@@ -55,12 +59,15 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="torch threads in all (split over processes)")
     p.add_argument("--max-batch-seconds", type=float, default=30.0)
+    p.add_argument("--kinds", default="1proc,2proc", help="runs to compare, of 1proc (one "
+                   "process, --threads threads), 1proc1t (one process, one thread), 2proc")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ddp_bench_"))
     manifest = write_manifest(read_manifest(a.manifest)[: a.limit], work / "train.jsonl")
-    results = {"1proc": [], "2proc": []}
+    kinds = a.kinds.split(",")
+    results = {k: [] for k in kinds}
     for rep in range(a.reps):
-        for kind in (["1proc", "2proc"] if rep % 2 == 0 else ["2proc", "1proc"]):
+        for kind in (kinds if rep % 2 == 0 else kinds[::-1]):
             r = train(kind, manifest, work, a.threads, a.max_batch_seconds)
             results[kind].append(r)
             print(f"rep {rep} {kind}: {r['utterances']} utts in {r['train_seconds']:.1f} s "
@@ -69,8 +76,10 @@ def main() -> None:
                    "runs": [round(r["utts_per_s"], 3) for r in v],
                    "steps": v[0]["steps"], "utterances": v[0]["utterances"]}
                for k, v in results.items()}
-    summary["ratio_2proc_over_1proc"] = round(summary["2proc"]["median_utts_per_s"]
-                                              / summary["1proc"]["median_utts_per_s"], 3)
+    for k in kinds:
+        if k != "2proc" and "2proc" in summary:
+            summary[f"ratio_2proc_over_{k}"] = round(summary["2proc"]["median_utts_per_s"]
+                                                     / summary[k]["median_utts_per_s"], 3)
     print(json.dumps(summary, indent=1))
 
 
