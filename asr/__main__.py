@@ -1,4 +1,4 @@
-"""Command line: ``python -m asr {train,evaluate,transcribe,average,serve,client}``."""
+"""Command line: ``python -m asr {train,evaluate,transcribe,average,shard,serve,client}``."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +38,27 @@ def _average(args) -> int:
     paths = last_checkpoints(args.exp, args.last) if args.exp else args.checkpoints
     out = average_to(paths, args.out)
     print(json.dumps({"model": str(out), "averaged": [str(p) for p in paths]}))
+    return 0
+
+
+def _shard(args) -> int:
+    from asr.corpora import load_corpus
+    from asr.data import read_manifest
+    from asr.shards import write_shards
+
+    if bool(args.manifest) == bool(args.corpus):
+        raise ValueError("give either --manifest M.jsonl or --corpus NAME --data DIR")
+    if args.corpus and not args.data:
+        raise ValueError("--corpus needs --data (the corpus folder)")
+    if (args.shard_size is None) == (args.shard_mb is None):
+        raise ValueError("give one of --shard-size N (utterances) or --shard-mb X (megabytes)")
+    utts = (read_manifest(args.manifest) if args.manifest
+            else list(load_corpus(args.corpus, args.data, split=args.split)))
+    index = write_shards(utts, args.out, shard_size=args.shard_size, shard_mb=args.shard_mb,
+                         shuffle_seed=None if args.no_shuffle else args.seed)
+    print(json.dumps({"out": str(args.out), "shards": len(index["shards"]),
+                      "utterances": index["utterances"], "hours": round(index["seconds"] / 3600, 3),
+                      "rejected": len(index["rejected"])}))
     return 0
 
 
@@ -288,6 +309,20 @@ def main(argv=None) -> int:
     a.add_argument("--out", required=True, help="the averaged model (.pt)")
     a.add_argument("checkpoints", nargs="*", help="checkpoints to average (instead of --exp)")
     a.set_defaults(func=_average)
+
+    sh = sub.add_parser("shard", help="write a manifest or corpus as tar shards (WebDataset "
+                        "layout) with a shards.json index, for training with data.train_shards")
+    sh.add_argument("--manifest", help="a manifest (JSON lines)")
+    sh.add_argument("--corpus", help="or a corpus by name (as for evaluate), with --data")
+    sh.add_argument("--data", help="the corpus folder")
+    sh.add_argument("--split", help="only this split of the corpus")
+    sh.add_argument("--out", required=True, type=Path, help="the shard folder (new or empty)")
+    sh.add_argument("--shard-size", type=int, help="utterances per shard")
+    sh.add_argument("--shard-mb", type=float, help="or megabytes of audio per shard")
+    sh.add_argument("--seed", type=int, default=0, help="shuffle the utterances with this seed "
+                    "before writing (a reader's shuffle buffer only mixes nearby ones)")
+    sh.add_argument("--no-shuffle", action="store_true", help="keep the manifest's order")
+    sh.set_defaults(func=_shard)
 
     s = sub.add_parser("serve", help="recognition server: WebSocket /ws, the microphone page, "
                        "/health, /metrics, and Wyoming over TCP (docs/protocol.md)")

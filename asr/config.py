@@ -60,6 +60,12 @@ class TokenizerConfig:
 @dataclass
 class DataConfig:
     train: str = ""  # manifest paths (JSON lines)
+    # a folder of tar shards (`python -m asr shard`): training streams them (asr/shards.py)
+    # instead of reading data.train; shuffle buffer of shard_buffer utterances and at most
+    # shard_buffer_mb megabytes of audio
+    train_shards: str = ""
+    shard_buffer: int = 2000
+    shard_buffer_mb: float = 256.0
     valid: str = ""
     test: str = ""
     max_duration: float = 20.0  # seconds; longer utterances are skipped (and reported)

@@ -4,6 +4,7 @@ on a chosen device and precision, and data parallel under torchrun (docs/distrib
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from asr.device import autocast, check_precision, grad_scaler, resolve_device
 from asr.distributed import (all_reduce_max, all_reduce_sum, barrier, init_world, per_rank,
                              shard)
 from asr.model import ASRModel
+from asr.shards import ShardDataset, ShardPlan, iter_metadata
 from asr.text import CharTokenizer, Tokenizer, build_tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
@@ -158,13 +160,17 @@ def _clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, gra
     return gnorm
 
 
-def compute_cmvn(model: ASRModel, dataset: UtteranceDataset, max_utts: int = 300):
-    """Per-dimension mean and std of the features over up to ``max_utts`` utterances."""
+def compute_cmvn(model: ASRModel, dataset, max_utts: int = 300):
+    """Per-dimension mean and std of the features over up to ``max_utts`` utterances of
+    ``dataset`` (an :class:`UtteranceDataset`, or an iterable of waveforms (N,))."""
     total, sq, n = None, None, 0
     device = model.cmvn.mean.device
+    if isinstance(dataset, UtteranceDataset):
+        waves = (dataset.load(i) for i in range(min(max_utts, len(dataset))))
+    else:
+        waves = itertools.islice(dataset, max_utts)
     with torch.no_grad():
-        for i in range(min(max_utts, len(dataset))):
-            wave = dataset.load(i)
+        for wave in waves:
             if wave is None:
                 continue
             feats, lens = model.features(wave[None].to(device))
@@ -247,28 +253,36 @@ class Trainer:
         torch.set_num_threads(cfg.train.num_threads)
 
         d = cfg.data
-        train_raw = read_manifest(d.train)
+        self.plan: Optional[ShardPlan] = None  # data.train_shards: streamed from shards
+        train_raw = None if d.train_shards else read_manifest(d.train)
         # the checkpoint this run continues: its own last.pt (resume), else --init-from
         last = self.exp_dir / "last.pt"
         self._start_path = last if last.exists() else (Path(init_from) if init_from else None)
         self._start_state = read_checkpoint(self._start_path) if self._start_path else None
+        texts = ((normalize_text(u.text) for u in train_raw) if train_raw is not None else
+                 (normalize_text(str(m.get("text", ""))) for m in iter_metadata(d.train_shards)))
         self.tokenizer = self._choose_tokenizer(
-            tokenizer, lambda: build_tokenizer(cfg.tokenizer.kind,
-                                               (normalize_text(u.text) for u in train_raw),
-                                               cfg.tokenizer.vocab_size))
+            tokenizer, lambda: build_tokenizer(cfg.tokenizer.kind, texts, cfg.tokenizer.vocab_size))
         enc = self.tokenizer.encode
-        train_utts, rej = validate(train_raw, normalize_text, enc, d.max_duration, d.on_error)
+        train_utts, rej = ([], []) if train_raw is None else validate(
+            train_raw, normalize_text, enc, d.max_duration, d.on_error)
         valid_utts, rej_v = ([], [])
         if d.valid:
             valid_utts, rej_v = validate(read_manifest(d.valid), normalize_text, enc,
                                          d.max_duration, d.on_error)
             valid_utts = valid_utts[: cfg.train.valid_max_utts]
-        if not train_utts:
+        if not train_utts and train_raw is not None:
             raise RuntimeError(f"{d.train}: no usable training utterances "
                                f"({len(rej)} rejected, see the log)")
         self.augmenter = Augmenter(d, cfg.sample_rate, cfg.train.seed)
-        self.train_set = UtteranceDataset(train_utts, enc, cfg.sample_rate, d.on_error,
-                                          d.cache_audio, transform=self.augmenter)
+        if d.train_shards:
+            self.plan = ShardPlan(d.train_shards, cfg.train.max_batch_seconds, cfg.train.seed,
+                                  self.world.rank, self.world.size, d.shard_buffer,
+                                  d.shard_buffer_mb, d.max_duration, normalize_text, enc)
+            self.train_set = ShardDataset(enc, cfg.sample_rate, d.on_error, transform=self.augmenter)
+        else:
+            self.train_set = UtteranceDataset(train_utts, enc, cfg.sample_rate, d.on_error,
+                                              d.cache_audio, transform=self.augmenter)
         self.valid_set = UtteranceDataset(
             valid_utts, enc, cfg.sample_rate, d.on_error, True,
             transform=(lambda w, i: band_limit(w, cfg.sample_rate, d.band_limit_hz)))
@@ -280,7 +294,16 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
         t = cfg.train
-        self.epoch_batches = self.sampler.batches_per_epoch(t.epochs)
+        if self.plan is not None:
+            # the run's batches for the LR schedule: epoch 0's plan (from the shards'
+            # metadata) on every epoch; later epochs cut a few more or fewer
+            n = self.plan.count_batches(0)
+            if n == 0:
+                raise RuntimeError(f"{d.train_shards}: no usable training utterances "
+                                   f"({len(self.plan.rejected)} rejected, see the log)")
+            self.epoch_batches = [n * self.world.size] * t.epochs
+        else:
+            self.epoch_batches = self.sampler.batches_per_epoch(t.epochs)
         self.scheduler = LRSchedule(
             self.optimizer, t.schedule, t.lr, sum(self.epoch_batches), t.warmup_steps,
             budget_seconds=60 * t.max_minutes if t.max_minutes else None)
@@ -326,6 +349,9 @@ class Trainer:
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
             torch_rng=torch.get_rng_state(), scaler=self.scaler.state_dict(), rejected=[r.__dict__ for r in self.rejected],
+            # a shard epoch's split depends on the world size: batch_in_epoch counts this
+            # rank's batches there, meaningful only with the same number of processes
+            shard_world_size=self.world.size if self.plan is not None else None,
             rejected_loads={"train": [r.__dict__ for r in self.train_set.rejected],
                             "valid": [r.__dict__ for r in self.valid_set.rejected]})
 
@@ -354,6 +380,10 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
+        if self.plan is not None and self.batch_in_epoch and state.get("shard_world_size") != self.world.size:
+            raise ValueError(f"{path}: stopped mid-epoch reading shards with "
+                             f"{state.get('shard_world_size')} process(es); resume it with as many "
+                             f"(this run has {self.world.size}), since the split depends on them")
         torch.set_rng_state(state["torch_rng"])
         # audio that failed before is neither read nor listed again
         loads = state.get("rejected_loads", {})
@@ -454,6 +484,46 @@ class Trainer:
                 "heads": {k: totals[1 + i].item() / ntok for i, k in enumerate(heads)},
                 "utterances": sum(len(b) for b in group if b is not None)}
 
+    def _manifest_steps(self, first: int):
+        """(steps, count) of this epoch from a manifest: each step is (this rank's group of
+        batches, batch_in_epoch after it, the epoch's batches consumed after it).
+        batch_in_epoch counts the epoch's global batches (every rank's) used, so a resume
+        on another world size starts where this one stopped (the epoch's last step also
+        counts the batches the sharding left out)."""
+        world, accum = self.world, self.cfg.train.accum_steps
+        self.sampler.set_epoch(self.epoch)
+        remaining = self.sampler.batches()[first:]
+        mine = shard(remaining, world)
+        steps_left = -(-len(mine) // accum)
+
+        def steps():
+            loader = iter(self._loader(self.train_set, mine))
+            for k in range(steps_left):
+                group = [next(loader) for _ in range(min(accum, len(mine) - k * accum))]
+                pos = first + (len(remaining) if k == steps_left - 1 else (k + 1) * accum * world.size)
+                yield group, pos, pos
+        return steps(), steps_left
+
+    def _shard_steps(self, first: int):
+        """This epoch's steps from shards (see :meth:`_manifest_steps`). Every rank streams
+        its own share (asr/shards.py), so the ranks' batch counts differ by a few: until
+        all are done, a rank out of batches trains on a weight-0 stand-in. batch_in_epoch
+        is the batches each rank has taken (steps x accum_steps), the plan's resume point."""
+        world, accum = self.world, self.cfg.train.accum_steps
+        self.plan.set_epoch(self.epoch, first)
+        loader = iter(self._loader(self.train_set, self.plan))
+        k = 0
+        while True:
+            group = list(itertools.islice(loader, accum))
+            more = float(bool(group))
+            if world.distributed:
+                more = all_reduce_max(more, world, self.device)
+            if not more:
+                return
+            k += 1
+            pos = first + k * accum
+            yield group or [None], pos, min(pos * world.size, self.epoch_batches[self.epoch])
+
     def _elapsed(self, t_start: float) -> float:
         """Training seconds so far. With a time budget the ranks agree on it (the slowest
         clock), since it sets the learning rate and when the run stops."""
@@ -487,7 +557,12 @@ class Trainer:
         if self._start_state is not None and self._start_path != self.exp_dir / "last.pt":
             self._init_weights(self._start_state["model"])
         elif not self._resume() and world.is_main:  # DDP gives the others rank 0's statistics
-            mean, std = compute_cmvn(self.model, self.train_set)
+            if self.plan is not None:  # the first readable utterances of the shards
+                plan = ShardPlan(self.cfg.data.train_shards, 1.0, shuffle=False)
+                waves = (self.train_set.load(e) for e in plan.entries(0))
+                mean, std = compute_cmvn(self.model, waves)
+            else:
+                mean, std = compute_cmvn(self.model, self.train_set)
             self.model.cmvn.set_stats(mean, std)
         if world.rank:  # dropout and SpecAugment masks differ between ranks
             torch.manual_seed(cfg.train.seed + 1000003 * world.rank + self.step)
@@ -502,25 +577,21 @@ class Trainer:
         stop = False
         accum = cfg.train.accum_steps
         while self.epoch < cfg.train.epochs and not stop:
-            self.sampler.set_epoch(self.epoch)
             self.augmenter.epoch = self.epoch
             epoch_start = sum(self.epoch_batches[:self.epoch])  # the run's batches before it
-            remaining = self.sampler.batches()[self.batch_in_epoch:]
-            mine = shard(remaining, world)
-            steps_left = -(-len(mine) // accum)
-            loader = iter(self._loader(self.train_set, mine))
+            first = self.batch_in_epoch
+            if self.plan is None:
+                steps, steps_left = self._manifest_steps(first)
+            else:
+                steps = self._shard_steps(first)
+                steps_left = max(0, -(-(self.epoch_batches[self.epoch] // world.size - first) // accum))
             bar = tqdm(total=steps_left, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
                        leave=False, dynamic_ncols=True, mininterval=1.0, disable=not world.is_main)
-            epoch_utts, first = 0, self.batch_in_epoch
-            for k in range(steps_left):
-                group = [next(loader) for _ in range(min(accum, len(mine) - k * accum))]
+            epoch_utts = 0
+            for group, position, consumed in steps:
                 out = self._train_step(group)
-                # batch_in_epoch counts the epoch's global batches (every rank's) used, so
-                # a resume on another world size starts where this one stopped
-                # (the epoch's last step also counts the batches the sharding left out)
-                self.batch_in_epoch = first + (len(remaining) if k == steps_left - 1
-                                               else (k + 1) * accum * world.size)
-                self.scheduler.step(self._elapsed(t_start), epoch_start + self.batch_in_epoch)
+                self.batch_in_epoch = position
+                self.scheduler.step(self._elapsed(t_start), epoch_start + consumed)
                 bar.update(1)
                 if out is None:  # no rank had audio: the schedule still counts the batches
                     continue
@@ -560,7 +631,8 @@ class Trainer:
             barrier(world)  # the others wait while rank 0 validates and writes
         now = time.time()
         rejected, seen = [], set()
-        for r in self.rejected + self.train_set.rejected + self.valid_set.rejected:
+        plan_rejected = self.plan.rejected if self.plan is not None else []
+        for r in self.rejected + plan_rejected + self.train_set.rejected + self.valid_set.rejected:
             if (r.id, r.audio) not in seen:  # once, also when train and valid share it
                 seen.add((r.id, r.audio))
                 rejected.append(r)

@@ -1,15 +1,18 @@
-"""LibriSpeech: download (where online) and manifests from the standard folders.
+"""LibriSpeech: download (where online), manifests from the standard folders, and the
+training set as tar shards (``OUT/train_shards``, what the recipe's configs train from).
 
     python -m recipes.librispeech.prepare --corpus /data/LibriSpeech --out exp/libri/data \
-        --train train-clean-100 --valid dev-clean --test test-clean
+        --train train-clean-100 --valid dev-clean --test test-clean --shard-mb 256
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from asr.corpora import prepare_librispeech
+from asr.data import read_manifest
+from asr.shards import write_shards
 from recipes.common import download_and_unpack, write_splits
 
 URL = "https://www.openslr.org/resources/12/{subset}.tar.gz"
@@ -30,7 +33,10 @@ def download(dest: str | Path, subsets: List[str]) -> Path:
 
 
 def prepare(corpus_dir: str | Path, out_dir: str | Path, train: List[str], valid: List[str],
-            test: List[str]) -> Dict[str, Path]:
+            test: List[str], shard_mb: Optional[float] = None,
+            shard_size: Optional[int] = None) -> Dict[str, Path]:
+    """Manifests ``OUT/{train,valid,test}.jsonl``; with ``shard_mb`` or ``shard_size``,
+    also the training set as shards in ``OUT/train_shards`` (returned as "train_shards")."""
     splits = {}
     for name, subsets in (("train", train), ("valid", valid), ("test", test)):
         if subsets:
@@ -38,7 +44,13 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, train: List[str], valid
                 if not (Path(corpus_dir) / s).is_dir():
                     raise FileNotFoundError(f"{Path(corpus_dir) / s}: subset folder not found")
             splits[name] = prepare_librispeech(corpus_dir, subsets)
-    return write_splits(splits, Path(out_dir))
+    paths = write_splits(splits, Path(out_dir))
+    if (shard_mb or shard_size) and "train" in paths:
+        out = Path(out_dir) / "train_shards"
+        write_shards(read_manifest(paths["train"]), out, shard_size=shard_size,
+                     shard_mb=None if shard_size else shard_mb)
+        paths["train_shards"] = out
+    return paths
 
 
 def main() -> None:
@@ -49,12 +61,19 @@ def main() -> None:
     p.add_argument("--valid", nargs="*", default=["dev-clean"])
     p.add_argument("--test", nargs="*", default=["test-clean"])
     p.add_argument("--download", action="store_true", help="fetch the subsets first")
+    p.add_argument("--shard-mb", type=float, help="also write the training set as tar shards "
+                   "of about this many megabytes in OUT/train_shards (the configs train from them)")
+    p.add_argument("--shard-size", type=int, help="or shards of this many utterances")
     a = p.parse_args()
     corpus = a.corpus
     if a.download:
         corpus = download(a.corpus, a.train + a.valid + a.test)
-    for name, path in prepare(corpus, a.out, a.train, a.valid, a.test).items():
-        print(f"{name}: {path} ({sum(1 for _ in open(path))} utterances)")
+    for name, path in prepare(corpus, a.out, a.train, a.valid, a.test, a.shard_mb,
+                              a.shard_size).items():
+        if Path(path).is_dir():
+            print(f"{name}: {path}")
+        else:
+            print(f"{name}: {path} ({sum(1 for _ in open(path))} utterances)")
 
 
 if __name__ == "__main__":
