@@ -501,12 +501,10 @@ def train_tone_model(path: Path = TONE_MODEL, steps: int = 400, lc_bgru: bool = 
     save_checkpoint(path, cfg, TOKENIZER, model.eval())
 
 
-# lc_bgru's tone model (train_tone_model(TONE_MODEL_LC, lc_bgru=True)) is not shipped yet:
-# it did not finish training on the shared machine; add it here once it is in data/models
-@pytest.mark.parametrize("path", [TONE_MODEL], ids=["conv_rnn"])
+@pytest.mark.parametrize("path", [TONE_MODEL, TONE_MODEL_LC], ids=["conv_rnn", "lc_bgru"])
 def test_int8_changes_wer_by_less_than_one_point(tmp_path, path):
     """Small CTC models trained on tone "words" (train_tone_model; forward-only conv_rnn,
-    later lc_bgru with running CMVN): on their 48 training clips of 3 words, where the fp32
+    and lc_bgru with running CMVN): on their 48 training clips of 3 words, where the fp32
     output is known good (they overfit: WER on fresh clips is high, mostly insertions), the
     int8 graphs' WER is within 1 point."""
     from asr.checkpoint import load_model
