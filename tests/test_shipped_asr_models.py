@@ -95,3 +95,37 @@ def test_shipped_english_streaming_model_streams_as_it_decodes_offline():
         texts[bool(mode)] = [json.loads(line)["text"] for line in out.stdout.splitlines()]
     assert len(texts[True]) == 4 and all(texts[True]), texts
     assert texts[True] == texts[False]
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "corpora" / "an4").is_dir(),
+                    reason="../shared/corpora/an4 not present")
+def test_shipped_english_streaming_onnx_export_transcribes_as_torch():
+    """data/models/english_streaming_onnx (python -m export asr of english_streaming.pt)
+    runs without torch's model code and, fed in 20 ms pieces, writes the torch model's text
+    (greedy CTC; fp32, and int8 within a character or two)."""
+    import jiwer
+    import soundfile as sf
+
+    from asr.checkpoint import load_model
+    from asr.streaming import Recognizer as TorchRecognizer
+    from export.asr_runtime import Recognizer
+
+    onnx_dir = ROOT / "data" / "models" / "english_streaming_onnx"
+    model, tokenizer, cfg = load_model(ROOT / "data" / "models" / "english_streaming.pt")
+    ref_rec = TorchRecognizer(model, tokenizer, cfg.streaming, method="ctc_greedy")
+    clips = sorted((ROOT.parent / "shared" / "corpora" / "an4" / "wav").rglob("*.flac"))[:4]
+    waves = [sf.read(str(c), dtype="float32")[0] for c in clips]
+    texts = {}
+    for name, rec in [("torch", ref_rec), ("onnx", Recognizer(onnx_dir, method="ctc_greedy")),
+                      ("int8", Recognizer(onnx_dir, int8=True, method="ctc_greedy"))]:
+        texts[name] = []
+        for wave in waves:
+            s = rec.create_stream()
+            for i in range(0, len(wave), 320):
+                s.accept_waveform(16000, wave[i:i + 320])
+            s.input_finished()
+            rec.decode_stream(s)
+            texts[name].append(s.result().text)
+    assert all(texts["torch"]) and texts["onnx"] == texts["torch"], texts
+    assert jiwer.cer(texts["torch"], texts["int8"]) < 0.05, texts
