@@ -82,7 +82,8 @@ class LoopConfig:
     left out entirely), when scoring the whole pool every round costs too much.
     eval: manifests to evaluate on; eval_max_utts: a fixed random subset of at most this
     many per manifest (0: all). seed_hours: the random seed set drawn from the pool
-    (seed_set_seed). seed_steps: optimiser steps of the seed model. round_hours: audio
+    (seed_set_seed). seed_steps: optimiser steps of the seed model; seed_init: a checkpoint
+    whose weights it starts from (its shape must be ``model``'s; empty: random). round_hours: audio
     selected per round; rounds: rounds after the seed. strategies: scorer names; seeds:
     one run per strategy and seed (the random scorer's draw and the fine-tune's seed).
     scoring: N-best and EGL options (method and seed are set per run). speaker_decay:
@@ -99,6 +100,7 @@ class LoopConfig:
     seed_hours: float = 0.1
     seed_set_seed: int = 0
     seed_steps: int = 200
+    seed_init: str = ""
     round_hours: float = 0.1
     rounds: int = 3
     strategies: List[str] = field(default_factory=lambda: ["egl", "random", "confidence"])
@@ -136,6 +138,8 @@ class LoopConfig:
             raise ConfigError(f"{where}.strategies/seeds: must be non-empty and without repeats")
         if self.finetune.init not in ("seed", "previous"):
             raise ConfigError(f"{where}.finetune.init: 'seed' or 'previous', got {self.finetune.init!r}")
+        if self.seed_init and not Path(self.seed_init).is_file():
+            raise ConfigError(f"{where}.seed_init: {self.seed_init}: checkpoint not found")
         if self.labels not in ("simulate", "queue"):
             raise ConfigError(f"{where}.labels: 'simulate' or 'queue', got {self.labels!r}")
         if self.labels == "queue" and not self.queue_db:
@@ -407,7 +411,7 @@ class Loop:
         if not manifest.exists():
             write_manifest(self.data.base + self.seed_set(), manifest)
         exp = _experiment(self.cfg, manifest, self.cfg.seed_steps, self.cfg.seed_set_seed)
-        model = train_model(exp, d / "train")
+        model = train_model(exp, d / "train", init_from=Path(self.cfg.seed_init) if self.cfg.seed_init else None)
         self.eval_set.evaluate(model, d / "eval.json")
         return model
 

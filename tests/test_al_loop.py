@@ -186,6 +186,7 @@ def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
     ({"pool_corpora": ["an4"]}, "pool_corpora"),
     ({"labels": "queue"}, "queue_db"),
     ({"eval": []}, "eval"),
+    ({"seed_init": "no/such/model.pt"}, "seed_init"),
 ])
 def test_bad_config_fields_name_the_field(tmp_path, change, field):
     config, _ = write_configs(tmp_path, **change)
