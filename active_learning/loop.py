@@ -594,7 +594,8 @@ def plot_results(rows: Sequence[Dict], out_png: Path, sizes: Dict) -> None:
         ax.legend()
     fig.suptitle(f"mean over {sizes['seeds']} seed(s), band = min-max; eval {sizes['eval_utterances']} "
                  f"utts ({sizes['eval_hours']:.2f} h); pool {sizes['pool_clips']} clips "
-                 f"({sizes['pool_hours']:.2f} h), {sizes['round_hours']} h selected per round", fontsize=9)
+                 f"({sizes['pool_hours']:.2f} h), {sizes['round_hours']} h selected per round\n"
+                 f"differences inside the bands are noise", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
