@@ -4,7 +4,8 @@ seeds at equal labeled hours.
 
 Layout of ``out``::
 
-    config.yaml                      the resolved loop config
+    config.yaml, model.yaml          the resolved loop and model configs (a rerun with
+                                     others is refused)
     seed/seed_set.jsonl              the random seed set drawn from the pool (labeled)
     seed/train/                      the seed model (asr Trainer experiment, resumable)
     seed/eval.json                   its evaluation (round 0 of every strategy and seed)
@@ -275,9 +276,8 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def _experiment(cfg: LoopConfig, train_manifest: Path, steps: int, seed: int,
+def _experiment(exp: ExperimentConfig, train_manifest: Path, steps: int, seed: int,
                 lr: Optional[float] = None, warmup: Optional[int] = None) -> ExperimentConfig:
-    exp = load_config(cfg.model, cfg.model_overrides)
     data = dataclasses.replace(exp.data, train=str(train_manifest), valid="", test="")
     t = exp.train
     # enough epochs for the steps: a batch holds at most max_batch_seconds of audio, so an
@@ -382,14 +382,18 @@ class Loop:
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = load_data(cfg)
         self.eval_set = EvalSet(self.data.eval)
-        self.threads = load_config(cfg.model, cfg.model_overrides).train.num_threads
+        # read once: every round of this run trains the model configured when it started
+        self.experiment = load_config(cfg.model, cfg.model_overrides)
+        self.threads = self.experiment.train.num_threads
         self.labels = (SimulatedLabels(self.data.transcripts) if cfg.labels == "simulate"
                        else QueueLabels(cfg.queue_db))
-        saved = self.out / "config.yaml"
-        resolved = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-        if saved.exists() and saved.read_text() != resolved:
-            raise ConfigError(f"{saved}: {self.out} holds a run of another config; use a new --out")
-        saved.write_text(resolved)
+        for name, what in (("config.yaml", cfg), ("model.yaml", self.experiment)):
+            saved, resolved = self.out / name, yaml.safe_dump(to_dict(what), sort_keys=False)
+            if saved.exists() and saved.read_text() != resolved:
+                raise ConfigError(f"{saved}: {self.out} holds a run of another "
+                                  f"{'loop' if name == 'config.yaml' else 'model (' + cfg.model + ')'} "
+                                  "config; use a new --out")
+            saved.write_text(resolved)
 
     # seed ------------------------------------------------------------------
     def seed_set(self) -> List[Utterance]:
@@ -410,7 +414,7 @@ class Loop:
         manifest = d / "train.jsonl"
         if not manifest.exists():
             write_manifest(self.data.base + self.seed_set(), manifest)
-        exp = _experiment(self.cfg, manifest, self.cfg.seed_steps, self.cfg.seed_set_seed)
+        exp = _experiment(self.experiment, manifest, self.cfg.seed_steps, self.cfg.seed_set_seed)
         model = train_model(exp, d / "train", init_from=Path(self.cfg.seed_init) if self.cfg.seed_init else None)
         self.eval_set.evaluate(model, d / "eval.json")
         return model
@@ -465,7 +469,7 @@ class Loop:
         if not manifest.exists():
             write_manifest(labeled_now + self.replay(), manifest)
         f = cfg.finetune
-        exp = _experiment(cfg, manifest, f.steps, 1000 * seed + r, lr=f.lr, warmup=f.warmup_steps)
+        exp = _experiment(self.experiment, manifest, f.steps, 1000 * seed + r, lr=f.lr, warmup=f.warmup_steps)
         init = self.seed_model() if f.init == "seed" else prev_model
         model = train_model(exp, d / "train", init_from=init)
         row = {"strategy": strategy, "seed": seed, "round": r,

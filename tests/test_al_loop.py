@@ -192,3 +192,14 @@ def test_bad_config_fields_name_the_field(tmp_path, change, field):
     config, _ = write_configs(tmp_path, **change)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         Loop(load_loop_config(config), tmp_path / "run")
+
+
+def test_a_rerun_with_another_model_config_is_refused(tmp_path):
+    config, _ = write_configs(tmp_path)
+    cfg = load_loop_config(config)
+    Loop(cfg, tmp_path / "run")
+    Loop(cfg, tmp_path / "run")  # the same configs: fine
+    model = Path(cfg.model)
+    model.write_text(model.read_text().replace("hidden_size: 12", "hidden_size: 16"))
+    with pytest.raises(ConfigError, match="model.yaml"):
+        Loop(cfg, tmp_path / "run")
