@@ -1,8 +1,11 @@
-"""Command line: ``python -m active_learning {score,select,queue}``.
+"""Command line: ``python -m active_learning {score,select,simulate,loop,queue}``.
 
 score: one JSON line per clip, ``{"id", "score"}`` (higher = more worth labeling),
 written as batches finish. select: the chosen clips as a manifest (the labeling queue),
-each with ``meta.al_score``; a JSON summary on stdout. queue: the labeling queue web app
+each with ``meta.al_score``; a JSON summary on stdout. simulate: the active-learning loop
+with the pool's own transcripts as labels, for several strategies and seeds (results.jsonl,
+results.md and a plot in --out). loop: the same loop labeled by people through the queue
+(it stops until the selected clips are labeled; rerun it then). queue: the labeling queue web app
 and its database (``queue --help``).
 """
 from __future__ import annotations
@@ -66,6 +69,19 @@ def _select(args) -> int:
     return 0
 
 
+def _loop(args) -> int:
+    from active_learning.loop import Loop, load_loop_config
+
+    cfg = load_loop_config(args.config, args.set)
+    wanted = "simulate" if args.command == "simulate" else "queue"
+    if cfg.labels != wanted:
+        raise SystemExit(f"{args.config}: labels is {cfg.labels!r}; `{args.command}` needs labels: {wanted}")
+    rows = Loop(cfg, args.out).run(progress=not args.no_progress)
+    print(json.dumps({"out": args.out, "rounds_finished": len(rows),
+                      "results": str(Path(args.out) / "results.jsonl")}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from active_learning.gradients import PARAMETER_SUBSETS
     from active_learning.scorers import EGL_LENGTH_NORMS, SCORERS
@@ -104,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="diversity: scale a clip's score by this per clip of its speaker already chosen")
     t.add_argument("--out", required=True, help="manifest of the chosen clips")
     t.set_defaults(func=_select)
+
+    for name, text in (("simulate", "the active-learning loop, labels from the pool's own transcripts"),
+                       ("loop", "the active-learning loop, labels from people through the queue")):
+        lp = sub.add_parser(name, help=text)
+        lp.add_argument("--config", required=True, help="loop YAML (active_learning.loop.LoopConfig)")
+        lp.add_argument("--out", required=True, help="run folder; rerunning continues it")
+        lp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+        lp.add_argument("--no-progress", action="store_true")
+        lp.set_defaults(func=_loop)
 
     from active_learning.queue.cli import add_queue_parser
 

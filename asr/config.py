@@ -100,6 +100,9 @@ class TrainConfig:
     # time budget: the LR schedule anneals over min(epochs, budget) and training stops
     # when it is spent, so a run ends on time on any machine
     max_minutes: Optional[float] = None
+    # step budget: the LR schedule anneals over min(epochs, max_steps optimiser steps) and
+    # training stops after them (deterministic, unlike a time budget)
+    max_steps: Optional[int] = None
     device: str = "auto"  # "auto" (the GPU when CUDA is present, else the CPU) | "cpu" | "cuda"
     # "fp32" | "bf16" (autocast) | "fp16" (autocast with gradient scaling); features and
     # losses stay in fp32

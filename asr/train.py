@@ -304,8 +304,13 @@ class Trainer:
             self.epoch_batches = [n * self.world.size] * t.epochs
         else:
             self.epoch_batches = self.sampler.batches_per_epoch(t.epochs)
+        if t.max_steps is not None and t.max_steps < 1:
+            raise ValueError(f"train.max_steps must be >= 1, got {t.max_steps}")
+        total_batches = sum(self.epoch_batches)
+        if t.max_steps:  # the schedule counts batches: W processes accumulating A per step
+            total_batches = min(total_batches, t.max_steps * t.accum_steps * self.world.size)
         self.scheduler = LRSchedule(
-            self.optimizer, t.schedule, t.lr, sum(self.epoch_batches), t.warmup_steps,
+            self.optimizer, t.schedule, t.lr, total_batches, t.warmup_steps,
             budget_seconds=60 * t.max_minutes if t.max_minutes else None)
         self.metrics_path = self.exp_dir / "metrics.jsonl"
         self.step = 0
@@ -605,9 +610,9 @@ class Trainer:
                               **{f"loss_{k}": v for k, v in out["heads"].items()})
                 if self.step % cfg.train.checkpoint_every == 0:
                     self._save()
-                if cfg.train.max_minutes and self.scheduler.done:
-                    log.warning("stopping: train.max_minutes=%s reached at epoch %d",
-                                cfg.train.max_minutes, self.epoch + 1)
+                if (cfg.train.max_minutes or cfg.train.max_steps) and self.scheduler.done:
+                    log.warning("stopping: budget reached (train.max_minutes=%s, train.max_steps=%s) "
+                                "at epoch %d", cfg.train.max_minutes, cfg.train.max_steps, self.epoch + 1)
                     stop = True
                     break
             bar.close()

@@ -35,3 +35,14 @@ def test_fine_tuning_configs_match_the_synthetic_models_they_start_from(corpus, 
     synth = ASRModel(load_config(ROOT / "recipes" / "synth" / f"{kind}.yaml"), CharTokenizer().vocab_size)
     tuned = ASRModel(load_config(ROOT / "recipes" / corpus / f"{kind}.yaml"), CharTokenizer().vocab_size)
     tuned.load_state_dict(synth.state_dict())  # raises on any missing key or shape mismatch
+
+
+def test_active_learning_recipe_loads_and_its_model_takes_the_seed_init_weights(monkeypatch):
+    from active_learning.loop import load_loop_config
+    from asr.checkpoint import read_checkpoint
+
+    monkeypatch.chdir(ROOT)  # the recipe's paths are relative to the project root
+    loop = load_loop_config("recipes/active_learning/loop.yaml")
+    assert loop.seed_init and set(loop.strategies) >= {"egl", "random", "confidence"} and len(loop.seeds) >= 3
+    model = ASRModel(load_config(loop.model), CharTokenizer().vocab_size)
+    model.load_state_dict(read_checkpoint(loop.seed_init)["model"])  # raises on a shape mismatch

@@ -94,6 +94,21 @@ def test_lr_schedule_spans_every_epochs_batches(tmp_path, tone_corpus):
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 0.01)
 
 
+def test_step_budget_stops_after_max_steps_with_the_schedule_annealed(tmp_path, tone_corpus):
+    # 10 batches over 3 epochs, but a budget of 5 steps: it stops in epoch 2, annealed
+    trainer = Trainer(plain_config(tone_corpus, epochs=3, max_batch_seconds=1.95, lr=1e-3, max_steps=5),
+                      tmp_path / "exp")
+    assert trainer.scheduler.total_steps == 5
+    result = trainer.fit()
+    assert result.steps == 5 and result.epochs_done == 3  # finished: a rerun trains no more
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 0.01)
+    again = Trainer(plain_config(tone_corpus, epochs=3, max_batch_seconds=1.95, lr=1e-3, max_steps=5),
+                    tmp_path / "exp").fit()
+    assert again.steps == 5
+    with pytest.raises(ValueError, match="train.max_steps"):
+        Trainer(plain_config(tone_corpus, max_steps=0), tmp_path / "bad")
+
+
 def test_lr_schedule_counts_batches_whose_audio_all_failed(tmp_path, tone_corpus, monkeypatch):
     import asr.data
     from asr.audio import AudioError

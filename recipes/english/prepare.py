@@ -4,7 +4,7 @@ with whole speakers of speechocean762 and AN4 held out for dev (choosing setting
 
     python -m recipes.english.prepare --corpora ../shared/corpora --out exp/english/data
 
-Writes ``train.jsonl``; ``dev_<corpus>.jsonl`` and ``eval_<corpus>.jsonl`` for speechocean762
+Every clip's ``meta.corpus`` names its corpus. Writes ``train.jsonl``; ``dev_<corpus>.jsonl`` and ``eval_<corpus>.jsonl`` for speechocean762
 and AN4; ``lm_texts.txt`` (the LJSpeech sentences of ``texts/`` and every training
 transcript: never a dev or eval transcript); ``rejected.jsonl`` (entries the readers left
 out) and ``summary.json`` (clips, hours and speakers per part).
@@ -55,6 +55,8 @@ def prepare(corpora: str | Path, out_dir: str | Path) -> Dict:
     for name in HELD_OUT_CORPORA:
         corpus = load_corpus(name, corpora / name)
         rejected += corpus.rejected
+        for u in corpus:
+            u.meta = {**u.meta, "corpus": name}
         parts = split_by_speaker(corpus)
         train += parts["train"]
         for role in ("dev", "eval"):
@@ -66,6 +68,8 @@ def prepare(corpora: str | Path, out_dir: str | Path) -> Dict:
              "speech_commands": speech_commands_words(corpora / "speech_commands")}
     for name, utts in extra.items():
         rejected += getattr(utts, "rejected", [])
+        for u in utts:
+            u.meta = {**u.meta, "corpus": name}
         train += utts
         summary[name] = {"train": _summary(utts)}
     write_manifest(train, out_dir / "train.jsonl")

@@ -1,0 +1,205 @@
+"""The active-learning loop (``python -m active_learning simulate``) on the generated tone
+corpus: rounds at equal labeled hours across strategies, no clip selected twice, simulated
+labels that are the held-back transcripts, resume after an interruption, the labeling
+queue as the label source, config errors that name the field."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from active_learning import loop as loop_mod
+from active_learning.__main__ import main
+from active_learning.loop import Loop, load_loop_config
+from asr.config import ConfigError
+from asr.data import read_manifest
+from conftest import make_tone_corpus
+
+CLIP = 0.8  # the tone corpus's longest clip (seconds)
+BUDGET_S = 2.0  # seconds selected per round
+
+
+def write_configs(tmp_path, **changes):
+    pool = make_tone_corpus(tmp_path / "pool", n=24, seed=0)
+    held = make_tone_corpus(tmp_path / "eval", n=6, seed=1)
+    model = tmp_path / "model.yaml"
+    model.write_text(yaml.safe_dump({
+        "features": {"n_mels": 20}, "specaugment": None,
+        "encoder": {"subsampling": 4, "conv_channels": 4, "hidden_size": 12, "num_layers": 1, "dropout": 0.0},
+        "train": {"max_batch_seconds": 1.7, "lr": 5e-3, "warmup_steps": 1, "num_threads": 1}}))
+    cfg = {"model": str(model), "train": str(pool), "eval": [str(held)], "seed_hours": 1.5 / 3600,
+           "seed_steps": 3, "round_hours": BUDGET_S / 3600, "rounds": 2, "strategies": ["egl", "random"],
+           "seeds": [0], "finetune": {"steps": 2, "lr": 3e-3, "warmup_steps": 1},
+           "scoring": {"nbest": 2, "beam": 3, "batch_seconds": 4.0}}
+    cfg.update(changes)
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, pool
+
+
+def results(out):
+    return [json.loads(l) for l in (Path(out) / "results.jsonl").read_text().splitlines()]
+
+
+def key(rows):
+    return [(r["strategy"], r["seed"], r["round"], round(r["labeled_hours"], 9), r["wer"], r["cer"])
+            for r in rows]
+
+
+def test_two_rounds_two_strategies_equal_hours_no_reselection_true_labels(tmp_path):
+    config, pool = write_configs(tmp_path)
+    out = tmp_path / "run"
+    assert main(["simulate", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    rows = results(out)
+    assert [(r["strategy"], r["round"]) for r in rows] == [(s, k) for s in ("egl", "random") for k in range(3)]
+    truth = {u.id: u.text for u in read_manifest(pool)}
+    by = {(r["strategy"], r["round"]): r for r in rows}
+    seed_ids = [u.id for u in read_manifest(out / "seed" / "seed_set.jsonl")]
+    for r in rows:
+        assert r["eval_utterances"] == 6 and 0.0 <= r["cer"] and r["wer"] >= 0.0
+    for k in (1, 2):
+        for s in ("egl", "random"):
+            grow = by[(s, k)]["labeled_hours"] - by[(s, k - 1)]["labeled_hours"]
+            # the budget, less what no remaining clip could fill
+            assert BUDGET_S - CLIP < 3600 * grow <= BUDGET_S + 1e-9
+            assert 3600 * by[(s, k)]["selected_hours"] == pytest.approx(3600 * grow)
+        # equal hours across strategies, to within one clip
+        assert abs(by[("egl", k)]["labeled_hours"] - by[("random", k)]["labeled_hours"]) * 3600 < CLIP
+    for s in ("egl", "random"):
+        run = out / "runs" / s / "seed0"
+        seen = set(seed_ids)
+        for k in (1, 2):
+            chosen = [u.id for u in read_manifest(run / f"round{k}" / "selected.jsonl")]
+            scored = {json.loads(l)["id"] for l in (run / f"round{k}" / "scores.jsonl").read_text().splitlines()}
+            assert chosen and not seen & set(chosen)  # never re-selected
+            assert not seen & scored  # labeled clips are not scored again
+            seen |= set(chosen)
+            labeled = read_manifest(run / f"round{k}" / "labeled.jsonl")
+            assert [u.id for u in labeled] == [u for u in seed_ids] + [
+                i for j in range(1, k + 1) for i in (u.id for u in read_manifest(run / f"round{j}" / "selected.jsonl"))]
+            # simulated labels are the held-back transcripts; what was scored had none
+            assert all(u.text == truth[u.id] for u in labeled)
+            assert all(u.text == "" for u in read_manifest(run / f"round{k}" / "selected.jsonl"))
+    assert "egl WER" in (out / "results.md").read_text() and (out / "wer_vs_hours.png").stat().st_size > 0
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_continues_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    config, _ = write_configs(tmp_path)
+    cfg = load_loop_config(config)
+    straight = Loop(cfg, tmp_path / "straight").run(progress=False)
+
+    out = tmp_path / "killed"
+    real_round, real_train = Loop.run_round, loop_mod.train_model
+
+    def die_between_rounds(self, strategy, seed, r):
+        if r == 2:
+            raise Killed
+        return real_round(self, strategy, seed, r)
+
+    monkeypatch.setattr(Loop, "run_round", die_between_rounds)
+    with pytest.raises(Killed):
+        Loop(cfg, out).run(progress=False)
+    assert sorted(r["round"] for r in results(out)) == [0, 0, 1, 1]  # round 1 finished everywhere
+
+    # the rerun dies inside round 2 of the second run, after its selection, in training
+    trained = []
+
+    def die_in_training(exp, exp_dir, init_from=None):
+        if "random" in str(exp_dir) and "round2" in str(exp_dir):
+            raise Killed
+        trained.append(exp_dir)
+        return real_train(exp, exp_dir, init_from)
+
+    monkeypatch.setattr(Loop, "run_round", real_round)
+    monkeypatch.setattr(loop_mod, "train_model", die_in_training)
+    with pytest.raises(Killed):
+        Loop(cfg, out).run(progress=False)
+    selected = out / "runs" / "random" / "seed0" / "round2" / "selected.jsonl"
+    made = selected.stat().st_mtime_ns
+    # finished rounds were not redone; seed model and round 1 came from disk
+    assert [p.parent.name for p in trained if "round" in str(p)] == ["round2"]
+    assert all("round1" not in str(p) for p in trained)
+
+    def count_training(exp, exp_dir, init_from=None):
+        trained.append(exp_dir)
+        return real_train(exp, exp_dir, init_from)
+
+    trained.clear()
+    monkeypatch.setattr(loop_mod, "train_model", count_training)
+    resumed = Loop(cfg, out).run(progress=False)
+    assert selected.stat().st_mtime_ns == made  # the interrupted round kept its selection
+    assert [str(p).split("runs/")[-1] for p in trained if "runs" in str(p)] == ["random/seed0/round2/train"]
+    assert key(resumed) == key(straight)
+    assert [u.id for u in read_manifest(selected)] == \
+        [u.id for u in read_manifest(tmp_path / "straight" / "runs" / "random" / "seed0" / "round2" / "selected.jsonl")]
+
+
+def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
+    from sqlalchemy import select
+
+    from active_learning.queue import auth
+    from active_learning.queue.leases import submit, take_next
+
+    db_url = f"sqlite:///{tmp_path / 'queue.db'}"
+    config, pool = write_configs(tmp_path, labels="queue", queue_db=db_url, rounds=1, strategies=["random"])
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match="waiting for labels"):
+        main(["loop", "--config", str(config), "--out", str(out), "--no-progress"])
+    loop = Loop(load_loop_config(config), out)
+    truth = {u.id: u.text for u in read_manifest(pool)}
+
+    def label_everything(suffix=""):
+        with loop.labels.sessions() as db:
+            if db.scalar(select(auth.User).where(auth.User.name == "ann")) is None:
+                auth.add_user(db, "ann", "correct horse battery", "labeler")
+            user = db.scalar(select(auth.User).where(auth.User.name == "ann"))
+            n = 0
+            while (clip := take_next(db, user.id, 60.0)) is not None:
+                submit(db, user.id, clip.id, truth[clip.utt_id].upper() + suffix)
+                n += 1
+            db.commit()
+        return n
+
+    assert label_everything() > 0  # the seed set
+    loop.run(progress=False)  # round 1 selects, queues and waits
+    assert not (out / "runs" / "random" / "seed0" / "round1" / "state.json").exists()
+    queued = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "selected.jsonl")
+    assert label_everything(" X") == len(queued)
+    rows = loop.run(progress=False)
+    assert [r["round"] for r in rows] == [0, 1]
+    labeled = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "labeled.jsonl")
+    new = {u.id: u.text for u in labeled[-len(queued):]}
+    assert new == {u.id: truth[u.id].upper() + " X" for u in queued}  # the people's labels
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"rounds": 0}, "rounds"),
+    ({"round_hours": 0}, "round_hours"),
+    ({"strategies": ["egl", "gradient"]}, "strategies"),
+    ({"finetune": {"steps": 2, "init": "scratch"}}, "finetune.init"),
+    ({"finetune": {"stepz": 2}}, "finetune"),
+    ({"seed_steps": "many"}, "seed_steps"),
+    ({"pool_corpora": ["an4"]}, "pool_corpora"),
+    ({"labels": "queue"}, "queue_db"),
+    ({"eval": []}, "eval"),
+    ({"seed_init": "no/such/model.pt"}, "seed_init"),
+])
+def test_bad_config_fields_name_the_field(tmp_path, change, field):
+    config, _ = write_configs(tmp_path, **change)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        Loop(load_loop_config(config), tmp_path / "run")
+
+
+def test_a_rerun_with_another_model_config_is_refused(tmp_path):
+    config, _ = write_configs(tmp_path)
+    cfg = load_loop_config(config)
+    Loop(cfg, tmp_path / "run")
+    Loop(cfg, tmp_path / "run")  # the same configs: fine
+    model = Path(cfg.model)
+    model.write_text(model.read_text().replace("hidden_size: 12", "hidden_size: 16"))
+    with pytest.raises(ConfigError, match="model.yaml"):
+        Loop(cfg, tmp_path / "run")
