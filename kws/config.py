@@ -51,6 +51,9 @@ class AugmentConfig:
     pitch_semitones: List[float] = field(default_factory=lambda: [0.0])  # precomputed variants
     time_shift_s: float = 0.15  # random shift of a clip inside its window
     gain_db: List[float] = field(default_factory=lambda: [-20.0, 6.0])  # uniform range
+    reverb_prob: float = 0.0  # share of examples convolved with a synthetic room (kws.reverb)
+    rt60_s: List[float] = field(default_factory=lambda: [0.2, 0.9])  # uniform range
+    drr_db: List[float] = field(default_factory=lambda: [-3.0, 12.0])  # direct-to-reverberant ratio
     specaugment: Optional[SpecAugmentConfig] = field(
         default_factory=lambda: SpecAugmentConfig(freq_masks=2, freq_width=6, time_masks=2,
                                                   time_width_ratio=0.1, time_width_max=10))
