@@ -5,7 +5,7 @@ import hashlib
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 SPEECH_COMMANDS_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 SPEECH_COMMANDS_LABELS = ["_silence_", "_unknown_"] + SPEECH_COMMANDS_WORDS
 
