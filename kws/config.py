@@ -75,6 +75,8 @@ class KWSTrainConfig:
     hard_negative_max: int = 2000  # pool size
     hard_negative_threshold: float = 0.2  # keyword posterior above which a window is kept
     hard_negative_weight: float = 0.25  # share of negative draws taken from the pool
+    hard_negative_scan_s: float = 0.0  # >0: each mining round scans a random this-many-seconds
+    # part of the negative audio (60 s pieces) instead of all of it
     hard_negative_snr_db: List[float] = field(default_factory=list)  # non-empty: mining also scans a
     # noisy copy of the negative audio (training noise, an SNR from this list per 10 s)
     seed: int = 0
