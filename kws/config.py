@@ -211,7 +211,9 @@ class WakeWordDataConfig:
     folders: List[str] = field(default_factory=list)  # more negative audio folders
     texts: str = ""  # id|raw|normalized sentences; "" = <corpora>/texts/ljspeech_metadata.csv
     held_out_percent: float = 45.0  # of the negative speakers, for the evaluation
-    max_train_hours: float = 3.0  # real negative audio loaded for training
+    max_train_hours: float = 2.0  # real negative audio loaded for training (a random part)
+    max_heldout_hours: float = 2.2  # held-out negative audio evaluated (a random part; 2 h or more
+    # is needed to observe 0.5 false alarms per hour)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from asr.audio import AudioError, load_audio
+from asr.audio import AudioError, audio_info, load_audio
 from kws.layout import hash_split, list_audio, speaker_of
 from kws.phrases import contains_phrase
 
@@ -173,7 +173,8 @@ def load_negatives(files: Sequence[NegativeFile], sample_rate: int = 16000, max_
                    ) -> Tuple[List[LoadedNegative], List[str]]:
     """Read the files (in a shuffled order, up to ``max_hours``) -> (loaded, skipped). A
     file that cannot be decoded or is silent is reported with its path and skipped.
-    ``keep_audio=False`` only checks the files (and measures them)."""
+    ``keep_audio=False`` only reads the headers (durations; a file whose header cannot be
+    read is reported and skipped; decoding errors are left to whoever reads it later)."""
     order = list(files)
     random.Random(seed).shuffle(order)
     out: List[LoadedNegative] = []
@@ -183,6 +184,16 @@ def load_negatives(files: Sequence[NegativeFile], sample_rate: int = 16000, max_
     for f in tqdm(order, desc=desc, mininterval=5.0):
         if limit is not None and samples >= limit:
             break
+        if not keep_audio:
+            try:
+                seconds, _ = audio_info(f.path)
+            except AudioError as exc:
+                log.warning("skipping negative %s", exc)
+                skipped.append(str(exc))
+                continue
+            out.append(LoadedNegative(f, None, seconds))
+            samples += int(seconds * sample_rate)
+            continue
         try:
             wave = load_audio(f.path, sample_rate)
         except AudioError as exc:
@@ -194,6 +205,6 @@ def load_negatives(files: Sequence[NegativeFile], sample_rate: int = 16000, max_
             log.warning("skipping negative %s", msg)
             skipped.append(msg)
             continue
-        out.append(LoadedNegative(f, wave if keep_audio else None, wave.numel() / sample_rate))
+        out.append(LoadedNegative(f, wave, wave.numel() / sample_rate))
         samples += wave.numel()
     return out, skipped

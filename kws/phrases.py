@@ -86,6 +86,10 @@ def _word_variants(word: str) -> Dict[str, List[str]]:
         if m:
             after = rest[m.end():]
             out["vowel"] = [on + v + after for v in FIRST_VOWELS if v != m.group(0)]
+            if len(sy) > 1 and len(sy[0]) > len(on) + len(m.group(0)):
+                # the first syllable without its coda, with another onset ("jarvis" -> "travis")
+                tail = m.group(0) + w[len(sy[0]):]
+                out["onset"] += [o + tail for o in ONSETS if o != on]
     if len(sy) > 1:
         last = sy[-1]
         stem = w[: len(w) - len(last)]

@@ -193,8 +193,8 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
                          f"{len(held_files)} held out: need some of each")
     train_negs, skipped_train = load_negatives(train_files, sr, cfg.data.max_train_hours, cfg.seed,
                                                desc="training negatives")
-    held_negs, skipped_held = load_negatives(held_files, sr, None, cfg.seed, keep_audio=False,
-                                             desc="held-out negatives (check)")
+    held_negs, skipped_held = load_negatives(held_files, sr, cfg.data.max_heldout_hours, cfg.seed,
+                                             keep_audio=False, desc="held-out negatives (headers)")
     if not train_negs or not held_negs:
         raise ValueError(f"usable negative files: {len(train_negs)} for training, {len(held_negs)} held "
                          f"out (skipped: {skipped_train + skipped_held})")
@@ -300,7 +300,7 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
             "real_negative_hours": round(sum(ln.seconds for ln in train_negs) / 3600, 4),
             "noise_files": len(noise.waves), "skipped_negatives": skipped_train,
             "summary": summary},
-        "skipped_heldout_negatives": skipped_held,
+        "skipped_heldout_negatives": skipped_held + res_int8["skipped"],
         "minutes": {"synthesis": round(synth_minutes, 2), "training": round(summary["minutes"], 2),
                     "evaluation": round(eval_minutes, 2), "total": round(minutes(), 2)},
         "evaluation": "kws.wakeword.evaluate_heldout (kws.evaluate.evaluate_detection; held-out "
