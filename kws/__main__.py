@@ -6,6 +6,7 @@
     python -m kws evaluate-detection --model M(.onnx|checkpoint) --positives DIR... --negatives DIR...
         [--noise DIR...] [--snr 5] [--out DIR]
     python -m kws detect FILE|- [--model M.onnx] [--mic]
+    python -m kws train-wakeword --phrase "hey jarvis" --out DIR [--minutes 45] [--negatives DIR...]
 
 ``detect`` and the two evaluations run on the edge runtime (numpy + onnxruntime);
 ``train`` and ``export`` need torch, imported only by them.
@@ -163,6 +164,30 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_wakeword(args: argparse.Namespace) -> int:
+    from asr.config import apply_overrides
+    from kws.config import wakeword_config_from_dict
+    from kws.wakeword import train_wakeword
+
+    data: dict = {"phrase": args.phrase, "minutes": args.minutes, "seed": args.seed}
+    data["data"] = {"corpora": "" if args.corpora == "none" else args.corpora, "folders": args.negatives,
+                    "texts": args.texts}
+    if args.voices:
+        data["voices"] = args.voices
+    if args.hold_out_voices:
+        data["hold_out_voices"] = args.hold_out_voices
+    synth = {k: v for k, v in (("positives", args.positives), ("heldout_positives", args.heldout_positives),
+                               ("sentences", args.sentences), ("near_misses", args.near_misses),
+                               ("cache_dir", args.cache)) if v is not None}
+    data["synth"] = synth
+    cfg = wakeword_config_from_dict(apply_overrides(data, args.override))
+    res = train_wakeword(cfg, args.out)
+    _print_json({k: res[k] for k in ("phrase", "frr_at_target_fa_per_hour", "target_fa_per_hour", "threshold",
+                                     "negative_hours", "positives", "rate_observable", "int8_bytes")}
+                | {"minutes": res["minutes"]["total"], "out": args.out})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kws", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -221,6 +246,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=1)
     d.set_defaults(func=cmd_evaluate_detection)
+
+    w = sub.add_parser("train-wakeword", help="a detector for any phrase, from synthetic speech")
+    w.add_argument("--phrase", required=True)
+    w.add_argument("--out", required=True, help="writes model.onnx, model_int8.onnx, config.yaml, results.json")
+    w.add_argument("--minutes", type=float, default=45.0, help="budget for the whole run")
+    w.add_argument("--negatives", nargs="*", default=[], help="more folders of negative audio")
+    w.add_argument("--corpora", default="../shared/corpora", help="shared corpora root, or 'none'")
+    w.add_argument("--texts", default="", help="id|raw|normalized sentences (default: <corpora>/texts/...)")
+    w.add_argument("--voices", nargs="*", default=[], help="voice ids (default: every installed voice)")
+    w.add_argument("--hold-out-voices", nargs="*", default=[],
+                   help="voice ids or families held out for evaluation (default: kws.voices.DEFAULT_HOLD_OUT)")
+    w.add_argument("--positives", type=int, default=None, help="training renderings of the phrase")
+    w.add_argument("--heldout-positives", type=int, default=None)
+    w.add_argument("--sentences", type=int, default=None)
+    w.add_argument("--near-misses", type=int, default=None)
+    w.add_argument("--cache", default=None, help="synthesis cache folder (default <out>/synth_cache)")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("-o", "--override", action="append", default=[], help="section.key=value, e.g. kws.train.lr=1e-3")
+    w.set_defaults(func=cmd_train_wakeword)
 
     s = sub.add_parser("detect", help="stream a file, or raw 16-bit PCM on stdin ('-')")
     s.add_argument("file", nargs="?", default="-")

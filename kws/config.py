@@ -18,6 +18,8 @@ from asr.features import FeatureConfig
 __all__ = [
     "CRNNConfig", "AugmentConfig", "KWSTrainConfig", "DetectorConfig", "KWSDataConfig",
     "KWSConfig", "load_kws_config", "save_kws_config", "kws_config_from_dict", "ConfigError",
+    "WakeWordConfig", "WakeWordSynthConfig", "WakeWordDataConfig", "wakeword_kws_config",
+    "wakeword_config_from_dict",
 ]
 
 
@@ -51,6 +53,9 @@ class AugmentConfig:
     pitch_semitones: List[float] = field(default_factory=lambda: [0.0])  # precomputed variants
     time_shift_s: float = 0.15  # random shift of a clip inside its window
     gain_db: List[float] = field(default_factory=lambda: [-20.0, 6.0])  # uniform range
+    reverb_prob: float = 0.0  # share of examples convolved with a synthetic room (kws.reverb)
+    rt60_s: List[float] = field(default_factory=lambda: [0.2, 0.9])  # uniform range
+    drr_db: List[float] = field(default_factory=lambda: [-3.0, 12.0])  # direct-to-reverberant ratio
     specaugment: Optional[SpecAugmentConfig] = field(
         default_factory=lambda: SpecAugmentConfig(freq_masks=2, freq_width=6, time_masks=2,
                                                   time_width_ratio=0.1, time_width_max=10))
@@ -72,6 +77,8 @@ class KWSTrainConfig:
     hard_negative_max: int = 2000  # pool size
     hard_negative_threshold: float = 0.2  # keyword posterior above which a window is kept
     hard_negative_weight: float = 0.25  # share of negative draws taken from the pool
+    hard_negative_scan_s: float = 0.0  # >0: each mining round scans a random this-many-seconds
+    # part of the negative audio (60 s pieces) instead of all of it
     hard_negative_snr_db: List[float] = field(default_factory=list)  # non-empty: mining also scans a
     # noisy copy of the negative audio (training noise, an SNR from this list per 10 s)
     seed: int = 0
@@ -164,3 +171,92 @@ def load_kws_config(path: str | Path, overrides: Optional[List[str]] = None) -> 
 def save_kws_config(cfg: KWSConfig, path: str | Path) -> None:
     with open(path, "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- custom wake words
+def wakeword_kws_config() -> KWSConfig:
+    """The CRNN of Arik et al. 2017 as the "computer" recipe trains it (recipes/wake_word/
+    conf/crnn.yaml), with reverberation on and hard-negative mining of a slice of the
+    negative audio per round; ``keyword`` and ``window_s`` are set per phrase."""
+    return KWSConfig(
+        name="wake_word_crnn", task="wakeword", labels=["_background_", "keyword"], keyword="keyword",
+        model=CRNNConfig(conv_channels=32, conv_kernel=[20, 5], conv_stride=[8, 2], gru_layers=2,
+                         gru_size=48, bidirectional=True, pool="last", dense_size=64, dropout=0.1),
+        augment=AugmentConfig(noise_prob=0.8, snr_db=[0.0, 5.0, 10.0, 20.0, 30.0], colored_noise_prob=0.3,
+                              speed_factors=[0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15], pitch_semitones=[0.0],
+                              time_shift_s=0.3, gain_db=[-15.0, 6.0], reverb_prob=0.5),
+        train=KWSTrainConfig(epochs=200, examples_per_epoch=3000, batch_size=64, lr=3e-3,
+                             label_smoothing=0.0, synthetic_weight=1.0, hard_negative_every=4,
+                             hard_negative_start=4, hard_negative_max=1500, hard_negative_threshold=0.2,
+                             hard_negative_weight=0.3, hard_negative_scan_s=600.0, num_threads=1,
+                             max_minutes=30.0),
+        detector=DetectorConfig(hop_s=0.1, smooth_hops=2, threshold=0.8, refractory_s=1.5))
+
+
+@dataclass
+class WakeWordSynthConfig:
+    """How many renderings of each kind (each a voice, rate and pitch drawn at random)."""
+
+    positives: int = 600  # the phrase, training voices
+    heldout_positives: int = 150  # the phrase, held-out voices (evaluation only)
+    near_misses: int = 30  # near-miss phrases (kws.phrases.near_miss_phrases)
+    near_miss_renderings: int = 5  # renderings of each near miss
+    sentences: int = 150  # sentences of the text corpus, one rendering each
+    rate_range: List[float] = field(default_factory=lambda: [0.75, 1.35])
+    pitch_range: List[int] = field(default_factory=lambda: [15, 85])
+    engine_shares: Dict[str, float] = field(default_factory=lambda: {"espeak": 0.7, "flite": 0.22,
+                                                                     "festival": 0.08})
+    # (festival starts slowly: a few percent keeps its voices in without dominating the time)
+    jobs: int = 3  # synthesizer processes at a time
+    cache_dir: str = ""  # "" = <out>/synth_cache
+
+
+@dataclass
+class WakeWordDataConfig:
+    corpora: str = "../shared/corpora"  # "" = no shared corpora
+    corpus_names: List[str] = field(default_factory=lambda: ["speechocean762", "an4", "ljspeech",
+                                                             "speech_commands", "mycroft_precise"])
+    folders: List[str] = field(default_factory=list)  # more negative audio folders
+    texts: str = ""  # id|raw|normalized sentences; "" = <corpora>/texts/ljspeech_metadata.csv
+    held_out_percent: float = 50.0  # of the negative speakers, for the evaluation (about 2.1 h of the
+    # shared corpora: enough for one false alarm to stay within 0.5 FA/h)
+    max_train_hours: float = 1.0  # real negative audio loaded for training (a random part)
+    max_heldout_hours: float = 2.2  # held-out negative audio evaluated (a random part; 2 h or more
+    # is needed to observe 0.5 false alarms per hour)
+
+
+@dataclass
+class WakeWordConfig:
+    """``python -m kws train-wakeword``: everything that decides the model and its report."""
+
+    phrase: str = ""
+    minutes: float = 45.0  # the whole run (synthesis, loading, training, export, evaluation)
+    eval_reserve_minutes: float = 12.0  # kept from training for export and evaluation
+    voices: List[str] = field(default_factory=list)  # [] = every installed voice
+    hold_out_voices: List[str] = field(default_factory=list)  # [] = kws.voices.DEFAULT_HOLD_OUT
+    target_fa_per_hour: float = 0.5
+    evaluate_fp32: bool = False  # also evaluate model.onnx (the int8 model is always evaluated)
+    seed: int = 0
+    synth: WakeWordSynthConfig = field(default_factory=WakeWordSynthConfig)
+    data: WakeWordDataConfig = field(default_factory=WakeWordDataConfig)
+    kws: KWSConfig = field(default_factory=wakeword_kws_config)
+
+
+def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def wakeword_config_from_dict(data: Dict[str, Any], where: str = "wake-word config") -> WakeWordConfig:
+    """``data`` over the defaults (nested sections merge key by key, so ``{"kws":
+    {"train": {"lr": 1e-3}}}`` keeps the rest of the wake-word CRNN config)."""
+    cfg = from_dict(WakeWordConfig, _merge(to_dict(WakeWordConfig()), data), where=where)
+    if not cfg.phrase.strip():
+        raise ConfigError(f"{where}: phrase is empty")
+    if cfg.minutes <= cfg.eval_reserve_minutes:
+        raise ConfigError(f"{where}: minutes ({cfg.minutes}) must exceed eval_reserve_minutes "
+                          f"({cfg.eval_reserve_minutes})")
+    _check(cfg.kws, f"{where}.kws")
+    return cfg

@@ -262,18 +262,29 @@ class WindowMaker:
         return out
 
     def __call__(self, clip: Clip, rng: random.Random, augment: bool = True) -> torch.Tensor:
-        """clip.wave (N,) -> window with context (n,): pitch variant, speed, placement,
-        gain and noise when ``augment``; the evaluation placement alone otherwise."""
+        """clip.wave (N,) -> window with context (n,): pitch variant, speed, reverberation,
+        placement, gain and noise when ``augment``; the evaluation placement alone otherwise."""
         c = self.cfg
         wave, focus = clip.wave, clip.focus
         if augment and clip.variants and rng.random() < 0.5:
             wave = rng.choice(clip.variants)
+        if augment and focus is None and wave.numel() > 2 * self.n:
+            # running speech is cropped anywhere anyway: crop first (with room for the
+            # slowest speed factor), so speed and reverberation work on 1.25 windows, not minutes
+            m = int(1.25 * self.n)
+            s = rng.randint(0, wave.numel() - m)
+            wave = wave[s:s + m]
         if augment and c.speed_factors:
             factor = rng.choice(c.speed_factors)
             if factor != 1.0:
                 wave = speed_perturb(wave, factor, self.sr)
                 if focus is not None:
                     focus = (int(focus[0] / factor), min(wave.numel(), int(focus[1] / factor)))
+        if augment and c.reverb_prob > 0 and rng.random() < c.reverb_prob:
+            from kws.reverb import reverberate, synthetic_rir
+
+            # the tail follows the speech: the focus (speech start and end) stays where it was
+            wave = reverberate(wave, synthetic_rir(rng, self.sr, c.rt60_s, c.drr_db))
         out = self.place(wave, focus, rng, jitter=augment)
         if not augment:
             return out

@@ -154,6 +154,24 @@ def mine_hard_negatives(spotter: Spotter, streams: Sequence[torch.Tensor], backg
     return [w for _, w in found[:limit]]
 
 
+def scan_slice(streams: Sequence[torch.Tensor], seconds: float, sample_rate: int, rng: random.Random,
+               piece_s: float = 60.0) -> List[torch.Tensor]:
+    """A random part of the negative audio: pieces (M,) of ``piece_s`` seconds cut from the
+    streams (N_i,), shuffled, about ``seconds`` in all (everything when ``seconds`` <= 0)."""
+    if seconds <= 0:
+        return list(streams)
+    piece = int(piece_s * sample_rate)
+    pieces = [s[i:i + piece] for s in streams for i in range(0, s.numel(), piece)]
+    rng.shuffle(pieces)
+    out, total = [], 0
+    for p in pieces:
+        if total >= seconds * sample_rate:
+            break
+        out.append(p)
+        total += p.numel()
+    return out
+
+
 def noisy_copy(stream: torch.Tensor, noise: NoiseBank, snrs: Sequence[float], chunk: int,
                rng: random.Random) -> torch.Tensor:
     """``stream`` (N,) with noise mixed in, each ``chunk`` samples at an SNR drawn from ``snrs``."""
@@ -279,8 +297,8 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{tc.epochs}", leave=False, mininterval=2.0)
         for step in bar:
             batch_idx = draws[step * tc.batch_size:(step + 1) * tc.batch_size]
-            if not batch_idx:
-                break
+            if not batch_idx or (tc.max_minutes and step and progress() >= 1.0):
+                break  # out of time: a slow machine stops mid-epoch rather than overrunning
             waves, labels = [], []
             for i in batch_idx:
                 c = train_clips[i]
@@ -335,10 +353,11 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
                         "val_class_correct": m["class_correct"], "val_class_n": m["class_n"]})
         else:  # no validation set (final models): keep the last epoch (see below)
             row.update({"val_accuracy": None, "val_balanced_accuracy": None})
-        if (background is not None and tc.hard_negative_every and negative_streams
+        if (background is not None and tc.hard_negative_every and negative_streams and progress() < 1.0
                 and epoch >= tc.hard_negative_start
                 and (epoch - tc.hard_negative_start) % tc.hard_negative_every == 0):
-            mined = mine_hard_negatives(spotter, negative_streams, background, tc.hard_negative_threshold,
+            scanned = scan_slice(negative_streams, tc.hard_negative_scan_s, cfg.features.sample_rate, rng)
+            mined = mine_hard_negatives(spotter, scanned, background, tc.hard_negative_threshold,
                                         tc.hard_negative_max, hop=cfg.features.sample_rate // 10, rng=rng)
             hard_pool = (mined + hard_pool)[:tc.hard_negative_max]
             row["hard_negatives_mined"] = len(mined)
