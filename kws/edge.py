@@ -183,39 +183,22 @@ class KWSModel:
         return KeywordStream(self, d, record=record)
 
 
-class KeywordStream:
-    """Per-input state: streaming features, the last window of frames, the detector.
+class _DetectorStream:
+    """What both keyword streams share: the model, the hop, the detector, sample counting,
+    the recorded posteriors and the trailing-silence flush. Subclasses turn new feature
+    frames into posteriors (:meth:`_frames_to_detections`)."""
 
-    accept_waveform(samples (n,)) -> [Detection]. The model runs once per hop on the last
-    ``window_frames`` frames; before the stream has a full window, the missing frames are
-    features of silence. Every chunk size gives the same result.
-
-    Log-mel frames are computed once each. PCEN depends on where its smoother starts, and
-    the model was trained on 1 s windows normalised on their own, so for a PCEN model the
-    stream keeps mel power frames and normalises every window afresh
-    (:func:`kws.features_np.window_features`), as in training and as ``classify`` does.
-    """
-
-    def __init__(self, model: KWSModel, detector: dict, record: bool = False) -> None:
+    def __init__(self, model: KWSModel, detector: dict, record: bool) -> None:
         self.model = model
         self.hop_frames = max(1, int(round(detector["hop_s"] * model.sample_rate / model.hop_length)))
         self.detector = PosteriorDetector(
             model.labels, threshold=detector["threshold"], smooth_hops=detector["smooth_hops"],
             refractory_hops=int(round(detector["refractory_s"] / detector["hop_s"])))
-        self.per_window = model.feature_config["kind"] == "pcen"
-        self.features = StreamingFeatures(model.feature_config, mel_only=self.per_window)
         self.record = record
-        self.reset()
 
-    def reset(self) -> None:
-        W = self.model.window_frames
+    def _reset_common(self) -> None:
         self.features.reset()
         self.detector.reset()
-        # silence: mel power 0 (PCEN, normalised per window) or its log-mel frame
-        silence = (np.zeros_like(self.model.silence_frame) if self.per_window
-                   else self.model.silence_frame)
-        self._hist = np.tile(silence, (W, 1))
-        self._frames = 0  # frames seen so far
         self._samples = 0
         self.posteriors: List[np.ndarray] = []  # (C,) per hop, when record=True
         self.times: List[float] = []
@@ -230,6 +213,54 @@ class KeywordStream:
         new = self.features.accept(samples)
         if new.shape[0] == 0:
             return []
+        return self._frames_to_detections(new)
+
+    def _frames_to_detections(self, new: np.ndarray) -> List[Detection]:
+        raise NotImplementedError
+
+    def _push(self, p: np.ndarray, t: float, dets: List[Detection]) -> None:
+        """One hop's posterior (C,) at time t (s) to the detector."""
+        if self.record:
+            self.posteriors.append(p)
+            self.times.append(t)
+        d = self.detector.push(p, t)
+        if d is not None:
+            dets.append(d)
+
+    def flush(self, seconds: float = 0.3) -> List[Detection]:
+        """Feed trailing silence so the end of the input reaches the network."""
+        return self.accept_waveform(np.zeros(int(seconds * self.model.sample_rate), np.float32))
+
+
+class KeywordStream(_DetectorStream):
+    """Per-input state: streaming features, the last window of frames, the detector.
+
+    accept_waveform(samples (n,)) -> [Detection]. The model runs once per hop on the last
+    ``window_frames`` frames; before the stream has a full window, the missing frames are
+    features of silence. Every chunk size gives the same result.
+
+    Log-mel frames are computed once each. PCEN depends on where its smoother starts, and
+    the model was trained on 1 s windows normalised on their own, so for a PCEN model the
+    stream keeps mel power frames and normalises every window afresh
+    (:func:`kws.features_np.window_features`), as in training and as ``classify`` does.
+    """
+
+    def __init__(self, model: KWSModel, detector: dict, record: bool = False) -> None:
+        super().__init__(model, detector, record)
+        self.per_window = model.feature_config["kind"] == "pcen"
+        self.features = StreamingFeatures(model.feature_config, mel_only=self.per_window)
+        self.reset()
+
+    def reset(self) -> None:
+        W = self.model.window_frames
+        self._reset_common()
+        # silence: mel power 0 (PCEN, normalised per window) or its log-mel frame
+        silence = (np.zeros_like(self.model.silence_frame) if self.per_window
+                   else self.model.silence_frame)
+        self._hist = np.tile(silence, (W, 1))
+        self._frames = 0  # frames seen so far
+
+    def _frames_to_detections(self, new: np.ndarray) -> List[Detection]:
         W, hop = self.model.window_frames, self.hop_frames
         allf = np.concatenate([self._hist, new])  # row j is frame (self._frames - W + j)
         first = self._frames
@@ -250,21 +281,11 @@ class KeywordStream:
         dets = []
         fr = self.model.hop_length / self.model.sample_rate
         for k, p in zip(ends, probs):
-            t = float(k * fr)
-            if self.record:
-                self.posteriors.append(p)
-                self.times.append(t)
-            d = self.detector.push(p, t)
-            if d is not None:
-                dets.append(d)
+            self._push(p, float(k * fr), dets)
         return dets
 
-    def flush(self, seconds: float = 0.3) -> List[Detection]:
-        """Feed trailing silence so the end of the input reaches the window."""
-        return self.accept_waveform(np.zeros(int(seconds * self.model.sample_rate), np.float32))
 
-
-class StatefulKeywordStream:
+class StatefulKeywordStream(_DetectorStream):
     """Hop-to-hop streaming without recomputation, for streaming-step models.
 
     accept_waveform(samples (n,)) -> [Detection], as :class:`KeywordStream`. Each log-mel
@@ -280,38 +301,20 @@ class StatefulKeywordStream:
     def __init__(self, model: KWSModel, detector: dict, record: bool = False) -> None:
         if model.feature_config["kind"] == "pcen":
             raise EdgeError(f"{model.path}: streaming-step models take log-mel features")
-        self.model = model
-        self.hop_frames = max(1, int(round(detector["hop_s"] * model.sample_rate / model.hop_length)))
-        self.detector = PosteriorDetector(
-            model.labels, threshold=detector["threshold"], smooth_hops=detector["smooth_hops"],
-            refractory_hops=int(round(detector["refractory_s"] / detector["hop_s"])))
+        super().__init__(model, detector, record)
         self.features = StreamingFeatures(model.feature_config)
         self.lt, self.st = model.conv_kernel_t, model.conv_stride_t
-        self.record = record
         self.reset()
 
     def reset(self) -> None:
-        self.features.reset()
-        self.detector.reset()
+        self._reset_common()
         self._buf = np.zeros((0, int(self.model.feature_config["n_mels"])), np.float32)  # unconsumed frames
         self._state = self.model.zero_state(1)
         self._frames = 0
         self._steps = 0
         self._last: Optional[np.ndarray] = None  # posterior of the latest step
-        self._samples = 0
-        self.posteriors: List[np.ndarray] = []
-        self.times: List[float] = []
 
-    @property
-    def seconds(self) -> float:
-        return self._samples / self.model.sample_rate
-
-    def accept_waveform(self, samples: np.ndarray) -> List[Detection]:
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        self._samples += samples.size
-        new = self.features.accept(samples)
-        if new.shape[0] == 0:
-            return []
+    def _frames_to_detections(self, new: np.ndarray) -> List[Detection]:
         first = self._frames
         self._frames += new.shape[0]
         self._buf = np.concatenate([self._buf, new])
@@ -331,21 +334,10 @@ class StatefulKeywordStream:
             if e + 1 < self.lt:
                 continue
             j = (e + 1 - self.lt) // self.st  # the last step whose frames end at or before e
-            p = probs[j - first_step] if j >= first_step else self._last
-            t = float(e * fr)
-            if self.record:
-                self.posteriors.append(p)
-                self.times.append(t)
-            d = self.detector.push(p, t)
-            if d is not None:
-                dets.append(d)
+            self._push(probs[j - first_step] if j >= first_step else self._last, float(e * fr), dets)
         if probs.shape[0]:
             self._last = probs[-1]
         return dets
-
-    def flush(self, seconds: float = 0.3) -> List[Detection]:
-        """Feed trailing silence so the end of the input reaches the network."""
-        return self.accept_waveform(np.zeros(int(seconds * self.model.sample_rate), np.float32))
 
 
 def detect_file(model: KWSModel, path: str, **stream_args) -> List[Detection]:
