@@ -231,12 +231,18 @@ def test_onnx_recognizer_equals_torch_recognizer(exported, head, method):
     ref_rec = TorchRecognizer(model, TOKENIZER, NO_ENDPOINT, head=head, method=method, beam=3)
     rec = Recognizer(out, head=head, method=method, beam=3)
     assert rec.config.chunk_frames == 8 and rec.frame_seconds == ref_rec.frame_seconds
+    _assert_batched_streams_equal_torch(rec, ref_rec)
+
+
+def _assert_batched_streams_equal_torch(rec, ref_rec):
+    """Three streams fed in pieces of different sizes and decoded together (every ready
+    stream in one batch per step) end as the torch recognizer's, one stream at a time."""
     waves = [_audio(n, seed) for seed, n in enumerate([9000, 4100, 12345])]
     streams = [rec.create_stream() for _ in waves]
     for s, wave, piece in zip(streams, waves, [160, 1000, 777]):
         _feed(s, wave.numpy(), piece)
     steps = 0
-    while rec.decode_streams(streams):  # every ready stream in one batch per step
+    while rec.decode_streams(streams):
         steps += 1
     assert all(s.finished for s in streams) and steps >= 3
     total = 0
@@ -372,22 +378,7 @@ def test_lc_bgru_onnx_recognizer_equals_torch_recognizer(lc_exported, method):
     model, _, out = lc_exported
     ref_rec = TorchRecognizer(model, TOKENIZER, NO_ENDPOINT, method=method, beam=3)
     rec = Recognizer(out, method=method, beam=3)
-    waves = [_audio(n, seed) for seed, n in enumerate([9000, 4100, 12345])]
-    streams = [rec.create_stream() for _ in waves]
-    for s, wave, piece in zip(streams, waves, [160, 1000, 777]):
-        _feed(s, wave.numpy(), piece)
-    while rec.decode_streams(streams):  # every ready stream in one batch per step
-        pass
-    total = 0
-    for s, wave in zip(streams, waves):
-        ref = ref_rec.create_stream()
-        _feed(ref, wave, 3000)
-        ref_rec.decode_stream(ref)
-        got, want = s.result(), ref.result()
-        assert s.finished and (got.tokens, got.text) == (want.tokens, want.text)
-        assert got.times == pytest.approx(want.times)
-        total += len(want.tokens)
-    assert total >= 3
+    _assert_batched_streams_equal_torch(rec, ref_rec)
 
 
 @pytest.mark.parametrize("rate", [8000, 44100])
