@@ -169,14 +169,19 @@ def test_oversized_events_are_refused_and_others_still_served(setup):
     assert srv.service.metrics.errors.labels("wyoming", "too_big")._value.get() == 3
 
     wave, rate = sf.read(str(wav), dtype="float32")
+    events = transcribe_events(srv, wave, rate)
+    assert Transcript.from_event(events[-2]).text == offline_streaming_text(model, wav)["text"]
 
+
+def transcribe_events(srv, wave, rate):
+    """The events a Wyoming client reads for one transcribe request of ``wave``, up to
+    ``transcript-stop``."""
     async def transcribe():
         async with client(srv) as c:
             await c.write_event(Transcribe(language="en").event())
             await send_audio(c, wave, rate)
             return await read_until(c, TranscriptStop)
-    events = asyncio.run(transcribe())
-    assert Transcript.from_event(events[-2]).text == offline_streaming_text(model, wav)["text"]
+    return asyncio.run(transcribe())
 
 
 def test_an_onnx_export_serves_the_torch_transcript(setup, tmp_path):
@@ -194,13 +199,7 @@ def test_an_onnx_export_serves_the_torch_transcript(setup, tmp_path):
     try:
         assert type(srv.service.recognizer).__module__ == "export.asr_runtime"
         wave, rate = sf.read(str(wav), dtype="float32")
-
-        async def transcribe():
-            async with client(srv) as c:
-                await c.write_event(Transcribe(language="en").event())
-                await send_audio(c, wave, rate)
-                return await read_until(c, TranscriptStop)
-        events = asyncio.run(transcribe())
+        events = transcribe_events(srv, wave, rate)
     finally:
         srv.stop()
     ref = offline_streaming_text(model_path, wav)["text"]

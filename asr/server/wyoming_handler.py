@@ -137,6 +137,7 @@ class WyomingHandler(AsyncEventHandler):
                     log.info("wyoming client refused: %s", exc)
                     try:
                         await self.write_event(Error(str(exc), kind).event())
+                        await self._lingering_close()
                     except (ConnectionError, OSError):
                         pass
                     break
@@ -147,6 +148,23 @@ class WyomingHandler(AsyncEventHandler):
         finally:
             await self.disconnect()
             self.writer.close()
+
+    async def _lingering_close(self, seconds: float = 2.0, max_bytes: int = 1 << 24) -> None:
+        """Half-close, then read and drop what the client still sends (for at most
+        ``seconds`` and ``max_bytes``): closing with unread input makes the kernel answer
+        with a reset, which can destroy the error event before the client reads it."""
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+        loop = asyncio.get_running_loop()
+        deadline, dropped = loop.time() + seconds, 0
+        while dropped < max_bytes and (left := deadline - loop.time()) > 0:
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(65536), left)
+            except asyncio.TimeoutError:
+                return
+            if not chunk:
+                return
+            dropped += len(chunk)
 
     async def disconnect(self) -> None:
         if self.session is not None:
