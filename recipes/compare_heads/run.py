@@ -21,6 +21,8 @@ rows variant x head, columns no LM / LM) and ``<out>/results.png`` (bar charts).
 
 Resumable: a variant whose ``model.pt`` exists is not trained again (an unfinished one
 continues from its ``last.pt``), and a decoding whose ``cells/*.json`` exists is skipped.
+``--variants`` runs some variants only (several processes can share an ``--out``, one per
+variant); ``--report`` writes the results of what is finished, training and decoding nothing.
 """
 from __future__ import annotations
 
@@ -163,8 +165,10 @@ def train_variant(cfg: CompareConfig, name: str, corpus: Corpus, out: Path) -> D
     return record
 
 
-def decode_variant(cfg: CompareConfig, name: str, corpus: Corpus, out: Path) -> List[Dict]:
-    """Every (evaluation set, head, LM condition) cell of one variant; finished ones are read."""
+def decode_variant(cfg: CompareConfig, name: str, corpus: Corpus, out: Path,
+                   report_only: bool = False) -> List[Dict]:
+    """Every (evaluation set, head, LM condition) cell of one variant; finished ones are
+    read (``report_only``: only those)."""
     exp = out / name
     cells, todo = [], []
     for set_name in corpus.evals:
@@ -175,6 +179,8 @@ def decode_variant(cfg: CompareConfig, name: str, corpus: Corpus, out: Path) -> 
                     cells.append(json.loads(path.read_text()))
                 else:
                     todo.append((set_name, head, cond, path))
+    if report_only:
+        return cells
     if not todo:
         log.info("%s: decoded already, skipped", name)
         return cells
@@ -225,7 +231,11 @@ def markdown_table(results: Dict) -> str:
                   "| variant | head | no LM | LM | LM gain |", "|---|---|---|---|---|"]
         for v in results["variants"]:
             for h in HEADS:
-                a, b = by_key[(set_name, v, h, False)]["wer"], by_key[(set_name, v, h, True)]["wer"]
+                a, b = (by_key.get((set_name, v, h, lm), {}).get("wer") for lm in (False, True))
+                if a is None or b is None:  # a --report of unfinished runs
+                    cell = lambda w: "not decoded yet" if w is None else f"{100 * w:.1f}%"
+                    lines.append(f"| {v} | {h} | {cell(a)} | {cell(b)} | - |")
+                    continue
                 gain = f"{100 * (a - b) / a:+.0f}% rel." if a > 0 else "-"
                 lines.append(f"| {v} | {h} | {100 * a:.1f}% | {100 * b:.1f}% | {gain} |")
         lines.append("")
@@ -249,7 +259,7 @@ def plot(results: Dict, out_png: Path) -> None:
             for j, lm in enumerate((False, True)):
                 k = 2 * i + j
                 xs = [x + (k - 2.5) * width for x in range(len(variants))]
-                ys = [100 * by_key[(s, v, h, lm)] for v in variants]
+                ys = [100 * by_key.get((s, v, h, lm), float("nan")) for v in variants]
                 ax.bar(xs, ys, width, color=colors[h], hatch=None if lm else "//",
                        alpha=1.0 if lm else 0.55, edgecolor="black", linewidth=0.4,
                        label=f"{h} {'+ LM' if lm else 'no LM'}")
@@ -272,6 +282,8 @@ def main(argv=None) -> Dict:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. model.train.max_minutes=1")
     p.add_argument("--variants", nargs="+", help="only these variants (default: all)")
+    p.add_argument("--report", action="store_true",
+                   help="train and decode nothing: write the results of what is finished")
     p.add_argument("--size", default="default", help="synth: corpus size (tiny, small, default)")
     p.add_argument("--jobs", type=int, default=2, help="synth: synthesis processes")
     p.add_argument("--corpora", type=Path, default=Path("../shared/corpora"), help="english: the corpora")
@@ -288,10 +300,15 @@ def main(argv=None) -> Dict:
     variants = args.variants or list(cfg.variants)
     args.out.mkdir(parents=True, exist_ok=True)
     corpus = prepare_corpus(args)
-    (args.out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    if not args.report:
+        (args.out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
-    trained = {v: train_variant(cfg, v, corpus, args.out) for v in variants}
-    cells = [c for v in variants for c in decode_variant(cfg, v, corpus, args.out)]
+    if args.report:
+        variants = [v for v in variants if (args.out / v / "train.json").is_file()]
+        trained = {v: json.loads((args.out / v / "train.json").read_text()) for v in variants}
+    else:
+        trained = {v: train_variant(cfg, v, corpus, args.out) for v in variants}
+    cells = [c for v in variants for c in decode_variant(cfg, v, corpus, args.out, args.report)]
     results = {
         "corpus": args.corpus, "corpus_description": corpus.describe, "config": str(config),
         "overrides": args.set, "variants": variants,
