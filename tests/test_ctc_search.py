@@ -118,3 +118,32 @@ def test_prefix_beam_keeps_only_the_live_beam_on_a_long_input():
         held = (len(search.beams), len(search.extra), len(search.times), len(search.emit_best))
         assert max(held) <= beam, held
     assert len(search.result(nbest=1).best.tokens) > 100  # the search did follow the speech
+
+
+def test_prefix_beam_log_probability_pruning():
+    """token_min_logp skips unlikely tokens of a frame, beam_prune_logp drops prefixes far
+    below the best; on peaky outputs (speech) the best hypothesis is unchanged."""
+    V, T = 6, 12
+    lp = torch.full((T, V), -20.0)
+    lp[:, 0] = 0.0  # blank everywhere
+    lp[5, 2] = -6.0  # one unlikely emission of token 2
+    lp = lp.log_softmax(-1)[None]
+    lens = torch.tensor([T])
+    has_two = lambda res: any(2 in h.tokens for h in res[0].nbest)
+    assert has_two(ctc_prefix_beam(lp, lens, beam=8, nbest=8))
+    assert not has_two(ctc_prefix_beam(lp, lens, beam=8, nbest=8, token_min_logp=-5.0))
+    # the frame's best token is never pruned, however low the floor is set
+    best_only = ctc_prefix_beam(lp, lens, beam=8, nbest=8, token_min_logp=1.0)
+    assert [h.tokens for h in best_only[0].nbest] == [[]]
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 40, V).mul(3)
+    logits[..., 0] += 2.0
+    lp = logits.log_softmax(-1)
+    lens = torch.tensor([40])
+    full = ctc_prefix_beam(lp, lens, beam=16, nbest=16)[0]
+    assert full.nbest[-1].score < full.best.score - 0.5  # unpruned, the beam spreads wider
+    cut = ctc_prefix_beam(lp, lens, beam=16, nbest=16, beam_prune_logp=0.5)[0]
+    assert cut.nbest and all(h.score >= cut.best.score - 0.5 for h in cut.nbest)
+    both = ctc_prefix_beam(lp, lens, beam=16, token_min_logp=-5.0, beam_prune_logp=10.0)[0]
+    assert both.best.tokens == full.best.tokens

@@ -57,7 +57,8 @@ def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor, blank: int = 0,
 def ctc_prefix_beam(log_probs: torch.Tensor, lengths: torch.Tensor, beam: int = 8,
                     nbest: int = 1, blank: int = 0, token_prune: Optional[int] = None,
                     lm_score: Optional[LMScore] = None, lm_weight: float = 0.0,
-                    length_bonus: float = 0.0, **_: object) -> List[SearchResult]:
+                    length_bonus: float = 0.0, token_min_logp: Optional[float] = None,
+                    beam_prune_logp: Optional[float] = None, **_: object) -> List[SearchResult]:
     """CTC prefix beam search (Hannun et al. 2014), in log space.
 
     Scores are log P(prefix | x) summed over all alignments, plus ``lm_weight`` times the
@@ -69,12 +70,17 @@ def ctc_prefix_beam(log_probs: torch.Tensor, lengths: torch.Tensor, beam: int = 
         beam: prefixes kept after each frame.
         nbest: hypotheses returned per utterance (<= beam).
         token_prune: consider only the top-k tokens per frame (None: all).
+        token_min_logp: consider only tokens of at least this log-probability at a frame
+            (its best token always; None: all). pyctcdecode's default is -5.
+        beam_prune_logp: drop prefixes more than this below the best after each frame
+            (None: keep the ``beam`` best). pyctcdecode's default is -10 (here: 10).
         lm_score: optional scorer ``lm_score(prefix, token) -> log-prob`` for shallow fusion.
     """
     lp_all = log_probs.detach().cpu().double()
     results = []
     for b in range(lp_all.shape[0]):
-        search = PrefixBeam(beam, blank, token_prune, lm_score, lm_weight, length_bonus)
+        search = PrefixBeam(beam, blank, token_prune, lm_score, lm_weight, length_bonus,
+                            token_min_logp, beam_prune_logp)
         search.advance(lp_all[b, : int(lengths[b])])
         results.append(search.result(nbest, final=True))
     return results

@@ -56,8 +56,15 @@ class PrefixBeam:
 
     def __init__(self, beam: int = 8, blank: int = 0, token_prune: Optional[int] = None,
                  lm: Optional[LMScore] = None, lm_weight: float = 0.0,
-                 length_bonus: float = 0.0) -> None:
+                 length_bonus: float = 0.0, token_min_logp: Optional[float] = None,
+                 beam_prune_logp: Optional[float] = None) -> None:
+        """``token_prune``: try only the top-k tokens of a frame; ``token_min_logp``: only
+        those whose log-probability is at least this (the frame's best token always);
+        ``beam_prune_logp``: after a frame, drop the prefixes scoring more than this below
+        the best one. The blank is always tried. None: no such pruning (exact within the
+        beam)."""
         self.beam, self.blank, self.token_prune = beam, blank, token_prune
+        self.token_min_logp, self.beam_prune_logp = token_min_logp, beam_prune_logp
         self.lm, self.lm_weight, self.length_bonus = lm, lm_weight, length_bonus
         # prefix -> [log P ending in blank, log P ending in non-blank]; plus the fused extra
         # score (LM and bonus, which depends only on the prefix)
@@ -75,13 +82,19 @@ class PrefixBeam:
         beams, extra, times, emit_best = self.beams, self.extra, self.times, self.emit_best
         V = lp.shape[1]
         rows = lp.tolist()  # float32 -> Python floats, exactly
+        min_logp, beam_prune = self.token_min_logp, self.beam_prune_logp
         for t, row in enumerate(rows, start=self.frames):
             if token_prune and token_prune < V:
                 cand = sorted(range(V), key=row.__getitem__, reverse=True)[:token_prune]
-                if blank not in cand:
-                    cand.append(blank)
             else:
                 cand = range(V)
+            if min_logp is not None:
+                floor = min(min_logp, max(row))  # the frame's best token stays
+                cand = [tok for tok in cand if row[tok] >= floor]
+            if token_prune or min_logp is not None:
+                cand = list(cand)
+                if blank not in cand:
+                    cand.append(blank)
             nxt: Dict[Tuple[int, ...], List[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
             # times set at frame t take effect after it: an extension at t follows its prefix's
             # alignments up to t - 1, never a token that the prefix itself re-timed to t
@@ -117,8 +130,11 @@ class PrefixBeam:
                     e[1] = _logaddexp(e[1], new_p)
             times.update(retimed)
             scored = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]) + extra[kv[0]],
-                            reverse=True)
-            beams = dict(scored[:beam])
+                            reverse=True)[:beam]
+            if beam_prune is not None and scored:
+                best = _logaddexp(*scored[0][1]) + extra[scored[0][0]]
+                scored = [kv for kv in scored if _logaddexp(*kv[1]) + extra[kv[0]] >= best - beam_prune]
+            beams = dict(scored)
             # forget every prefix that left the beam: memory stays O(beam), not
             # O(frames x beam x V)
             extra = {p: extra[p] for p in beams}
