@@ -136,15 +136,15 @@ def test_tiny_cross_validation_end_to_end(tmp_path):
     config = str(Path(__file__).resolve().parent.parent / "recipes" / "speech_commands" / "conf" / "crnn.yaml")
     with tqdm.get_lock():
         report = cross_validate(config, {"a": [], "b": ["features.kind=pcen"]}, roles, noise, tmp_path,
-                                folds=2, jobs=2, overrides=["train.epochs=3", "train.examples_per_epoch=96",
+                                folds=2, jobs=2, overrides=["train.epochs=5", "train.examples_per_epoch=96",
                                                             "train.batch_size=16", "train.lr=0.01",
                                                             "train.max_minutes=0"])
     for name in ("a", "b"):
         r = report["results"][name]
         assert r["folds"] == 2 and r["failed_folds"] == 0
         assert r["clips"] == len(roles["speakers"])  # every clip held out exactly once
-        assert r["epochs_run"] == [3, 3]
-    # the words are tones 150 Hz apart, so the log-mel model learns them in 18 steps (PCEN
+        assert r["epochs_run"] == [5, 5]
+    # the words are tones 150 Hz apart, so the log-mel model learns them in 30 steps (PCEN
     # needs more): well above chance (1/12) on held-out speakers, and the loss falls
     a = report["results"]["a"]
     assert a["accuracy_last_epoch"] > 0.4 and a["per_epoch_from_end"][0] < 0.2
