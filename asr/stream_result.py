@@ -53,10 +53,38 @@ class SegmentStream:
     one (``export.asr_runtime``): readiness, trailing-silence endpoints, results and reset.
 
     A subclass sets ``_recognizer`` (with ``config``, ``frame_seconds``, ``tokenizer``,
-    ``best(search, final)`` and ``new_search()``), ``_search`` (with ``frames``),
-    ``_pending`` (frames waiting, (T, F)), ``_segment_start``, ``_segment``,
-    ``_input_finished`` and ``_finished``.
+    ``sample_rate``, ``best(search, final)`` and ``new_search()``), ``_search`` (with
+    ``frames``), ``_features`` (streaming front end: ``accept``, ``flush``), ``_pending``
+    (frames waiting, (T, F)), ``_input_rate`` and ``_resampler`` (None at first),
+    ``_segment_start``, ``_segment``, ``_input_finished`` and ``_finished``, and defines
+    ``_as_samples``, ``_new_resampler`` and ``_add_frames`` for its array type.
     """
+
+    def accept_waveform(self, sample_rate: int, samples) -> None:
+        """samples: (N,) float audio in [-1, 1] at ``sample_rate`` (resampled as needed;
+        a stream keeps the rate of its first piece)."""
+        if self._input_finished:
+            raise RuntimeError("accept_waveform() after input_finished()")
+        samples = self._as_samples(samples)
+        if self._input_rate is None:
+            self._input_rate = int(sample_rate)
+            if self._input_rate != self._recognizer.sample_rate:
+                self._resampler = self._new_resampler(self._input_rate,
+                                                      self._recognizer.sample_rate)
+        elif int(sample_rate) != self._input_rate:
+            raise ValueError(f"stream started at {self._input_rate} Hz, got {sample_rate} Hz")
+        if self._resampler is not None:
+            samples = self._resampler.accept(samples)
+        self._add_frames(self._features.accept(samples))
+
+    def input_finished(self) -> None:
+        """No more audio: the last frames (the end's padding) become ready."""
+        if self._input_finished:
+            return
+        if self._resampler is not None:
+            self._add_frames(self._features.accept(self._resampler.flush()))
+        self._add_frames(self._features.flush())
+        self._input_finished = True
 
     def is_ready(self) -> bool:
         """A chunk of frames is waiting, or the last frames after input_finished()."""

@@ -156,30 +156,13 @@ class Stream(SegmentStream):
         self._input_finished = False
         self._finished = False  # the encoder has had the last frame
 
-    def accept_waveform(self, sample_rate: int, samples) -> None:
-        """samples: (N,) float audio in [-1, 1] at ``sample_rate`` (resampled as needed;
-        a stream keeps the rate of its first piece)."""
-        if self._input_finished:
-            raise RuntimeError("accept_waveform() after input_finished()")
-        samples = torch.as_tensor(samples, dtype=torch.float32).reshape(-1)
-        if self._input_rate is None:
-            self._input_rate = int(sample_rate)
-            if sample_rate != self._recognizer.sample_rate:
-                self._resampler = StreamingResampler(sample_rate, self._recognizer.sample_rate)
-        elif sample_rate != self._input_rate:
-            raise ValueError(f"stream started at {self._input_rate} Hz, got {sample_rate} Hz")
-        if self._resampler is not None:
-            samples = self._resampler.accept(samples)
-        self._add_frames(self._features.accept(samples))
+    @staticmethod
+    def _as_samples(samples) -> torch.Tensor:
+        return torch.as_tensor(samples, dtype=torch.float32).reshape(-1)
 
-    def input_finished(self) -> None:
-        """No more audio: the last frames (the end's padding) become ready."""
-        if self._input_finished:
-            return
-        if self._resampler is not None:
-            self._add_frames(self._features.accept(self._resampler.flush()))
-        self._add_frames(self._features.flush())
-        self._input_finished = True
+    @staticmethod
+    def _new_resampler(in_rate: int, out_rate: int) -> StreamingResampler:
+        return StreamingResampler(in_rate, out_rate)
 
     def _add_frames(self, frames: torch.Tensor) -> None:
         if frames.shape[0]:
