@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asr.config import EncoderConfig
-from asr.encoders import ConvSubsampling, pack_left
+from asr.encoders import ConvSubsampling, drop_chunk, join_chunks, pack_left
 from asr.registry import ENCODERS
 
 
@@ -312,14 +312,8 @@ class ConformerEncoder(nn.Module):
             cache_len = torch.where(ready, (cache_len + n).clamp(max=M), cache_len)
             outs.append(out)
             valid.append(torch.arange(C, device=x.device)[None, :] < n[:, None])
-            shifted = F.pad(buf[:, C:], (0, 0, 0, C))
-            buf = torch.where(ready[:, None, None], shifted, buf)
-            buf_len = torch.where(ready, (buf_len - C).clamp(min=0), buf_len)
-        if outs:
-            out, out_lens = pack_left(torch.cat(outs, 1), torch.cat(valid, 1))
-        else:
-            out = x.new_zeros(B, 0, self.output_dim)
-            out_lens = torch.zeros(B, dtype=torch.long, device=x.device)
+            buf, buf_len = drop_chunk(buf, buf_len, ready, C)
+        out, out_lens = join_chunks(outs, valid, x, self.output_dim)
         state = ConformerState(cache, frames, buf[:, :C], buf_len, keys, values, cache_len,
                                depthwise)
         return out * (torch.arange(out.shape[1], device=x.device)[None, :]

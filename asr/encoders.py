@@ -262,6 +262,24 @@ def pack_left(x: torch.Tensor, valid: torch.Tensor):
     return x.gather(1, order.unsqueeze(-1).expand_as(x)), valid.sum(1)
 
 
+def drop_chunk(buf: torch.Tensor, buf_len: torch.Tensor, ready: torch.Tensor, chunk: int):
+    """After a chunk step: the rows that ran (ready (B,) bool) lose their first ``chunk``
+    frames of buf (B, W, D), whose lengths buf_len (B,) shrink; the others keep theirs."""
+    shifted = F.pad(buf[:, chunk:], (0, 0, 0, chunk))
+    return (torch.where(ready[:, None, None], shifted, buf),
+            torch.where(ready, (buf_len - chunk).clamp(min=0), buf_len))
+
+
+def join_chunks(outs: List[torch.Tensor], valid: List[torch.Tensor], like: torch.Tensor,
+                dim: int):
+    """The chunk steps' outputs (each (B, C, D)) and valid masks (each (B, C)) as one
+    left-packed (B, T', D) batch and its lengths (B,); no step: (B, 0, D) and zeros."""
+    if outs:
+        return pack_left(torch.cat(outs, 1), torch.cat(valid, 1))
+    B = like.shape[0]
+    return like.new_zeros(B, 0, dim), torch.zeros(B, dtype=torch.long, device=like.device)
+
+
 S = TypeVar("S")
 
 
@@ -507,14 +525,8 @@ class LCBiGRUEncoder(nn.Module):
             emitted = torch.where(ready, buf_len.clamp(max=C), torch.zeros_like(buf_len))
             outs.append(out[:, :C])
             valid.append(torch.arange(C, device=x.device)[None, :] < emitted[:, None])
-            shifted = F.pad(buf[:, C:], (0, 0, 0, C))
-            buf = torch.where(ready[:, None, None], shifted, buf)
-            buf_len = torch.where(ready, (buf_len - C).clamp(min=0), buf_len)
-        if outs:
-            out, out_lens = pack_left(torch.cat(outs, 1), torch.cat(valid, 1))
-        else:
-            out = x.new_zeros(B, 0, self.output_dim)
-            out_lens = torch.zeros(B, dtype=torch.long, device=x.device)
+            buf, buf_len = drop_chunk(buf, buf_len, ready, C)
+        out, out_lens = join_chunks(outs, valid, x, self.output_dim)
         state = LCBiGRUState(cache, frames, hidden, buf[:, :W], buf_len)
         return self.dropout(out), out_lens, state
 
