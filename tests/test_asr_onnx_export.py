@@ -27,6 +27,7 @@ from export import asr_search_np
 from export.asr import ExportError, _flatten, export_asr, read_metadata, state_names
 from export.asr_features_np import StreamingFeatures
 from export.asr_runtime import Recognizer
+from test_streaming_recognizer import _audio  # the same random-tone test audio
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER = CharTokenizer()
@@ -49,12 +50,6 @@ def _model(heads=("ctc", "transducer"), lookahead=2, layers=2, seed=0, features=
             for p in model.heads[name].parameters():
                 p.mul_(4.0)
     return model
-
-
-def _audio(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(n) / 16000
-    return 0.2 * torch.sin(2 * math.pi * (200 + 50 * seed) * t) + 0.05 * torch.randn(n, generator=g)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from asr.config import save_config
 from asr.distributed import World, shard
 from asr.train import Trainer
 from conftest import free_port
-from test_train import Killed
+from test_train import Killed, die_after_step
 from test_train_resume import plain_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,12 +83,7 @@ def test_a_run_resumed_on_another_world_size_continues(tmp_path, tone_corpus, mo
 
     # one process, killed in its third step, after the checkpoint at step 2 ...
     trainer = Trainer(cfg, tmp_path / "moved")
-    real_step = trainer.optimizer.step
-    def step_then_maybe_die(*a, **k):
-        real_step(*a, **k)
-        if trainer.step == 2:
-            raise Killed
-    monkeypatch.setattr(trainer.optimizer, "step", step_then_maybe_die)
+    die_after_step(monkeypatch, trainer, 2)
     with pytest.raises(Killed):
         trainer.fit()
     assert read_checkpoint(tmp_path / "moved" / "last.pt")["step"] == 2

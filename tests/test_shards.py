@@ -19,7 +19,7 @@ from asr.shards import ShardDataset, ShardPlan, ShardStream, read_index, write_s
 from asr.text import CharTokenizer, normalize_text
 from asr.train import Trainer
 from conftest import make_tone_corpus
-from test_train import Killed, tiny_config
+from test_train import Killed, die_after_step, tiny_config
 
 
 def make_corpus(root, n=12, sr=16000, seconds=(0.3, 1.2), seed=0):
@@ -228,12 +228,7 @@ def test_trainer_trains_from_shards_and_resumes_mid_epoch_to_the_same_batches(tm
 
     killed = Trainer(cfg, tmp_path / "killed")
     killed_seen = record(killed)
-    real_step = killed.optimizer.step
-    def step_then_maybe_die(*a, **k):
-        real_step(*a, **k)
-        if killed.step == 2:  # after the checkpoint at step 2, mid-epoch 1
-            raise Killed
-    monkeypatch.setattr(killed.optimizer, "step", step_then_maybe_die)
+    die_after_step(monkeypatch, killed, 2)  # after the checkpoint at step 2, mid-epoch 1
     with pytest.raises(Killed):
         killed.fit()
     from asr.checkpoint import read_checkpoint

@@ -42,6 +42,18 @@ class Killed(Exception):
     pass
 
 
+def die_after_step(monkeypatch, trainer, step: int) -> None:
+    """Make ``trainer`` raise :class:`Killed` in the optimiser step after ``step``
+    completed steps (that step's update is applied, as when a process dies mid-step)."""
+    real_step = trainer.optimizer.step
+
+    def step_then_maybe_die(*a, **k):
+        real_step(*a, **k)
+        if trainer.step == step:  # trainer.step counts completed steps before this one
+            raise Killed
+    monkeypatch.setattr(trainer.optimizer, "step", step_then_maybe_die)
+
+
 def test_killed_run_resumes_to_the_same_weights(tmp_path, tone_corpus, monkeypatch):
     cfg = tiny_config(tone_corpus)
     full = Trainer(cfg, tmp_path / "full").fit()
@@ -49,12 +61,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, tone_corpus, monkeypat
 
     # kill the second run in the middle of epoch 2 (step 7), after the checkpoint at step 6
     trainer = Trainer(cfg, tmp_path / "killed")
-    real_step = trainer.optimizer.step
-    def step_then_maybe_die(*a, **k):
-        real_step(*a, **k)
-        if trainer.step == 6:  # trainer.step counts completed steps before this one
-            raise Killed
-    monkeypatch.setattr(trainer.optimizer, "step", step_then_maybe_die)
+    die_after_step(monkeypatch, trainer, 6)
     with pytest.raises(Killed):
         trainer.fit()
     state = read_checkpoint(tmp_path / "killed" / "last.pt")

@@ -12,7 +12,7 @@ from asr.checkpoint import CheckpointError, read_checkpoint
 from asr.data import read_manifest, write_manifest
 from asr.text import build_tokenizer
 from asr.train import Trainer
-from test_train import Killed, tiny_config
+from test_train import Killed, die_after_step, tiny_config
 
 
 def plain_config(manifest, **train):
@@ -148,12 +148,7 @@ def test_audio_that_fails_to_decode_is_listed_once(tmp_path, tone_corpus, monkey
 
     # killed in epoch 2 after the checkpoint at step 4, then resumed
     trainer = Trainer(cfg, tmp_path / "exp")
-    real_step = trainer.optimizer.step
-    def step_then_maybe_die(*a, **k):
-        real_step(*a, **k)
-        if trainer.step == 4:
-            raise Killed
-    monkeypatch.setattr(trainer.optimizer, "step", step_then_maybe_die)
+    die_after_step(monkeypatch, trainer, 4)
     with pytest.raises(Killed):
         trainer.fit()
     # read once by the training set and once by the validation set, not every epoch ...
