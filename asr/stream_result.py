@@ -56,9 +56,24 @@ class SegmentStream:
     ``sample_rate``, ``best(search, final)`` and ``new_search()``), ``_search`` (with
     ``frames``), ``_features`` (streaming front end: ``accept``, ``flush``), ``_pending``
     (frames waiting, (T, F)), ``_input_rate`` and ``_resampler`` (None at first),
-    ``_segment_start``, ``_segment``, ``_input_finished`` and ``_finished``, and defines
-    ``_as_samples``, ``_new_resampler`` and ``_add_frames`` for its array type.
+    ``_segment_start``, ``_segment``, ``_input_finished`` and ``_finished`` (all set by
+    :meth:`_start_stream`), and gives ``_resampler_class`` and defines ``_as_samples`` and
+    ``_add_frames`` for its array type.
     """
+
+    def _start_stream(self, recognizer, features, pending) -> None:
+        """The state every stream starts with: ``features`` its streaming front end,
+        ``pending`` an empty (0, F) frame buffer of its array type."""
+        self._recognizer = recognizer
+        self._features = features
+        self._pending = pending  # frames for the encoder
+        self._input_rate: Optional[int] = None
+        self._resampler = None
+        self._search = recognizer.new_search()
+        self._segment = 0
+        self._segment_start = 0  # encoder frames before the current segment
+        self._input_finished = False
+        self._finished = False  # the encoder has had the last frame
 
     def accept_waveform(self, sample_rate: int, samples) -> None:
         """samples: (N,) float audio in [-1, 1] at ``sample_rate`` (resampled as needed;
@@ -69,8 +84,8 @@ class SegmentStream:
         if self._input_rate is None:
             self._input_rate = int(sample_rate)
             if self._input_rate != self._recognizer.sample_rate:
-                self._resampler = self._new_resampler(self._input_rate,
-                                                      self._recognizer.sample_rate)
+                self._resampler = self._resampler_class(self._input_rate,
+                                                        self._recognizer.sample_rate)
         elif int(sample_rate) != self._input_rate:
             raise ValueError(f"stream started at {self._input_rate} Hz, got {sample_rate} Hz")
         if self._resampler is not None:

@@ -278,12 +278,11 @@ class Recognizer:
 class Stream(SegmentStream):
     """One utterance's (or client's) audio, features, encoder and search state."""
 
+    _resampler_class = StreamingResampler  # torchaudio's windowed-sinc kernel, in numpy
+
     def __init__(self, recognizer: Recognizer) -> None:
-        self._recognizer = recognizer
-        self._features = StreamingFeatures(recognizer.feature_config)
-        self._input_rate: Optional[int] = None
-        self._resampler: Optional[StreamingResampler] = None
-        self._pending = np.zeros((0, recognizer.feature_dim), dtype=np.float32)
+        self._start_stream(recognizer, StreamingFeatures(recognizer.feature_config),
+                           np.zeros((0, recognizer.feature_dim), dtype=np.float32))
         if recognizer.frontend is not None:  # lc_bgru
             self._encoder_state = recognizer.frontend.zero_state(1)
             self._rnn_hidden = recognizer.encoder.zero_state(1)[0]
@@ -292,20 +291,10 @@ class Stream(SegmentStream):
             self._encoder_state = recognizer.encoder.zero_state(1)
         self._running_cmvn = (RunningMean(recognizer.feature_dim, recognizer.running_cmvn_frames)
                               if recognizer.running_cmvn_frames else None)
-        self._search = recognizer.new_search()
-        self._segment = 0
-        self._segment_start = 0  # encoder frames before the current segment
-        self._input_finished = False
-        self._finished = False  # the encoder has had the last frame
 
     @staticmethod
     def _as_samples(samples) -> np.ndarray:
         return np.asarray(samples, dtype=np.float32).reshape(-1)
-
-    @staticmethod
-    def _new_resampler(in_rate: int, out_rate: int) -> StreamingResampler:
-        # torchaudio's windowed-sinc kernel, in numpy
-        return StreamingResampler(in_rate, out_rate)
 
     def _add_frames(self, frames: np.ndarray) -> None:
         if frames.shape[0]:

@@ -142,27 +142,17 @@ class Recognizer:
 class Stream(SegmentStream):
     """One utterance's (or client's) audio, features, encoder and search state."""
 
+    _resampler_class = StreamingResampler
+
     def __init__(self, recognizer: Recognizer) -> None:
-        self._recognizer = recognizer
         model = recognizer.model
-        self._features = streaming_front_end(model)
-        self._input_rate: Optional[int] = None
-        self._resampler: Optional[StreamingResampler] = None
-        self._pending = torch.zeros(0, model.features.dim)  # frames for the encoder
+        self._start_stream(recognizer, streaming_front_end(model),
+                           torch.zeros(0, model.features.dim))
         self._encoder_state = model.encoder.init_state(1)
-        self._search = recognizer.new_search()
-        self._segment = 0
-        self._segment_start = 0  # encoder frames before the current segment
-        self._input_finished = False
-        self._finished = False  # the encoder has had the last frame
 
     @staticmethod
     def _as_samples(samples) -> torch.Tensor:
         return torch.as_tensor(samples, dtype=torch.float32).reshape(-1)
-
-    @staticmethod
-    def _new_resampler(in_rate: int, out_rate: int) -> StreamingResampler:
-        return StreamingResampler(in_rate, out_rate)
 
     def _add_frames(self, frames: torch.Tensor) -> None:
         if frames.shape[0]:
