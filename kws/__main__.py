@@ -1,6 +1,7 @@
 """Command line for the keyword spotter.
 
     python -m kws train --config C.yaml --train train.jsonl --val val.jsonl --out DIR
+    torchrun --nproc_per_node=N -m kws train ...   (data parallel; continues from DIR/last.pt)
     python -m kws export --checkpoint DIR --out M.onnx [--int8 M_int8.onnx] [--streaming]
     python -m kws evaluate --model M.onnx --corpus speech_commands --data DIR
     python -m kws evaluate-detection --model M(.onnx|checkpoint) --positives DIR... --negatives DIR...
@@ -27,6 +28,7 @@ def _print_json(obj: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
     import random
 
     from kws.config import load_kws_config
@@ -54,7 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         random.Random(0).shuffle(waves)
         streams = [torch.cat(waves)] if waves else []
     summary = train(cfg, train_clips, val_clips, args.out, noise, streams)
-    _print_json(summary)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
+        _print_json(summary)
     return 0
 
 

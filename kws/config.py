@@ -84,6 +84,7 @@ class KWSTrainConfig:
     seed: int = 0
     num_threads: int = 1  # shared 2-core machines: >1 thread makes the GRU much slower
     device: str = "auto"  # "auto" (the GPU when CUDA is present, else the CPU) | "cpu" | "cuda"
+    world_size: int = 1  # set by the trainer: the processes it ran with (torchrun), for the record
     max_minutes: Optional[float] = 10.0  # stop cleanly after this much training time
     grad_clip: float = 5.0
     mixup_alpha: float = 0.0  # >0: mixup of feature windows within a batch, lambda ~ Beta(a, a)

@@ -6,6 +6,7 @@ A checkpoint directory holds ``model.pt`` (weights + resolved config), ``config.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,9 +23,11 @@ from tqdm import tqdm
 from asr.augment import SpecAugment
 from asr.config import to_dict
 from asr.device import resolve_device
+from asr.distributed import World, all_reduce_max, all_reduce_sum, init_world, per_rank
 from asr.features import FeatureExtractor
 from kws.config import KWSConfig, kws_config_from_dict, save_kws_config
 from kws.data import Clip, NoiseBank, WindowMaker, balanced_draws, write_atomically
+from kws.hard_negatives import best_first, cut, mine, noisy_copy, scan_slice
 from kws.model import CRNN, count_parameters
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,12 @@ class WeightAverage:
             else:
                 self.shadow[k].copy_(v)
 
+    def state(self) -> dict:
+        return {"shadow": self.shadow, "updates": self.updates}
+
+    def load(self, state: dict) -> None:
+        self.shadow, self.updates = state["shadow"], state["updates"]
+
     @torch.no_grad()
     def swap(self, module: nn.Module) -> None:
         """Exchange the module's weights and the averaged ones (call twice to restore)."""
@@ -129,62 +138,6 @@ def balanced_accuracy(probs: torch.Tensor, labels: torch.Tensor, num_classes: in
     recalls = [c / n for c, n in zip(correct, count) if n]
     return {"accuracy": acc, "balanced_accuracy": sum(recalls) / max(1, len(recalls)),
             "class_correct": correct, "class_n": count}
-
-
-@torch.no_grad()
-def mine_hard_negatives(spotter: Spotter, streams: Sequence[torch.Tensor], background: int,
-                        threshold: float, limit: int, hop: int, rng: random.Random) -> List[torch.Tensor]:
-    """Windows of negative audio (N,) that the model scores as a keyword (posterior of
-    the best non-background class above ``threshold``), highest first."""
-    n = spotter.cfg.window_samples + 2 * spotter.cfg.context_samples  # windows with their context
-    found = []
-    for s in streams:
-        if s.numel() < n:
-            continue
-        starts = torch.arange(0, s.numel() - n + 1, hop)
-        for i in range(0, len(starts), 512):
-            idx = starts[i:i + 512]
-            windows = torch.stack([s[j:j + n] for j in idx.tolist()])
-            p = predict_windows(spotter, windows)
-            p[:, background] = 0
-            best = p.max(dim=-1).values
-            for j in torch.nonzero(best >= threshold).flatten().tolist():
-                found.append((float(best[j]), windows[j].clone()))
-    found.sort(key=lambda x: -x[0])
-    return [w for _, w in found[:limit]]
-
-
-def scan_slice(streams: Sequence[torch.Tensor], seconds: float, sample_rate: int, rng: random.Random,
-               piece_s: float = 60.0) -> List[torch.Tensor]:
-    """A random part of the negative audio: pieces (M,) of ``piece_s`` seconds cut from the
-    streams (N_i,), shuffled, about ``seconds`` in all (everything when ``seconds`` <= 0)."""
-    if seconds <= 0:
-        return list(streams)
-    piece = int(piece_s * sample_rate)
-    pieces = [s[i:i + piece] for s in streams for i in range(0, s.numel(), piece)]
-    rng.shuffle(pieces)
-    out, total = [], 0
-    for p in pieces:
-        if total >= seconds * sample_rate:
-            break
-        out.append(p)
-        total += p.numel()
-    return out
-
-
-def noisy_copy(stream: torch.Tensor, noise: NoiseBank, snrs: Sequence[float], chunk: int,
-               rng: random.Random) -> torch.Tensor:
-    """``stream`` (N,) with noise mixed in, each ``chunk`` samples at an SNR drawn from ``snrs``."""
-    from asr.augment import add_noise
-
-    parts = []
-    for i in range(0, stream.numel(), chunk):
-        part = stream[i:i + chunk]
-        if part.abs().max() < 1e-4:
-            parts.append(part)
-            continue
-        parts.append(add_noise(part, noise.sample(part.numel(), rng), rng.choice(list(snrs))).clamp(-1.0, 1.0))
-    return torch.cat(parts) if parts else stream
 
 
 def plot_history(history: List[dict], path: str | Path, title: str = "") -> None:
@@ -208,9 +161,71 @@ def plot_history(history: List[dict], path: str | Path, title: str = "") -> None
     plt.close(fig)
 
 
+
+class TrainForward(nn.Module):
+    """One training forward as a module DistributedDataParallel can wrap: waves (B, N) ->
+    logits (B, C), with SpecAugment and mixup applied to the features on the way."""
+
+    def __init__(self, spotter: Spotter, specaug: Optional[SpecAugment]) -> None:
+        super().__init__()
+        self.spotter = spotter
+        self.specaug = specaug
+
+    def forward(self, waves: torch.Tensor, mix_perm: Optional[torch.Tensor] = None,
+                mix_lam: float = 1.0) -> torch.Tensor:
+        if self.spotter.cfg.features.pcen_trainable:
+            feats = self.spotter.features(waves)
+        else:
+            with torch.no_grad():
+                feats = self.spotter.features(waves)
+        if self.specaug is not None:
+            feats = self.specaug(feats, torch.full((waves.shape[0],), feats.shape[1], device=waves.device))
+        if mix_perm is not None:
+            feats = mix_lam * feats + (1.0 - mix_lam) * feats[mix_perm]
+        return self.spotter.crnn(feats)
+
+
+# differences that do not stop a run from continuing where it stopped
+_RESUMABLE_CHANGES = {"world_size", "max_minutes", "num_threads", "device"}
+
+
+def _comparable(cfg_dict: dict) -> dict:
+    return {**cfg_dict, "train": {k: v for k, v in cfg_dict["train"].items() if k not in _RESUMABLE_CHANGES}}
+
+
+def save_resume_state(path: Path, state: dict) -> None:
+    """``last.pt``: everything a run needs to continue after its last finished epoch."""
+    write_atomically(path, lambda f: torch.save(state, f))
+
+
+def load_resume_state(path: Path, cfg: KWSConfig) -> Optional[dict]:
+    """The state in ``path`` if it continues this config's run (only the world size, time
+    budget, threads and device may differ); None to start afresh."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated file: the run starts again rather than dying
+        log.warning("%s: unreadable resume state (%s); training from the start", path, exc)
+        return None
+    if _comparable(state["config"]) != _comparable(to_dict(cfg)):
+        log.warning("%s was written by another config; training from the start", path)
+        return None
+    return state
+
+
 def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip], out_dir: str | Path,
           noise: NoiseBank, negative_streams: Sequence[torch.Tensor] = ()) -> dict:
     """Train and keep the best checkpoint (validation balanced accuracy) in ``out_dir``.
+
+    Runs as one process or as one rank of ``torchrun`` (:mod:`asr.distributed`): every
+    rank draws the same global batches and makes the windows of its share of each, the
+    gradients are averaged, so W processes step as one process with the same
+    ``train.batch_size``. Every random choice comes from a generator seeded by (seed, epoch,
+    position in the epoch), never from a running one, so the examples do not depend on
+    the world size and a run continues exactly from ``last.pt`` (written after every
+    epoch) on any world size. Rank 0 validates and writes; the ranks mine hard negatives
+    on disjoint parts of the negative audio.
 
     Args:
         train_clips / val_clips: clips with class indices into ``cfg.labels``.
@@ -220,12 +235,6 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
         summary dict (best epoch, val metrics, parameter count, minutes).
     """
     t0 = time.time()
-    tc = cfg.train
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(tc.num_threads)
-    torch.manual_seed(tc.seed)
-    rng = random.Random(tc.seed)
     num_classes = len(cfg.labels)
     if not train_clips:
         raise ValueError("no training clips")
@@ -233,19 +242,28 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
     if len(seen) < num_classes:
         missing = [cfg.labels[k] for k in range(num_classes) if k not in seen]
         raise ValueError(f"no training clips for class(es) {missing}")
-
-    unknown = sorted(set(tc.class_weights) - set(cfg.labels))
+    unknown = sorted(set(cfg.train.class_weights) - set(cfg.labels))
     if unknown:
         raise ValueError(f"train.class_weights names unknown classes {unknown}; labels: {cfg.labels}")
+    device = resolve_device(cfg.train.device)
+    world = init_world(device)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, world_size=world.size))
+    tc = cfg.train
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(tc.num_threads)
+    torch.manual_seed(tc.seed)
+
     class_weights = {cfg.labels.index(k): w for k, w in tc.class_weights.items()}
-    device = resolve_device(tc.device)
     spotter = Spotter(cfg).to(device)
     maker = WindowMaker(cfg.window_samples, cfg.augment, noise, cfg.features.sample_rate,
                         context=cfg.context_samples)
     specaug = SpecAugment(cfg.augment.specaugment) if cfg.augment.specaugment else None
+    seeded = lambda *key: random.Random(":".join(str(k) for k in (tc.seed, *key)))  # noqa: E731
 
-    # normalisation statistics from augmented training windows
+    # normalisation statistics from augmented training windows (the same on every rank)
     with torch.no_grad():
+        rng = seeded("norm")
         idx = balanced_draws(train_clips, 512, num_classes, rng, tc.class_balance, tc.synthetic_weight,
                              class_weights)
         feats = spotter.features(torch.stack([maker(train_clips[i], rng) for i in idx]).to(device))
@@ -253,83 +271,121 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
             feats = feats - feats.mean(dim=1, keepdim=True)
         spotter.crnn.set_normalization(feats.mean(dim=(0, 1)), feats.std(dim=(0, 1)))
 
-    val_waves = torch.stack([maker(c, rng, augment=False) for c in val_clips]) if val_clips else None
+    val_waves = (torch.stack([maker(c, seeded("val"), augment=False) for c in val_clips])
+                 if val_clips and world.is_main else None)
     val_labels = torch.tensor([c.label for c in val_clips])
 
     params = [p for p in spotter.parameters() if p.requires_grad]
     ema = WeightAverage(spotter.crnn, tc.ema_decay) if tc.ema_decay > 0 else None
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    lr = tc.lr
     steps_per_epoch = math.ceil(tc.examples_per_epoch / tc.batch_size)
     total_steps = tc.epochs * steps_per_epoch
-    done_steps = 0
+    background = cfg.labels.index("_background_") if "_background_" in cfg.labels else None
+    if background is not None and tc.hard_negative_every and negative_streams and tc.hard_negative_snr_db:
+        rng = seeded("noisy")
+        negative_streams = list(negative_streams) + [
+            noisy_copy(st, noise, tc.hard_negative_snr_db, cfg.features.sample_rate * 10, rng)
+            for st in negative_streams]
+    n_window = cfg.window_samples + 2 * cfg.context_samples
 
-    def progress() -> float:
+    last_path = out_dir / "last.pt"
+    state = load_resume_state(last_path, cfg) or {
+        "epoch": 0, "done_steps": 0, "minutes": 0.0, "hard_pool": [], "history": [],
+        "best": {"score": -1.0}, "stopped_early": False}
+    if "model" in state:
+        spotter.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load(state["ema"])
+        log.info("continuing %s after epoch %d", out_dir, state["epoch"])
+    hard_pool = [tuple(k) for k in state["hard_pool"]]  # (stream, start) references
+    history, best, done_steps = state["history"], state["best"], state["done_steps"]
+    stopped_early = state["stopped_early"]
+    prior_s = state["minutes"] * 60.0
+
+    if world.rank:  # dropout and SpecAugment masks differ between ranks
+        torch.manual_seed(tc.seed + 1000003 * world.rank)
+    if world.distributed and device.type == "cuda":
+        spotter = nn.SyncBatchNorm.convert_sync_batchnorm(spotter)  # one batch, one statistic
+    step_module: nn.Module = TrainForward(spotter, specaug)
+    if world.distributed:  # wraps after the restore: it broadcasts rank 0's weights
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index or 0] if device.type == "cuda" else None)
+
+    def elapsed_s() -> float:
+        s = prior_s + time.time() - t0
+        # every rank must see the same clock, or they disagree on the schedule and the stop
+        return all_reduce_max(s, world, device) if tc.max_minutes else s
+
+    def progress(elapsed: float) -> float:
         """Fraction of training done: by steps, or by time when train.max_minutes is set and
         the machine is slower than planned, so the schedule still ends annealed."""
         p = done_steps / total_steps
         if tc.max_minutes:
-            p = max(p, (time.time() - t0) / 60.0 / tc.max_minutes)
+            p = max(p, elapsed / 60.0 / tc.max_minutes)
         return min(p, 1.0)
 
-    def set_lr() -> float:
-        p = progress()
+    def set_lr(p: float) -> float:
         lr = tc.lr * (p / 0.1 if p < 0.1 else 0.5 * (1 + math.cos(math.pi * (p - 0.1) / 0.9)))
         lr = max(lr, tc.lr * 0.01)
         for group in opt.param_groups:
             group["lr"] = lr
         return lr
-    background = cfg.labels.index("_background_") if "_background_" in cfg.labels else None
-    if background is not None and tc.hard_negative_every and negative_streams and tc.hard_negative_snr_db:
-        negative_streams = list(negative_streams) + [
-            noisy_copy(st, noise, tc.hard_negative_snr_db, cfg.features.sample_rate * 10, rng)
-            for st in negative_streams]
-    hard_pool: List[torch.Tensor] = []
-    history: List[dict] = []
-    best = {"score": -1.0}
-    log.info("CRNN with %d parameters, %d training clips", count_parameters(spotter.crnn), len(train_clips))
-    stopped_early = False
-    for epoch in range(1, tc.epochs + 1):
-        spotter.train()
-        draws = balanced_draws(train_clips, tc.examples_per_epoch, num_classes, rng,
+
+    if state["epoch"] == 0:
+        log.info("CRNN with %d parameters, %d training clips, %d process(es)",
+                 count_parameters(spotter.crnn), len(train_clips), world.size)
+    lr = opt.param_groups[0]["lr"]
+    finished = stopped_early or state["epoch"] >= tc.epochs
+    for epoch in range(state["epoch"] + 1, tc.epochs + 1):
+        if finished:
+            break
+        step_module.train()
+        draws = balanced_draws(train_clips, tc.examples_per_epoch, num_classes, seeded(epoch),
                                tc.class_balance, tc.synthetic_weight, class_weights)
-        tot_loss, tot_correct, tot_n = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{tc.epochs}", leave=False, mininterval=2.0)
+        # loss sum, correct, examples of this rank
+        totals = torch.zeros(3, dtype=torch.float64)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{tc.epochs}", leave=False, mininterval=2.0,
+                   disable=not world.is_main)
         for step in bar:
-            batch_idx = draws[step * tc.batch_size:(step + 1) * tc.batch_size]
-            if not batch_idx or (tc.max_minutes and step and progress() >= 1.0):
+            first = step * tc.batch_size
+            batch_idx = draws[first:first + tc.batch_size]
+            p = progress(elapsed_s())
+            if not batch_idx or (tc.max_minutes and step and p >= 1.0):
                 break  # out of time: a slow machine stops mid-epoch rather than overrunning
+            mine_pos = list(range(first + world.rank, first + len(batch_idx), world.size))
+            weight = [1.0] * len(mine_pos)
+            if not mine_pos:  # a short last batch leaves this rank out: it still joins the step
+                mine_pos, weight = [first], [0.0]
             waves, labels = [], []
-            for i in batch_idx:
-                c = train_clips[i]
+            for pos in mine_pos:
+                c, ex_rng = train_clips[draws[pos]], seeded(epoch, pos)
                 if (background is not None and c.label == background and hard_pool
-                        and rng.random() < tc.hard_negative_weight):
-                    hard = Clip(rng.choice(hard_pool), background, "hard")
-                    waves.append(maker(hard, rng))
-                else:
-                    waves.append(maker(c, rng))
+                        and ex_rng.random() < tc.hard_negative_weight):
+                    c = Clip(cut(negative_streams, ex_rng.choice(hard_pool), n_window), background, "hard")
+                waves.append(maker(c, ex_rng))
                 labels.append(c.label)
             x = torch.stack(waves).to(device)  # windows are made on the CPU
             y = torch.tensor(labels, device=device)
-            if cfg.features.pcen_trainable:
-                feats = spotter.features(x)
-            else:
-                with torch.no_grad():
-                    feats = spotter.features(x)
-            if specaug is not None:
-                specaug.train()
-                feats = specaug(feats, torch.full((x.shape[0],), feats.shape[1], device=device))
+            w = torch.tensor(weight, device=device)
+            smoothing = tc.label_smoothing
             if tc.mixup_alpha > 0:
-                lam = float(torch.distributions.Beta(tc.mixup_alpha, tc.mixup_alpha).sample())
+                step_rng = seeded(epoch, "mix", step)
+                lam = step_rng.betavariate(tc.mixup_alpha, tc.mixup_alpha)
                 lam = max(lam, 1.0 - lam)  # the first window dominates (its label counts for accuracy)
-                perm = torch.randperm(x.shape[0], device=device)
-                logits = spotter.crnn(lam * feats + (1.0 - lam) * feats[perm])
-                loss = (lam * F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
-                        + (1.0 - lam) * F.cross_entropy(logits, y[perm], label_smoothing=tc.label_smoothing))
+                perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(
+                    step_rng.randrange(2**31))).to(device)
+                logits = step_module(x, perm, lam)
+                ce = (lam * F.cross_entropy(logits, y, label_smoothing=smoothing, reduction="none")
+                      + (1.0 - lam) * F.cross_entropy(logits, y[perm], label_smoothing=smoothing,
+                                                      reduction="none"))
             else:
-                logits = spotter.crnn(feats)
-                loss = F.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
-            lr = set_lr()
+                logits = step_module(x)
+                ce = F.cross_entropy(logits, y, label_smoothing=smoothing, reduction="none")
+            # DDP averages the ranks' gradients: scaled by W / global batch, that average is
+            # the gradient of the mean over the whole global batch
+            loss = (ce * w).sum() * (world.size / len(batch_idx))
+            lr = set_lr(p)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(params, tc.grad_clip)
@@ -337,12 +393,14 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
             if ema is not None:
                 ema.update(spotter.crnn)
             done_steps += 1
-            tot_loss += loss.item() * len(labels)
-            tot_correct += int((logits.argmax(-1) == y).sum())
-            tot_n += len(labels)
-            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}")
-        row = {"epoch": epoch, "train_loss": tot_loss / max(1, tot_n),
-               "train_accuracy": tot_correct / max(1, tot_n), "lr": lr}
+            ce = ce.detach()
+            totals += torch.tensor([float((ce * w).sum()), float(((logits.argmax(-1) == y).float() * w).sum()),
+                                    float(w.sum())], dtype=torch.float64)
+            bar.set_postfix(loss=f"{totals[0] / max(1.0, float(totals[2])):.3f}")
+        examples_per_rank = [int(n) for n in per_rank(float(totals[2]), world, device)]
+        loss_sum, correct, n = all_reduce_sum(totals.to(device), world).tolist()
+        row = {"epoch": epoch, "train_loss": loss_sum / max(1.0, n), "train_accuracy": correct / max(1.0, n),
+               "lr": lr, "examples_per_rank": examples_per_rank}
         if ema is not None:  # validate, mine and save with the averaged weights
             ema.swap(spotter.crnn)
         if val_waves is not None and len(val_clips):
@@ -353,41 +411,63 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
                         "val_class_correct": m["class_correct"], "val_class_n": m["class_n"]})
         else:  # no validation set (final models): keep the last epoch (see below)
             row.update({"val_accuracy": None, "val_balanced_accuracy": None})
-        if (background is not None and tc.hard_negative_every and negative_streams and progress() < 1.0
-                and epoch >= tc.hard_negative_start
+        if (background is not None and tc.hard_negative_every and negative_streams
+                and progress(elapsed_s()) < 1.0 and epoch >= tc.hard_negative_start
                 and (epoch - tc.hard_negative_start) % tc.hard_negative_every == 0):
-            scanned = scan_slice(negative_streams, tc.hard_negative_scan_s, cfg.features.sample_rate, rng)
-            mined = mine_hard_negatives(spotter, scanned, background, tc.hard_negative_threshold,
-                                        tc.hard_negative_max, hop=cfg.features.sample_rate // 10, rng=rng)
-            hard_pool = (mined + hard_pool)[:tc.hard_negative_max]
-            row["hard_negatives_mined"] = len(mined)
+            pieces = scan_slice(negative_streams, tc.hard_negative_scan_s, cfg.features.sample_rate,
+                                seeded(epoch, "scan"))
+            found = mine(spotter, pieces[world.rank::world.size], background, tc.hard_negative_threshold,
+                         tc.hard_negative_max, hop=cfg.features.sample_rate // 10)
+            found = best_first(_gather(found, world), tc.hard_negative_max)
+            hard_pool = ([key for _, key in found] + hard_pool)[:tc.hard_negative_max]
+            row["hard_negatives_mined"] = len(found)
             row["hard_pool"] = len(hard_pool)
-        row["minutes"] = (time.time() - t0) / 60
+        row["minutes"] = (prior_s + time.time() - t0) / 60
         history.append(row)
-        log.info("epoch %d %s", epoch, json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                                    for k, v in row.items() if not isinstance(v, list)}))
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
-                          if not isinstance(v, list)}), flush=True)
-        # without validation the last epoch is kept: the schedule ends annealed (and averaged
-        # with EMA), and the augmented (mixup) training accuracy says little about new speakers
-        score = (row["val_balanced_accuracy"] if row["val_balanced_accuracy"] is not None
-                 else float(epoch))
-        if score >= best["score"]:
-            best = dict(row, score=score)
-            save_checkpoint(spotter, out_dir, extra={"epoch": epoch, "val": row})
+        if world.is_main:
+            brief = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
+                     if not isinstance(v, list) or k == "examples_per_rank"}
+            log.info("epoch %d %s", epoch, json.dumps(brief))
+            print(json.dumps(brief), flush=True)
+            # without validation the last epoch is kept: the schedule ends annealed (and averaged
+            # with EMA), and the augmented (mixup) training accuracy says little about new speakers
+            score = (row["val_balanced_accuracy"] if row["val_balanced_accuracy"] is not None
+                     else float(epoch))
+            if score >= best["score"]:
+                best = dict(row, score=score)
+                save_checkpoint(spotter, out_dir, extra={"epoch": epoch, "val": row})
         if ema is not None:
             ema.swap(spotter.crnn)
-        # read by cross-validation and by whoever watches a run: never half written
-        write_atomically(out_dir / "history.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
-        if progress() >= 1.0 and epoch < tc.epochs:
-            log.warning("stopping after %.1f minutes at epoch %d (train.max_minutes)", (time.time() - t0) / 60, epoch)
+        finished = progress(elapsed_s()) >= 1.0 and epoch < tc.epochs
+        if finished:
+            log.warning("stopping after %.1f minutes at epoch %d (train.max_minutes)",
+                        (prior_s + time.time() - t0) / 60, epoch)
             stopped_early = True
-            break
-    plot_history(history, out_dir / "training.png", title=cfg.name)
+        if world.is_main:
+            # read by cross-validation and by whoever watches a run: never half written
+            write_atomically(out_dir / "history.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
+            save_resume_state(last_path, {
+                "epoch": epoch, "done_steps": done_steps, "minutes": (prior_s + time.time() - t0) / 60,
+                "model": spotter.state_dict(), "optimizer": opt.state_dict(),
+                "ema": ema.state() if ema is not None else None, "hard_pool": hard_pool,
+                "history": history, "best": best, "stopped_early": stopped_early, "config": to_dict(cfg)})
     summary = {"best_epoch": best.get("epoch"), "val_accuracy": best.get("val_accuracy"),
                "val_balanced_accuracy": best.get("val_balanced_accuracy"),
-               "params": count_parameters(spotter.crnn), "minutes": (time.time() - t0) / 60,
+               "params": count_parameters(spotter.crnn), "minutes": (prior_s + time.time() - t0) / 60,
                "epochs_run": len(history), "stopped_early": stopped_early,
-               "train_clips": len(train_clips), "val_clips": len(val_clips)}
-    write_atomically(out_dir / "train_summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+               "train_clips": len(train_clips), "val_clips": len(val_clips), "world_size": world.size}
+    if world.is_main:
+        plot_history(history, out_dir / "training.png", title=cfg.name)
+        write_atomically(out_dir / "train_summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
     return summary
+
+
+def _gather(found: list, world: World) -> list:
+    """Every rank's mined windows, on every rank."""
+    if not world.distributed:
+        return found
+    import torch.distributed as dist
+
+    parts: List[list] = [None] * world.size  # type: ignore[list-item]
+    dist.all_gather_object(parts, found)
+    return [m for part in parts for m in part]

@@ -119,7 +119,7 @@ def test_noisy_copy_keeps_length_and_silence():
     import torch
 
     from kws.data import NoiseBank
-    from kws.train import noisy_copy
+    from kws.hard_negatives import noisy_copy
 
     x = torch.cat([0.1 * torch.randn(16000), torch.zeros(16000)])
     y = noisy_copy(x, NoiseBank([], colored_prob=1.0), [5.0], 16000, random.Random(0))
