@@ -6,12 +6,13 @@
     decoded and its partial read (pocketsphinx: ``process_raw`` then ``hyp()``), the engines
     interleaved per utterance (the order rotating), the same waveforms; compute time only.
 (b) Partial delay: for each reference word, the time from the last audio of the word to
-    the first partial containing it. Word ends come from CTC forced alignment of the
-    reference on the model's own offline log-probs (torchaudio.functional.forced_align).
+    the first partial containing it. Word starts and ends come from CTC forced alignment of
+    the reference on the model's own offline log-probs (torchaudio.functional.forced_align).
     Pieces arrive at real time; a piece's partial is out at
     ``max(piece end, previous partial out) + its compute time`` (a decoder that falls
-    behind queues). A word counts once the partial's words, aligned to the reference
-    (difflib), match it; words never matched are counted apart.
+    behind queues). A word counts once the partial's words, aligned (difflib) to the
+    reference words that had begun by the partial's time, match it; words never matched
+    are counted apart.
 (c) Server capacity: ``python -m asr serve`` as a subprocess (one decode thread), N
     WebSocket clients each streaming utterances back to back at real time in
     ``--server-piece-ms`` pieces, N increasing until p95 partial delay (as in (b), in wall
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -128,9 +129,10 @@ def build_engines(model_path: str, onnx_dir: str, names: Sequence[str], lm: bool
 
 
 # ------------------------------------------------------------------ word end times
-def word_ends(model, tokenizer, wave: np.ndarray, text: str) -> List[float]:
-    """Seconds at which each reference word's last frame ends: CTC forced alignment of
-    the reference on the model's offline log-probs (its CTC head)."""
+def word_spans(model, tokenizer, wave: np.ndarray, text: str) -> List[Tuple[float, float]]:
+    """(start, end) seconds of each reference word: the first frame of its first token and
+    the end of the last frame of its last token, by CTC forced alignment of the reference
+    on the model's offline log-probs (its CTC head)."""
     import torchaudio.functional as AF
 
     head = next(h for h in model.heads.values() if hasattr(h, "search_methods")
@@ -144,25 +146,26 @@ def word_ends(model, tokenizer, wave: np.ndarray, text: str) -> List[float]:
     labels, _ = AF.forced_align(log_probs.float(), torch.tensor([tokens], dtype=torch.int32),
                                 blank=0)
     labels = labels[0].tolist()
-    # the frame of each emitted token, in order (a new token starts where the label
-    # changes to a non-blank, or repeats after a blank)
-    frames, prev = [], 0
+    # the first and last frame of each emitted token, in order (a new token starts where
+    # the label changes to a non-blank, or repeats after a blank)
+    firsts, lasts, prev = [], [], 0
     for t, lab in enumerate(labels):
         if lab != 0 and lab != prev:
-            frames.append(t)
+            firsts.append(t)
+            lasts.append(t)
         elif lab != 0 and lab == prev:
-            frames[-1] = t  # the token's last frame
+            lasts[-1] = t
         prev = lab
-    if len(frames) != len(tokens):
+    if len(lasts) != len(tokens):
         return []
     frame_s = model.cfg.features.hop_length * model.encoder.subsampling_factor / SR
-    ends, k = [], 0
+    spans, k = [], 0
     for word in text.split():
         n = len(tokenizer.encode(word))
+        spans.append((firsts[k] * frame_s, (lasts[k + n - 1] + 1) * frame_s))
         k += n
-        ends.append((frames[k - 1] + 1) * frame_s)
         k += 1 if k < len(tokens) else 0  # the space between words
-    return ends
+    return spans
 
 
 def matched_words(ref: Sequence[str], hyp: Sequence[str]) -> set:
@@ -173,14 +176,19 @@ def matched_words(ref: Sequence[str], hyp: Sequence[str]) -> set:
     return out
 
 
-def first_seen_delays(ref_words, ends, out_times, texts):
-    """Per reference word: first output time whose text matches it, minus its end."""
+def first_seen_delays(ref_words, spans, out_times, texts):
+    """Per reference word: the first output time whose text matches it, minus the word's
+    end. An output is aligned only with the words that had begun by its time: a partial
+    cannot hold a word not yet spoken, and without the rule a frequent word ("a", "the")
+    in an early partial would match the same word spoken seconds later."""
     delays, missed = [], 0
     seen = {}
+    starts = [s for s, _ in spans]
     for t, text in zip(out_times, texts):
-        for i in matched_words(ref_words, normalize_text(text).split()):
+        audible = int(np.searchsorted(starts, t, side="left"))
+        for i in matched_words(ref_words[:audible], normalize_text(text).split()):
             seen.setdefault(i, t)
-    for i, end in enumerate(ends):
+    for i, (_, end) in enumerate(spans):
         if i in seen:
             delays.append(seen[i] - end)
         else:
@@ -203,7 +211,7 @@ def single_stream(engines, utts, piece_ms: int, model, tokenizer):
     missed = {e.name: 0 for e in engines}
     hyps = {e.name: [] for e in engines}
     audio = 0.0
-    for j, (wave, text, ends) in enumerate(utts):
+    for j, (wave, text, spans) in enumerate(utts):
         audio += wave.size / SR
         k = j % len(engines)
         for e in engines[k:] + engines[:k]:  # rotate the order per utterance
@@ -216,7 +224,7 @@ def single_stream(engines, utts, piece_ms: int, model, tokenizer):
                     arrive = min((i + 1) * piece, wave.size) / SR
                     t_out = max(arrive, t_out) + c
                     out.append(t_out)
-                d, m = first_seen_delays(text.split(), ends, out, texts)
+                d, m = first_seen_delays(text.split(), spans, out, texts)
                 delays[kind][e.name] += d
             missed[e.name] += m
         print(f"utterance {j + 1}/{len(utts)}: "
@@ -259,7 +267,7 @@ async def client(url: str, items, piece_ms: int, start_wall: float):
 
     wave = np.concatenate([w for w, _, _ in items])
     offsets = np.cumsum([0] + [w.size for w, _, _ in items])[:-1] / SR
-    ends = [o + e for (_, _, ee), o in zip(items, offsets) for e in ee]
+    spans = [(o + a, o + b) for (_, _, ss), o in zip(items, offsets) for a, b in ss]
     words = [w for _, t, _ in items for w in t.split()]
     pcm = (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
     step = SR * piece_ms // 1000 * 2
@@ -300,7 +308,7 @@ async def client(url: str, items, piece_ms: int, start_wall: float):
             elif msg["type"] == "error":
                 break
         await asyncio.gather(sender, return_exceptions=True)
-    delays, missed = first_seen_delays(words, ends, out_times, texts)
+    delays, missed = first_seen_delays(words, spans, out_times, texts)
     return delays, missed, lag, done
 
 
@@ -442,7 +450,7 @@ def main(argv=None) -> int:
         for u in read_manifest(m)[:args.limit]:
             wave = load_audio(u.audio, SR).numpy()
             text = normalize_text(u.text)
-            utts.append((wave, text, word_ends(model, tokenizer, wave, text)))
+            utts.append((wave, text, word_spans(model, tokenizer, wave, text)))
     utts = [u for u in utts if len(u[2]) == len(u[1].split())]
     print(f"{len(utts)} utterances aligned", file=sys.stderr, flush=True)
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model,
