@@ -14,8 +14,8 @@
     reference words that had begun by the partial's time, match it; words never matched
     are counted apart.
 (c) Server capacity: ``python -m asr serve`` as a subprocess (one decode thread), N
-    WebSocket clients each streaming utterances back to back at real time in
-    ``--server-piece-ms`` pieces, N increasing until p95 partial delay (as in (b), in wall
+    WebSocket clients each streaming utterances one after another at real time in
+    ``--server-piece-ms`` pieces (a session per utterance, so N streams are always open), N increasing until p95 partial delay (as in (b), in wall
     time) reaches 500 ms, a sender falls more than 200 ms behind real time (the server
     stopped reading: backpressure), or a stream does not finish; the largest N that
     passes, for the torch checkpoint and the ONNX export.
@@ -261,14 +261,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def client(url: str, items, piece_ms: int, start_wall: float):
-    """Stream utterances back to back at real time; returns (delays, max lag, done)."""
+async def client(url: str, items, piece_ms: int):
+    """Stream utterances one after another at real time, each in its own session (a
+    connection per utterance, as a voice assistant sends one request per utterance);
+    returns (delays, words never matched, max lag, every session done)."""
+    delays, missed, lag, done = [], 0, 0.0, True
+    for item in items:
+        d, m, g, ok = await session(url, item, piece_ms)
+        delays += d
+        missed += m
+        lag, done = max(lag, g), done and ok
+    return delays, missed, lag, done
+
+
+async def session(url: str, item, piece_ms: int):
+    """One utterance over one WebSocket session, sent at real time in ``piece_ms`` pieces;
+    the partial delays of its words, by the client's clock."""
     import websockets
 
-    wave = np.concatenate([w for w, _, _ in items])
-    offsets = np.cumsum([0] + [w.size for w, _, _ in items])[:-1] / SR
-    spans = [(o + a, o + b) for (_, _, ss), o in zip(items, offsets) for a, b in ss]
-    words = [w for _, t, _ in items for w in t.split()]
+    wave, text, spans = item
     pcm = (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
     step = SR * piece_ms // 1000 * 2
     lag, out_times, texts, finals = 0.0, [], [], []
@@ -297,27 +308,26 @@ async def client(url: str, items, piece_ms: int, start_wall: float):
             t = loop.time() - t0
             if msg["type"] in ("partial", "final"):
                 # the text so far of the whole stream: finals before, plus this segment
-                text = " ".join(finals + [msg["text"]])
+                text_so_far = " ".join(finals + [msg["text"]])
                 if msg["type"] == "final":
                     finals.append(msg["text"])
                 out_times.append(t)
-                texts.append(text)
+                texts.append(text_so_far)
             elif msg["type"] == "done":
                 done = True
                 break
             elif msg["type"] == "error":
                 break
         await asyncio.gather(sender, return_exceptions=True)
-    delays, missed = first_seen_delays(words, spans, out_times, texts)
+    delays, missed = first_seen_delays(text.split(), spans, out_times, texts)
     return delays, missed, lag, done
 
 
 async def load_level(url: str, n: int, clips, per_client: int, piece_ms: int):
-    start = time.perf_counter()
     tasks = []
     for c in range(n):
         items = [clips[(c * per_client + k) % len(clips)] for k in range(per_client)]
-        tasks.append(client(url, items, piece_ms, start))
+        tasks.append(client(url, items, piece_ms))
         await asyncio.sleep(0.05)  # staggered starts
     return await asyncio.gather(*tasks, return_exceptions=True)
 
