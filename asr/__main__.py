@@ -72,7 +72,7 @@ def _decoding_options(args, model, tokenizer, cfg) -> dict:
         lm_weight=args.lm_weight, length_bonus=args.length_bonus, no_lm=args.no_lm,
         hotwords=args.hotwords and _read_texts(args.hotwords), hotword_boost=args.hotword_boost,
         ctc_weight=args.ctc_weight, rescore=args.rescore, rescore_weight=args.rescore_weight,
-        nbest=args.nbest)
+        nbest=args.nbest, token_min_logp=args.token_min_logp, beam_prune_logp=args.beam_prune_logp)
 
 
 def _evaluate(args) -> int:
@@ -157,7 +157,8 @@ def _transcribe_streaming(files, model, tokenizer, cfg, options) -> int:
         raise ValueError("--streaming decodes open vocabulary without warps; add --plain or "
                          "choose --search ctc_greedy, ctc_prefix_beam, transducer_greedy or "
                          "transducer_beam")
-    keys = ("head", "method", "beam", "lm_score", "lm_weight", "length_bonus")
+    keys = ("head", "method", "beam", "lm_score", "lm_weight", "length_bonus", "token_min_logp",
+            "beam_prune_logp")
     recognizer = Recognizer(model, tokenizer, cfg.streaming,
                             **{k: v for k, v in options.items() if k in keys and v is not None})
     audio = [(load_audio(path, sample_rate=None), audio_info(path)[1]) for path in files]
@@ -254,6 +255,10 @@ def _add_decoding_arguments(p) -> None:
     p.add_argument("--rescore-weight", type=float,
                    help="share of the attention log-prob in the rescored score (default 0.5)")
     p.add_argument("--nbest", type=int, help="hypotheses the search keeps per utterance")
+    p.add_argument("--token-min-logp", type=float, help="ctc_prefix_beam: skip a frame's tokens "
+                   "below this log-probability (its best kept), e.g. -5")
+    p.add_argument("--beam-prune-logp", type=float, help="ctc_prefix_beam: drop prefixes more "
+                   "than this below the best after each frame, e.g. 10")
     p.add_argument("--warps", type=float, nargs="*", metavar="ALPHA",
                    help="test-time VTLN: decode once per frequency-warp factor (e.g. 0.84 0.88 "
                    "... 1.16) and keep each utterance's best-scoring warp (no value: off)")

@@ -134,6 +134,10 @@ class DecodingConfig:
     lm_order: int = 6
     lm_weight: float = 0.5
     length_bonus: float = 1.0
+    # CTC prefix beam pruning (None: exact within the beam): skip a frame's tokens below this
+    # log-probability (its best kept), drop prefixes this far below the best (pyctcdecode's -5, 10)
+    token_min_logp: Optional[float] = None
+    beam_prune_logp: Optional[float] = None
 
 
 @dataclass

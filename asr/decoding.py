@@ -47,13 +47,15 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
                      no_lm: bool = False, hotwords: Optional[Sequence[str]] = None,
                      hotword_boost: float = 2.0, ctc_weight: Optional[float] = None,
                      rescore: Optional[str] = None, rescore_weight: Optional[float] = None,
-                     nbest: Optional[int] = None) -> Dict:
+                     nbest: Optional[int] = None, token_min_logp: Optional[float] = None,
+                     beam_prune_logp: Optional[float] = None) -> Dict:
     """``head``, ``method`` and search options: each given value, else the model's saved
     default (none of them with ``plain``). A relative saved ``lm_texts`` is found beside
     the checkpoint ``model_path``; ``no_lm`` drops the saved LM. ``hotwords``: phrases
     boosted by ``hotword_boost`` per token (through the LM-fusion interface); ``ctc_weight``:
     joint CTC/attention decoding; ``rescore``: an attention head re-ranking the N-best
-    list (``nbest`` hypotheses) with ``rescore_weight``."""
+    list (``nbest`` hypotheses) with ``rescore_weight``; ``token_min_logp`` and
+    ``beam_prune_logp``: the CTC prefix beam's pruning."""
     from asr.evaluate import vocab_search
 
     saved = cfg.decoding if not plain else type(cfg.decoding)()
@@ -94,6 +96,8 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
         phrases = [p for p in dict.fromkeys(normalize_text(t) for t in hotwords) if p]
         options = with_biasing(options, [tokenizer.encode(p) for p in phrases], hotword_boost)
     given = {"ctc_weight": ctc_weight, "rescore": rescore, "rescore_weight": rescore_weight,
-             "nbest": nbest}
+             "nbest": nbest,
+             "token_min_logp": token_min_logp if token_min_logp is not None else saved.token_min_logp,
+             "beam_prune_logp": beam_prune_logp if beam_prune_logp is not None else saved.beam_prune_logp}
     options.update({k: v for k, v in given.items() if v is not None})
     return {"head": head, "method": method, **options}

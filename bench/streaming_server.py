@@ -109,8 +109,8 @@ def build_engines(model_path: str, onnx_dir: str, names: Sequence[str], lm: bool
 
     model, tokenizer, cfg = load_model(model_path)
     opts = decoding_options(model, tokenizer, cfg, model_path, no_lm=not lm)
-    search = {k: opts[k] for k in ("method", "beam", "lm_score", "lm_weight", "length_bonus")
-              if k in opts}
+    search = {k: opts[k] for k in ("method", "beam", "lm_score", "lm_weight", "length_bonus",
+                                   "token_min_logp", "beam_prune_logp") if opts.get(k) is not None}
     if search.get("method") not in ("ctc_greedy", "ctc_prefix_beam"):
         search["method"] = "ctc_prefix_beam" if lm else "ctc_greedy"
     engines = []

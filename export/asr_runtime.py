@@ -93,14 +93,16 @@ class Recognizer:
     ``*.int8.onnx`` graphs. ``config``: chunk size and endpoint rules (default: the
     metadata's). ``head``: ``"ctc"`` or ``"transducer"`` (default: the model's first);
     ``method``: one of ``STREAMING_SEARCHES``; ``beam``, ``lm_score``, ``lm_weight``,
-    ``length_bonus`` go to the CTC prefix beam.
+    ``length_bonus`` go to the CTC prefix beam, and ``token_min_logp`` and
+    ``beam_prune_logp`` (its pruning; None: exact within the beam).
     """
 
     def __init__(self, model_dir: str | Path, int8: bool = False, config=None,
                  head: Optional[str] = None, method: Optional[str] = None, beam: int = 8,
                  lm_score: Optional[LMScore] = None, lm_weight: float = 0.0,
                  length_bonus: float = 0.0, max_symbols_per_frame: Optional[int] = None,
-                 num_threads: int = 1) -> None:
+                 num_threads: int = 1, token_min_logp: Optional[float] = None,
+                 beam_prune_logp: Optional[float] = None) -> None:
         model_dir = Path(model_dir)
         suffix = ".int8.onnx" if int8 else ".onnx"
 
@@ -142,6 +144,7 @@ class Recognizer:
         self.max_symbols_per_frame = max_symbols_per_frame or 3
         self.beam, self.lm_score, self.lm_weight, self.length_bonus = (
             beam, lm_score, lm_weight, length_bonus)
+        self.token_min_logp, self.beam_prune_logp = token_min_logp, beam_prune_logp
         if config is None:
             config = StreamingOptions(int(meta["chunk_frames"]),
                                       EndpointRules(**json.loads(meta["endpoint"])))
@@ -173,7 +176,8 @@ class Recognizer:
             return CTCGreedyState(last=self.blank)
         if self.method == "ctc_prefix_beam":
             return PrefixBeam(self.beam, self.blank, lm=self.lm_score, lm_weight=self.lm_weight,
-                              length_bonus=self.length_bonus)
+                              length_bonus=self.length_bonus, token_min_logp=self.token_min_logp,
+                              beam_prune_logp=self.beam_prune_logp)
         return transducer_greedy_init(self._decoder_step, tuple(self.decoder.zero_state(1)),
                                       self.blank)
 

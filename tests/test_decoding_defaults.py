@@ -48,6 +48,17 @@ def test_saved_lm_and_beam_are_used_and_overridable(tmp_path):
     assert "lm_score" not in plain and "beam" not in plain and plain["method"] is None
 
 
+def test_saved_ctc_pruning_reaches_the_search_and_is_overridable(tmp_path):
+    path = _with_lm_defaults(tmp_path, token_min_logp=-5.0, beam_prune_logp=10.0)
+    model, tok, cfg = load_model(path)
+    opts = decoding_options(model, tok, cfg, path)
+    assert (opts["token_min_logp"], opts["beam_prune_logp"]) == (-5.0, 10.0)
+    over = decoding_options(model, tok, cfg, path, token_min_logp=-3.0)
+    assert (over["token_min_logp"], over["beam_prune_logp"]) == (-3.0, 10.0)
+    plain = decoding_options(model, tok, cfg, path, plain=True)
+    assert "token_min_logp" not in plain and "beam_prune_logp" not in plain
+
+
 def test_missing_lm_file_is_named(tmp_path):
     path = _with_lm_defaults(tmp_path, lm_texts="gone.txt")
     model, tok, cfg = load_model(path)

@@ -129,3 +129,5 @@ def test_shipped_english_streaming_onnx_export_transcribes_as_torch():
             texts[name].append(s.result().text)
     assert all(texts["torch"]) and texts["onnx"] == texts["torch"], texts
     assert jiwer.cer(texts["torch"], texts["int8"]) < 0.05, texts
+    pruned = Recognizer(onnx_dir, method="ctc_prefix_beam", token_min_logp=-5.0, beam_prune_logp=10.0)
+    assert (pruned.new_search().token_min_logp, pruned.new_search().beam_prune_logp) == (-5.0, 10.0)

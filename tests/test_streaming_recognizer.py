@@ -69,6 +69,23 @@ def test_batched_streams_equal_each_alone_and_offline(head, method, encoder):
     assert sum(len(s.result().tokens) for s in streams) >= 3  # something to compare
 
 
+def test_pruned_prefix_beam_streams_as_it_decodes_offline():
+    """The CTC prefix beam's pruning reaches the streaming search, chunk by chunk equal to
+    the offline search with the same pruning."""
+    model = _model("ctc")
+    prune = {"token_min_logp": -1.5, "beam_prune_logp": 2.0}
+    rec = Recognizer(model, TOKENIZER, NO_ENDPOINT, method="ctc_prefix_beam", beam=4, **prune)
+    search = rec.new_search()
+    assert (search.token_min_logp, search.beam_prune_logp) == (-1.5, 2.0)
+    wave = _audio(12000, 3)
+    stream = rec.create_stream()
+    _feed(stream, wave, 700)
+    rec.decode_stream(stream)
+    offline = model.decode(wave[None], torch.tensor([wave.numel()]), method="ctc_prefix_beam",
+                           beam=4, **prune)[0]
+    assert stream.result().tokens == offline.best.tokens and offline.best.tokens
+
+
 def test_resampled_stream_equals_offline_on_resampled_audio():
     model = _model()
     rec = Recognizer(model, TOKENIZER, NO_ENDPOINT)

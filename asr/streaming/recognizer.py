@@ -34,13 +34,15 @@ class Recognizer:
     model: an :class:`~asr.model.ASRModel` with a streamable encoder (``init_state``) and
     cmvn ``global`` or ``running`` (put in eval mode). ``config``: chunk size and endpoint
     rules (default: the model's ``streaming`` section). ``method``: one of ``STREAMING_SEARCHES`` (default: the head's first);
-    ``beam``, ``lm_score``, ``lm_weight``, ``length_bonus`` go to the beam searches.
+    ``beam``, ``lm_score``, ``lm_weight``, ``length_bonus`` go to the beam searches,
+    ``token_min_logp`` and ``beam_prune_logp`` to the CTC prefix beam (its pruning).
     """
 
     def __init__(self, model, tokenizer: Tokenizer, config: Optional[StreamingConfig] = None,
                  head: Optional[str] = None, method: Optional[str] = None, beam: int = 8,
                  lm_score=None, lm_weight: float = 0.0, length_bonus: float = 0.0,
-                 max_symbols_per_frame: Optional[int] = None) -> None:
+                 max_symbols_per_frame: Optional[int] = None, token_min_logp: Optional[float] = None,
+                 beam_prune_logp: Optional[float] = None) -> None:
         if not hasattr(model.encoder, "init_state"):
             raise ValueError(f"encoder {model.cfg.encoder.name!r} cannot stream")
         self.model = model.eval()
@@ -57,6 +59,7 @@ class Recognizer:
                              f"not {self.method!r}")
         self.beam, self.lm_score, self.lm_weight, self.length_bonus = (
             beam, lm_score, lm_weight, length_bonus)
+        self.token_min_logp, self.beam_prune_logp = token_min_logp, beam_prune_logp
         if max_symbols_per_frame is None:
             head_cfg = getattr(self.head, "config", None)
             max_symbols_per_frame = getattr(head_cfg, "max_symbols_per_frame", 3)
@@ -81,7 +84,8 @@ class Recognizer:
             return CTCGreedyState()
         if self.method == "ctc_prefix_beam":
             return PrefixBeam(self.beam, lm=self.lm_score, lm_weight=self.lm_weight,
-                              length_bonus=self.length_bonus)
+                              length_bonus=self.length_bonus, token_min_logp=self.token_min_logp,
+                              beam_prune_logp=self.beam_prune_logp)
         if self.method == "transducer_beam":
             return TransducerBeamSearch(self.head, self.beam, self.lm_score, self.lm_weight,
                                         self.length_bonus)
