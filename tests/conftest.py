@@ -47,6 +47,17 @@ def _postgres_binary(name: str):
     return versions[-1] if versions else None
 
 
+def load_bench(filename: str):
+    """A script of bench/ imported as a module (bench/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / filename
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     import socket
 

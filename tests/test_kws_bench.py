@@ -1,20 +1,14 @@
 """bench/kws_edge_vs_pocketsphinx.py compares like with like: every system is warmed up
 before anything is timed, then all process every hop of the same audio in order, taking
 turns block by block in a rotating order."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "kws_edge_vs_pocketsphinx.py"
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("kws_edge_vs_pocketsphinx", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("kws_edge_vs_pocketsphinx.py")
 
 
 class Recorder:

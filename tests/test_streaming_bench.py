@@ -1,19 +1,13 @@
 """bench/streaming_server.py's partial delay: a word counts from the first partial that
 holds it, and a partial is matched only against words already spoken."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "streaming_server.py"
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("streaming_server", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("streaming_server.py")
 
 
 def test_delay_runs_from_word_end_to_the_first_partial_holding_it(bench):
