@@ -26,7 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from asr.data import read_manifest, write_manifest
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from asr.data import read_manifest, write_manifest  # noqa: E402
 
 
 def train(kind: str, manifest: Path, work: Path, threads: int, max_batch: float) -> dict:

@@ -395,6 +395,7 @@ def plot(results: dict, path: Path) -> None:
         d = a[n]["partial_delay_ms_cpu"]
         if d["median"] is not None:
             axes[1].bar([f"{n}\nmedian", f"{n}\np95"], [d["median"], d["p95"]])
+    axes[1].tick_params(axis="x", labelrotation=45, labelsize=8)
     axes[1].set_ylabel("ms after the word's last audio (CPU-time compute)")
     axes[1].set_title("(b) first partial with the word")
     for name, cap in results.get("server", {}).items():
