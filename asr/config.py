@@ -112,6 +112,9 @@ class TrainConfig:
     # accum_steps batches, with the loss per target token of all of them
     accum_steps: int = 1
     world_size: int = 1  # recorded by the trainer: the processes of the run (a set value is replaced)
+    # parameters whose names start with one of these are not trained (e.g. [encoder, heads.ctc]:
+    # new heads learn on a trained encoder, which keeps its dropout and SpecAugment input)
+    freeze: List[str] = field(default_factory=list)
 
 
 @dataclass

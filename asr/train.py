@@ -13,7 +13,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -127,6 +127,26 @@ class LRSchedule:
         self.steps, self.elapsed = state["steps"], state["elapsed"]
         self.consumed = state.get("consumed", self.steps)  # older checkpoints: one a step
         self._set(self.rate())
+
+
+def freeze_parameters(model: torch.nn.Module, prefixes: Sequence[str]) -> List[torch.nn.Parameter]:
+    """Stop the parameters named by ``prefixes`` (``train.freeze``) from training; returns
+    the others. A prefix that names nothing, or freezing everything, is an error."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            roots = sorted({n.split(".")[0] for n in names} | {".".join(n.split(".")[:2]) for n in names
+                                                               if n.startswith("heads.")})
+            raise ValueError(f"train.freeze: {prefix!r} names no parameters; modules: {roots}")
+    trainable = []
+    for name, param in model.named_parameters():
+        frozen = any(name == p or name.startswith(p + ".") for p in prefixes)
+        param.requires_grad_(not frozen)
+        if not frozen:
+            trainable.append(param)
+    if not trainable:
+        raise ValueError(f"train.freeze {list(prefixes)} leaves no parameter to train")
+    return trainable
 
 
 def train_step(model: ASRModel, optimizer: torch.optim.Optimizer, batch, grad_clip: float,
@@ -291,7 +311,8 @@ class Trainer:
                                             cfg.train.max_batch_seconds, seed=cfg.train.seed)
         self.model = ASRModel(cfg, self.tokenizer.vocab_size).to(self.device)
         self.scaler = grad_scaler(self.device, self.precision)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
+        trainable = freeze_parameters(self.model, cfg.train.freeze)
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
         t = cfg.train
         if self.plan is not None:

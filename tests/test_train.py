@@ -143,6 +143,32 @@ def test_init_from_a_model_with_fewer_heads(tmp_path, tone_corpus):
         Trainer(wider, tmp_path / "wider", init_from=str(start)).fit()
 
 
+def test_frozen_parameters_keep_their_start_and_the_rest_trains(tmp_path, tone_corpus):
+    """train.freeze [encoder, heads.ctc]: a new RNN-T head learns on a trained encoder that
+    stays as it was; a prefix that names nothing is refused."""
+    import dataclasses
+
+    from asr.config import HeadConfig
+
+    cfg = tiny_config(tone_corpus, epochs=1)
+    start = Trainer(cfg, tmp_path / "start").fit().model_path
+    ref = read_checkpoint(start)["model"]
+    two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, freeze=["encoder", "heads.ctc"]),
+                              heads={"ctc": HeadConfig(weight=1.0),
+                                     "transducer": HeadConfig(weight=1.0, options={"pred_dim": 16,
+                                                                                 "joiner_dim": 16})})
+    trainer = Trainer(two, tmp_path / "two", init_from=str(start))
+    fresh_head = {k: v.clone() for k, v in trainer.model.state_dict().items()
+                  if k.startswith("heads.transducer.")}
+    got = read_checkpoint(trainer.fit().model_path)["model"]
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], msg=k)
+    assert any(not torch.equal(got[k], v) for k, v in fresh_head.items())
+    bad = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, freeze=["encoders"]))
+    with pytest.raises(ValueError, match="'encoders' names no parameters"):
+        Trainer(bad, tmp_path / "bad")
+
+
 def test_truncated_checkpoint_is_refused_by_name(tmp_path, tone_corpus):
     cfg = tiny_config(tone_corpus, epochs=1)
     result = Trainer(cfg, tmp_path / "exp").fit()
