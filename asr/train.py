@@ -400,7 +400,12 @@ class Trainer:
             return False
         state = self._start_state if self._start_path == path else read_checkpoint(path)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            raise ValueError(f"{path}: its optimiser state is for other trainable parameters "
+                             f"({exc}); was train.freeze changed? Resume with the run's own config, "
+                             "or start the new one in another --exp") from None
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -167,6 +167,10 @@ def test_frozen_parameters_keep_their_start_and_the_rest_trains(tmp_path, tone_c
     bad = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, freeze=["encoders"]))
     with pytest.raises(ValueError, match="'encoders' names no parameters"):
         Trainer(bad, tmp_path / "bad")
+    # the start run's last.pt trained every parameter: continuing it frozen is refused by name
+    partly = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, freeze=["encoder"]))
+    with pytest.raises(ValueError, match="start/last.pt: its optimiser state .* train.freeze"):
+        Trainer(partly, tmp_path / "start").fit()
 
 
 def test_truncated_checkpoint_is_refused_by_name(tmp_path, tone_corpus):
