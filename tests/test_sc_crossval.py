@@ -145,9 +145,11 @@ def test_tiny_cross_validation_end_to_end(tmp_path):
         assert r["clips"] == len(roles["speakers"])  # every clip held out exactly once
         assert r["epochs_run"] == [5, 5]
     # the words are tones 150 Hz apart, so the log-mel model learns them in 30 steps (PCEN
-    # needs more): well above chance (1/12) on held-out speakers, and the loss falls
+    # needs more): well above chance (1/12) on held-out speakers, better than after the
+    # first epoch, and the loss falls
     a = report["results"]["a"]
-    assert a["accuracy_last_epoch"] > 0.4 and a["per_epoch_from_end"][0] < 0.2
+    assert a["accuracy_last_epoch"] > 0.4
+    assert a["accuracy_last_epoch"] > a["per_epoch_from_end"][0] + 0.1
     for fold in (0, 1):
         history = json.loads((tmp_path / "a" / f"fold{fold}" / "history.json").read_text())
         assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.1
