@@ -123,12 +123,13 @@ def perplexity(lm: LSTMLM, sequences: Sequence[List[int]], batch_size: int = 64)
     return math.exp(total / count)
 
 
-def train_neural_lm(texts: Iterable[str], tokenizer: Tokenizer, cfg: LSTMLMConfig = LSTMLMConfig(),
+def train_neural_lm(texts: Iterable[str], tokenizer: Tokenizer, cfg: Optional[LSTMLMConfig] = None,
                     epochs: int = 10, max_minutes: Optional[float] = None,
                     max_steps: Optional[int] = None, batch_size: int = 32, lr: float = 2e-3,
                     valid_share: float = 0.05, seed: int = 0, threads: int = 1,
                     progress: bool = True) -> Tuple[LSTMLM, Dict]:
-    """Train an :class:`LSTMLM` on text lines (normalised here; empty ones skipped).
+    """Train an :class:`LSTMLM` (``cfg``, default :class:`LSTMLMConfig`) on text lines
+    (normalised here; empty ones skipped).
 
     A seeded ``valid_share`` of the sentences is held out (at least one when there are
     two or more). Training stops after ``epochs``, ``max_steps`` optimiser steps or
@@ -151,7 +152,7 @@ def train_neural_lm(texts: Iterable[str], tokenizer: Tokenizer, cfg: LSTMLMConfi
     valid = [sequences[i] for i in order[:n_valid]]
     train = [sequences[i] for i in order[n_valid:]]
 
-    lm = LSTMLM(cfg, tokenizer)
+    lm = LSTMLM(cfg or LSTMLMConfig(), tokenizer)
     optimizer = torch.optim.Adam(lm.parameters(), lr=lr)
     start, steps, epochs_done = time.monotonic(), 0, 0
     out_of_time = lambda: max_minutes is not None and time.monotonic() - start > 60 * max_minutes

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from asr.__main__ import main
 from asr.checkpoint import CheckpointError, load_model
 from asr.decoding import decoding_options
 from asr.neural_lm import LSTMLM, LSTMLMConfig, perplexity, train_neural_lm
@@ -106,13 +107,18 @@ def test_save_load_round_trip_and_truncated_file_named(grammar_lm, tmp_path):
         LSTMLM.load(foreign)
 
 
-def test_decoding_options_load_the_lm_and_refuse_another_tokenizer(tmp_path):
+def test_decoding_options_load_the_lm_and_refuse_another_tokenizer(tmp_path, capsys):
     model, tok, cfg = load_model(FSDD_CTC)
     good = LSTMLM(LSTMLMConfig(hidden_size=8), tok).save(tmp_path / "good.pt")
     opts = decoding_options(model, tok, cfg, FSDD_CTC, nbest=4, rescore_lm=str(good))
     assert isinstance(opts["rescore_lm"], LSTMLM) and opts["rescore_lm_weight"] == 0.5
     with pytest.raises(ValueError, match="good.pt.*nbest > 1"):
         decoding_options(model, tok, cfg, FSDD_CTC, rescore_lm=str(good))
+    # the streaming transcriber keeps no N-best list: refused, not silently ignored
+    clip = FSDD / "7_theo_3.wav"
+    assert main(["transcribe", "--model", str(FSDD_CTC), "--streaming", "--nbest", "4",
+                 "--rescore-lm", str(good), str(clip)]) == 2
+    assert "--streaming keeps no N-best list" in capsys.readouterr().err
     other = LSTMLM(LSTMLMConfig(hidden_size=8), CharTokenizer("abc ")).save(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt: the LM was trained for another tokenizer"):
         decoding_options(model, tok, cfg, FSDD_CTC, nbest=4, rescore_lm=str(other))
