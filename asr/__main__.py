@@ -1,4 +1,4 @@
-"""Command line: ``python -m asr {train,evaluate,transcribe,average,shard,serve,client}``."""
+"""Command line: ``python -m asr {train,evaluate,transcribe,average,shard,lm,serve,client}``."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,24 @@ def _average(args) -> int:
     return 0
 
 
+def _lm(args) -> int:
+    from asr.checkpoint import read_checkpoint
+    from asr.decoding import read_texts
+    from asr.neural_lm import LSTMLMConfig, train_neural_lm
+    from asr.text import Tokenizer
+
+    tokenizer = Tokenizer.from_dict(read_checkpoint(args.model)["tokenizer"])
+    cfg = LSTMLMConfig(embedding_size=args.embedding, hidden_size=args.hidden,
+                       num_layers=args.layers, dropout=args.dropout)
+    lm, report = train_neural_lm(read_texts(args.texts), tokenizer, cfg, epochs=args.epochs,
+                                 max_minutes=args.max_minutes, max_steps=args.max_steps,
+                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                 threads=args.threads)
+    lm.save(args.out)
+    print(json.dumps({"lm": str(args.out), **report}))
+    return 0
+
+
 def _shard(args) -> int:
     from asr.corpora import load_corpus
     from asr.data import read_manifest
@@ -72,7 +90,8 @@ def _decoding_options(args, model, tokenizer, cfg) -> dict:
         lm_weight=args.lm_weight, length_bonus=args.length_bonus, no_lm=args.no_lm,
         hotwords=args.hotwords and _read_texts(args.hotwords), hotword_boost=args.hotword_boost,
         ctc_weight=args.ctc_weight, rescore=args.rescore, rescore_weight=args.rescore_weight,
-        nbest=args.nbest, token_min_logp=args.token_min_logp, beam_prune_logp=args.beam_prune_logp)
+        nbest=args.nbest, token_min_logp=args.token_min_logp, beam_prune_logp=args.beam_prune_logp,
+        rescore_lm=args.rescore_lm, rescore_lm_weight=args.rescore_lm_weight)
 
 
 def _evaluate(args) -> int:
@@ -101,7 +120,8 @@ def _evaluate(args) -> int:
     # options past the closed-vocabulary ones: named only when used
     used = {"hotwords": len(set(_read_texts(args.hotwords))) if args.hotwords else None,
             "lm": True if "lm_score" in options else None,
-            **{k: options.get(k) for k in ("beam", "ctc_weight", "rescore", "nbest")}}
+            **{k: options.get(k) for k in ("beam", "ctc_weight", "rescore", "nbest")},
+            "rescore_lm": args.rescore_lm, "rescore_lm_weight": options.get("rescore_lm_weight")}
     metrics["decoding"].update({k: v for k, v in used.items() if v is not None})
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
     return 0
@@ -153,6 +173,9 @@ def _transcribe_streaming(files, model, tokenizer, cfg, options) -> int:
     from asr.audio import audio_info, load_audio
     from asr.streaming import Recognizer
 
+    if options.get("rescore") or options.get("rescore_lm"):
+        raise ValueError("--streaming keeps no N-best list to rescore; drop --rescore and "
+                         "--rescore-lm")
     if options.get("warps") or options.get("vocabulary"):
         raise ValueError("--streaming decodes open vocabulary without warps; add --plain or "
                          "choose --search ctc_greedy, ctc_prefix_beam, transducer_greedy or "
@@ -254,6 +277,11 @@ def _add_decoding_arguments(p) -> None:
                    "this attention head (give --nbest > 1)")
     p.add_argument("--rescore-weight", type=float,
                    help="share of the attention log-prob in the rescored score (default 0.5)")
+    p.add_argument("--rescore-lm", metavar="PATH", help="re-rank the search's N-best list "
+                   "with this LSTM LM (from python -m asr lm, for this model's tokenizer); "
+                   "works with any head's beam search; needs --nbest > 1")
+    p.add_argument("--rescore-lm-weight", type=float, metavar="W", help="weight of the LM "
+                   "log-prob added to the first-pass score (default 0.5)")
     p.add_argument("--nbest", type=int, help="hypotheses the search keeps per utterance")
     p.add_argument("--token-min-logp", type=float, help="ctc_prefix_beam: skip a frame's tokens "
                    "below this log-probability (its best kept), e.g. -5")
@@ -328,6 +356,25 @@ def main(argv=None) -> int:
                     "before writing (a reader's shuffle buffer only mixes nearby ones)")
     sh.add_argument("--no-shuffle", action="store_true", help="keep the manifest's order")
     sh.set_defaults(func=_shard)
+
+    lm = sub.add_parser("lm", help="train an LSTM LM over an ASR model's tokens for N-best "
+                        "rescoring (--rescore-lm); prints one JSON line")
+    lm.add_argument("--texts", required=True, help="training text (one sentence a line, or a "
+                    ".jsonl manifest); 5%% is held out for the validation perplexity")
+    lm.add_argument("--model", required=True, help="the ASR checkpoint whose tokenizer the LM uses")
+    lm.add_argument("--out", required=True, type=Path, help="the LM file (.pt)")
+    lm.add_argument("--embedding", type=int, default=64, help="token embedding size (default 64)")
+    lm.add_argument("--hidden", type=int, default=256, help="LSTM hidden size (default 256)")
+    lm.add_argument("--layers", type=int, default=1, help="LSTM layers (default 1)")
+    lm.add_argument("--dropout", type=float, default=0.1)
+    lm.add_argument("--epochs", type=int, default=10)
+    lm.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    lm.add_argument("--max-steps", type=int, help="stop training after this many batches")
+    lm.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
+    lm.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    lm.add_argument("--seed", type=int, default=0, help="seeds the held-out split and shuffling")
+    lm.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    lm.set_defaults(func=_lm)
 
     s = sub.add_parser("serve", help="recognition server: WebSocket /ws, the microphone page, "
                        "/health, /metrics, and Wyoming over TCP (docs/protocol.md)")

@@ -43,16 +43,23 @@ def write_state(path: str | Path, state: Dict[str, Any]) -> Path:
 
 
 def read_checkpoint(path: str | Path) -> Dict[str, Any]:
+    return read_state(path, FORMAT, "checkpoint", "speechkit ASR checkpoint")
+
+
+def read_state(path: str | Path, fmt: str, what: str, kind: str) -> Dict[str, Any]:
+    """The dict ``write_state`` wrote to ``path``, whose ``format`` must be ``fmt``; a
+    missing, truncated or foreign file is refused naming ``path`` (``what`` it is, e.g.
+    "checkpoint", of ``kind``, e.g. "speechkit ASR checkpoint")."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: {what} not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated zip, pickle errors, ...
-        raise CheckpointError(f"{path}: cannot read checkpoint, it may be truncated or "
+        raise CheckpointError(f"{path}: cannot read {what}, it may be truncated or "
                               f"corrupt ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a speechkit ASR checkpoint (format "
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise CheckpointError(f"{path}: not a {kind} (format "
                               f"{state.get('format') if isinstance(state, dict) else None!r})")
     return state
 

@@ -38,6 +38,26 @@ def load_lm(kind: str, texts_path: str | Path, order: int, tokenizer: Tokenizer)
                       json.dumps(tokenizer.to_dict(), sort_keys=True), tokenizer)
 
 
+@lru_cache(maxsize=4)
+def _cached_neural_lm(path: str, mtime: float):
+    from asr.neural_lm import LSTMLM
+
+    return LSTMLM.load(path)
+
+
+def load_neural_lm(path: str | Path, tokenizer: Tokenizer):
+    """The rescoring LM saved at ``path``, loaded once per process; refused, naming the
+    file, when it was trained for another tokenizer than ``tokenizer``."""
+    p = Path(path).resolve()
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: rescoring LM not found")
+    lm = _cached_neural_lm(str(p), p.stat().st_mtime)
+    if lm.tokenizer.to_dict() != tokenizer.to_dict():
+        raise ValueError(f"{path}: the LM was trained for another tokenizer than the ASR "
+                         "model's (train it with python -m asr lm --model THAT_MODEL)")
+    return lm
+
+
 def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_path: str | Path,
                      plain: bool = False, head: Optional[str] = None, method: Optional[str] = None,
                      beam: Optional[int] = None, vocab: Optional[Sequence[str]] = None,
@@ -48,14 +68,17 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
                      hotword_boost: float = 2.0, ctc_weight: Optional[float] = None,
                      rescore: Optional[str] = None, rescore_weight: Optional[float] = None,
                      nbest: Optional[int] = None, token_min_logp: Optional[float] = None,
-                     beam_prune_logp: Optional[float] = None) -> Dict:
+                     beam_prune_logp: Optional[float] = None, rescore_lm: Optional[str] = None,
+                     rescore_lm_weight: Optional[float] = None) -> Dict:
     """``head``, ``method`` and search options: each given value, else the model's saved
     default (none of them with ``plain``). A relative saved ``lm_texts`` is found beside
     the checkpoint ``model_path``; ``no_lm`` drops the saved LM. ``hotwords``: phrases
     boosted by ``hotword_boost`` per token (through the LM-fusion interface); ``ctc_weight``:
     joint CTC/attention decoding; ``rescore``: an attention head re-ranking the N-best
-    list (``nbest`` hypotheses) with ``rescore_weight``; ``token_min_logp`` and
-    ``beam_prune_logp``: the CTC prefix beam's pruning."""
+    list (``nbest`` hypotheses) with ``rescore_weight``; ``rescore_lm``: a neural LM file
+    (``python -m asr lm``) re-ranking the N-best list with ``rescore_lm_weight`` (needs
+    ``nbest`` > 1); ``token_min_logp`` and ``beam_prune_logp``: the CTC prefix beam's
+    pruning."""
     from asr.evaluate import vocab_search
 
     saved = cfg.decoding if not plain else type(cfg.decoding)()
@@ -100,4 +123,10 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
              "token_min_logp": token_min_logp if token_min_logp is not None else saved.token_min_logp,
              "beam_prune_logp": beam_prune_logp if beam_prune_logp is not None else saved.beam_prune_logp}
     options.update({k: v for k, v in given.items() if v is not None})
+    if rescore_lm:
+        if (nbest or 1) < 2:
+            raise ValueError(f"rescoring with the LM {rescore_lm} needs an N-best list: "
+                             f"give nbest > 1 (--nbest), not {nbest}")
+        options.update(rescore_lm=load_neural_lm(rescore_lm, tokenizer),
+                       rescore_lm_weight=0.5 if rescore_lm_weight is None else rescore_lm_weight)
     return {"head": head, "method": method, **options}

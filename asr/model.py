@@ -15,7 +15,7 @@ from asr.encoders import build_encoder
 from asr.features import FeatureExtractor, dct_basis
 from asr.heads.ctc import CTCHead
 from asr.registry import HEADS
-from asr.search.rescore import rescore_nbest
+from asr.search.rescore import rescore_nbest, rescore_nbest_lm
 from asr.search.types import Hypothesis, SearchResult
 
 
@@ -165,12 +165,15 @@ class ASRModel(nn.Module):
     def decode(self, waves: torch.Tensor, wave_lens: torch.Tensor, head: Optional[str] = None,
                method: Optional[str] = None, warps: Optional[Sequence[float]] = None,
                rescore: Optional[str] = None, rescore_weight: float = 0.5,
+               rescore_lm: Optional[nn.Module] = None, rescore_lm_weight: float = 0.5,
                **options) -> List[SearchResult]:
         """Decode with one head (default: the first) and a search method by name.
 
         ``rescore``: the name of an attention head that re-ranks the search's N-best list
         (:func:`asr.search.rescore.rescore_nbest` with ``rescore_weight``; ask the search
-        for ``nbest`` > 1). A ``ctc_weight`` option of an attention search gets the CTC
+        for ``nbest`` > 1). ``rescore_lm``: a token LM (``asr.neural_lm.LSTMLM``) that
+        then re-ranks it by first-pass score + ``rescore_lm_weight`` * LM log-prob
+        (:func:`asr.search.rescore.rescore_nbest_lm`). A ``ctc_weight`` option of an attention search gets the CTC
         head's log-probabilities on the same encoder output (joint CTC/attention decoding).
 
         ``warps``: test-time vocal tract length normalisation. The audio is decoded once
@@ -197,6 +200,8 @@ class ASRModel(nn.Module):
             results = h.decode(enc, enc_lens, method, **options, **extra)
             if rescore is not None:
                 results = rescore_nbest(second, enc, enc_lens, results, rescore_weight)
+            if rescore_lm is not None:
+                results = rescore_nbest_lm(rescore_lm, results, rescore_lm_weight)
             return results
 
         if not warps:

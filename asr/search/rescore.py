@@ -1,19 +1,40 @@
-"""Second-pass rescoring of N-best lists by an attention decoder.
+"""Second-pass rescoring of N-best lists: by an attention decoder, or by a neural LM.
 
-A CTC or RNN-T beam search proposes hypotheses; the attention decoder, reading the same
-encoder output, scores each whole hypothesis (teacher forced, ``eos`` included), and the
-list is re-ranked by ``weight * attention log-prob + (1 - weight) * first-pass score``.
+A CTC or RNN-T beam search proposes hypotheses; a second model scores each whole
+hypothesis and the list is re-ranked:
+
+* :func:`rescore_nbest`: the attention decoder, reading the same encoder output,
+  scores each hypothesis (teacher forced, ``eos`` included), ranked by
+  ``weight * attention log-prob + (1 - weight) * first-pass score``;
+* :func:`rescore_nbest_lm`: a token LM (``asr.neural_lm.LSTMLM``) scores each
+  hypothesis's text, ranked by ``first-pass score + weight * LM log-prob``.
 
 Shape letters: ``B`` batch, ``T`` frames, ``N`` hypotheses, ``U`` labels, ``De`` encoder width.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from asr.search.types import Hypothesis, SearchResult
+
+
+def _padded_tokens(hyps: Sequence[Hypothesis], device) -> Tuple[Tensor, Tensor]:
+    """The hypotheses' tokens as (tokens (N, U) long, zero-padded; lens (N,))."""
+    lens = torch.tensor([len(h.tokens) for h in hyps], dtype=torch.long)
+    tokens = torch.zeros(len(hyps), int(lens.max()) if len(hyps) else 0, dtype=torch.long)
+    for n, h in enumerate(hyps):
+        tokens[n, : len(h.tokens)] = torch.tensor(h.tokens, dtype=torch.long)
+    return tokens.to(device), lens.to(device)
+
+
+def _reranked(hyps: Sequence[Hypothesis], combined: Sequence[float]) -> SearchResult:
+    """The hypotheses best first by ``combined``, which becomes each one's score."""
+    order = sorted(range(len(hyps)), key=lambda n: -combined[n])
+    return SearchResult([Hypothesis(list(hyps[n].tokens), combined[n], list(hyps[n].times),
+                                    hyps[n].text) for n in order])
 
 
 @torch.no_grad()
@@ -40,16 +61,40 @@ def rescore_nbest(head, enc: Tensor, enc_lens: Tensor, results: List[SearchResul
     for b, res in enumerate(results):
         hyps = res.nbest
         N = len(hyps)
-        U = max((len(h.tokens) for h in hyps), default=0)
-        targets = torch.zeros(N, U, dtype=torch.long, device=enc.device)
-        for n, h in enumerate(hyps):
-            targets[n, : len(h.tokens)] = torch.tensor(h.tokens, dtype=torch.long)
-        target_lens = torch.tensor([len(h.tokens) for h in hyps], device=enc.device)
+        targets, target_lens = _padded_tokens(hyps, enc.device)
         n_frames = int(enc_lens[b])
         enc_n = enc[b: b + 1, :n_frames].expand(N, -1, -1)
         att = head.sequence_log_probs(enc_n, enc_lens[b: b + 1].expand(N), targets, target_lens)
-        combined = [weight * float(a) + (1.0 - weight) * h.score for a, h in zip(att.tolist(), hyps)]
-        order = sorted(range(N), key=lambda n: -combined[n])
-        out.append(SearchResult([Hypothesis(list(hyps[n].tokens), combined[n], list(hyps[n].times),
-                                            hyps[n].text) for n in order]))
+        out.append(_reranked(hyps, [weight * float(a) + (1.0 - weight) * h.score
+                                    for a, h in zip(att.tolist(), hyps)]))
+    return out
+
+
+@torch.no_grad()
+def rescore_nbest_lm(lm, results: List[SearchResult], weight: float = 0.5) -> List[SearchResult]:
+    """Re-rank each utterance's N-best list by ``first-pass score + weight * LM log-prob``.
+
+    Args:
+        lm: a token LM with ``sequence_log_probs(tokens (N, U), lens (N,)) -> (N,)``,
+            log P(tokens, end of sentence) (``asr.neural_lm.LSTMLM``), over the same
+            token ids as the hypotheses.
+        results: the first pass's results, one per utterance; each list is scored as
+            one batch of its N hypotheses.
+        weight: the LM's weight (0 keeps the first pass's ranking).
+
+    Returns:
+        one :class:`SearchResult` per utterance, best first by the combined score, which
+        becomes each hypothesis's ``score`` (tokens, times and text are kept).
+    """
+    if weight < 0:
+        raise ValueError(f"LM rescoring weight must be >= 0, got {weight}")
+    device = next(lm.parameters()).device
+    out = []
+    for res in results:
+        hyps = res.nbest
+        if not hyps:
+            out.append(res)
+            continue
+        lm_scores = lm.sequence_log_probs(*_padded_tokens(hyps, device)).tolist()
+        out.append(_reranked(hyps, [h.score + weight * s for h, s in zip(hyps, lm_scores)]))
     return out
