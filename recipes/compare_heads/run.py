@@ -7,7 +7,7 @@
 
 One model per encoder variant (``variants`` of the config: fields of ``encoder`` changed
 from the base) is trained with all three heads on its encoder (their loss weights in
-``model.heads``), on the config's time budget (``train.max_minutes``). Then every head of
+``model.heads``), on the config's step budget (``train.max_steps``). Then every head of
 every model is decoded on every evaluation set by its beam search, without and with
 shallow fusion of a char n-gram LM built from the training text:
 
