@@ -117,23 +117,32 @@ def test_init_from_starts_from_the_given_weights(tmp_path, tone_corpus):
     assert any(not torch.equal(fresh[k], ref[k]) for k in ref)
 
 
-def test_init_from_a_model_with_fewer_heads(tmp_path, tone_corpus):
-    """A CTC model starts a CTC + RNN-T model: the shared weights are the CTC model's, the
-    new head keeps its fresh start; weights that do not fit are refused by file name."""
+def _ctc_then_ctc_and_rnnt(tmp_path, tone_corpus, **train):
+    """A CTC run, then a CTC + RNN-T run started from it (``--init-from``) with ``train``
+    changed: (the CTC run's config and model path, its weights, the RNN-T head's fresh
+    weights, the second run's weights)."""
     import dataclasses
 
     from asr.config import HeadConfig
 
     cfg = tiny_config(tone_corpus, epochs=1)
     start = Trainer(cfg, tmp_path / "start").fit().model_path
-    ref = read_checkpoint(start)["model"]
-    two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=0.0), heads={
+    two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train), heads={
         "ctc": HeadConfig(weight=1.0),
         "transducer": HeadConfig(weight=1.0, options={"pred_dim": 16, "joiner_dim": 16})})
     trainer = Trainer(two, tmp_path / "two", init_from=str(start))
     fresh_head = {k: v.clone() for k, v in trainer.model.state_dict().items()
                   if k.startswith("heads.transducer.")}
     got = read_checkpoint(trainer.fit().model_path)["model"]
+    return cfg, start, read_checkpoint(start)["model"], fresh_head, got
+
+
+def test_init_from_a_model_with_fewer_heads(tmp_path, tone_corpus):
+    """A CTC model starts a CTC + RNN-T model: the shared weights are the CTC model's, the
+    new head keeps its fresh start; weights that do not fit are refused by file name."""
+    import dataclasses
+
+    cfg, start, ref, fresh_head, got = _ctc_then_ctc_and_rnnt(tmp_path, tone_corpus, lr=0.0)
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], msg=k)
     assert fresh_head and all(torch.equal(got[k], v) for k, v in fresh_head.items())
@@ -148,19 +157,8 @@ def test_frozen_parameters_keep_their_start_and_the_rest_trains(tmp_path, tone_c
     stays as it was; a prefix that names nothing is refused."""
     import dataclasses
 
-    from asr.config import HeadConfig
-
-    cfg = tiny_config(tone_corpus, epochs=1)
-    start = Trainer(cfg, tmp_path / "start").fit().model_path
-    ref = read_checkpoint(start)["model"]
-    two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, freeze=["encoder", "heads.ctc"]),
-                              heads={"ctc": HeadConfig(weight=1.0),
-                                     "transducer": HeadConfig(weight=1.0, options={"pred_dim": 16,
-                                                                                 "joiner_dim": 16})})
-    trainer = Trainer(two, tmp_path / "two", init_from=str(start))
-    fresh_head = {k: v.clone() for k, v in trainer.model.state_dict().items()
-                  if k.startswith("heads.transducer.")}
-    got = read_checkpoint(trainer.fit().model_path)["model"]
+    cfg, _, ref, fresh_head, got = _ctc_then_ctc_and_rnnt(tmp_path, tone_corpus,
+                                                           freeze=["encoder", "heads.ctc"])
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], msg=k)
     assert any(not torch.equal(got[k], v) for k, v in fresh_head.items())
