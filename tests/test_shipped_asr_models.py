@@ -131,3 +131,29 @@ def test_shipped_english_streaming_onnx_export_transcribes_as_torch():
     assert jiwer.cer(texts["torch"], texts["int8"]) < 0.05, texts
     pruned = Recognizer(onnx_dir, method="ctc_prefix_beam", token_min_logp=-5.0, beam_prune_logp=10.0)
     assert (pruned.new_search().token_min_logp, pruned.new_search().beam_prune_logp) == (-5.0, 10.0)
+
+
+@pytest.mark.timeout(280)
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "corpora" / "an4").is_dir(),
+                    reason="../shared/corpora/an4 not present")
+def test_shipped_three_head_english_model_decodes_with_each_head():
+    """data/models/english_three_heads.pt: english.pt's encoder and CTC head (frozen, so
+    the same weights) with RNN-T and attention heads; `evaluate --head` decodes AN4 clips
+    with each, and joint CTC/attention with --ctc-weight (a regression check: most of these
+    speakers trained it)."""
+    import torch
+
+    model = ROOT / "data" / "models" / "english_three_heads.pt"
+    three = torch.load(model, map_location="cpu", weights_only=False)["model"]
+    one = torch.load(ROOT / "data" / "models" / "english.pt", map_location="cpu", weights_only=False)["model"]
+    assert set(one) < set(three) and all(torch.equal(one[k], three[k]) for k in one)
+    for extra in (["--head", "transducer", "--search", "transducer_beam", "--no-lm"],
+                  ["--head", "attention", "--search", "attention_beam", "--no-lm"],
+                  ["--head", "attention", "--search", "attention_beam", "--no-lm", "--ctc-weight", "0.3"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "asr", "evaluate", "--model", str(model), "--corpus", "an4",
+             "--data", str(ROOT.parent / "shared" / "corpora" / "an4"), "--limit", "8",
+             "--beam", "8", "--threads", "1", *extra], cwd=ROOT, capture_output=True, text=True, timeout=200)
+        assert out.returncode == 0, out.stderr
+        metrics = json.loads(out.stdout.strip().splitlines()[-1])
+        assert metrics["utterances"] == 8 and metrics["wer"] < 0.5, (extra, metrics)
