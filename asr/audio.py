@@ -82,15 +82,22 @@ def load_audio(
         data, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError)
         raise AudioError(path, f"cannot decode audio ({exc})") from None
-    if data.size == 0:
-        raise AudioError(path, "empty audio (0 samples)")
-    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
-    if not torch.isfinite(wave).all():
-        raise AudioError(path, "audio contains NaN or Inf samples")
+    wave = checked_mono(data, path)
     if sample_rate is not None and sr != sample_rate:
         wave = resample(wave, sr, sample_rate)
     if wave.numel() < min_samples:
         raise AudioError(path, f"too short ({wave.numel()} samples)")
+    return wave
+
+
+def checked_mono(data: np.ndarray, where) -> torch.Tensor:
+    """Decoded samples (N, C) -> (N,) float32 mono; AudioError naming ``where`` when there
+    are none or any is not finite."""
+    if data.size == 0:
+        raise AudioError(where, "empty audio (0 samples)")
+    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    if not torch.isfinite(wave).all():
+        raise AudioError(where, "audio contains NaN or Inf samples")
     return wave
 
 

@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from asr.audio import AudioError, audio_info, load_audio, resample
+from asr.audio import AudioError, audio_info, checked_mono, load_audio, resample
 from asr.data import Rejected, Utterance
 
 log = logging.getLogger(__name__)
@@ -231,12 +231,7 @@ def decode(data: bytes, sample_rate: int, where: str) -> torch.Tensor:
         wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types
         raise AudioError(where, f"cannot decode audio ({exc})") from None
-    if wave.size == 0:
-        raise AudioError(where, "empty audio (0 samples)")
-    w = torch.from_numpy(np.ascontiguousarray(wave.mean(axis=1)))
-    if not torch.isfinite(w).all():
-        raise AudioError(where, "audio contains NaN or Inf samples")
-    return resample(w, sr, sample_rate)
+    return resample(checked_mono(wave, where), sr, sample_rate)
 
 
 class ShardPlan:
