@@ -186,3 +186,22 @@ def test_evaluate_cli_reads_a_corpus_and_lists_rejects(tmp_path):
     rows = [json.loads(l) for l in rejected.read_text().splitlines()]
     assert {r["id"] for r in rows} == {"an254-mblw-b", "an255-mblw-b", "an4_train.transcription:5"}
     assert all(r["reason"] and r["audio"] for r in rows)
+
+
+def test_digit_strings_of_an4_for_the_fsdd_recipe(tmp_path):
+    from recipes.fsdd.prepare import digit_strings
+
+    root = make_an4(tmp_path / "an4")
+    (root / "etc" / "an4_train.transcription").write_text(
+        "<s> YES </s> (an251-fash-b)\n<s> TWO SIX EIGHT </s> (an253-fash-b)\n"
+        "<s> ZERO OH NINE </s> (an255-mblw-b)\n")
+    utts = digit_strings("an4", root, repeat=2)
+    # only the clips that say nothing but digits (and "oh"), every split, in scoring form,
+    # speakers marked with their corpus so none can be mistaken for an FSDD speaker
+    assert [(u.id, u.text, u.speaker) for u in utts] == [
+        ("an253-fash-b", "two six eight", "an4:fash"), ("an253-fash-b_r1", "two six eight", "an4:fash"),
+        ("an255-mblw-b", "zero oh nine", "an4:mblw"), ("an255-mblw-b_r1", "zero oh nine", "an4:mblw")]
+    (root / "etc" / "an4_train.transcription").write_text("<s> YES </s> (an251-fash-b)\n")
+    (root / "etc" / "an4_test.transcription").write_text("<s> NO </s> (an406-fcaw-b)\n")
+    with pytest.raises(ValueError, match="only digits"):
+        digit_strings("an4", root)

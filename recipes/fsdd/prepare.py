@@ -81,6 +81,29 @@ def speech_commands_digits(root: str | Path, repeat: int = 1) -> List[Utterance]
     return speech_commands_words(root, DIGITS, repeat)
 
 
+#: spoken digit strings in other corpora also say "oh" for zero; kept (a char model spells it)
+STRING_WORDS = set(DIGITS) | {"oh"}
+
+
+def digit_strings(corpus: str, root: str | Path, repeat: int = 1) -> List[Utterance]:
+    """Utterances of another corpus (``an4``, ``speechocean762``, or any name
+    :func:`asr.corpora.load_corpus` reads) that say nothing but digits, e.g. AN4's "two six
+    eight": more real voices saying digits, none of them an FSDD speaker. Every split found
+    is read; each clip is listed ``repeat`` times (few clips, many voices)."""
+    from asr.corpora import load_corpus
+    from asr.text import normalize_text
+
+    utts = load_corpus(corpus, root)
+    found = []
+    for u in utts:
+        text = normalize_text(u.text)
+        if text and set(text.split()) <= STRING_WORDS:
+            found.append(dataclasses.replace(u, text=text, speaker=f"{corpus}:{u.speaker}"))
+    if not found:
+        raise ValueError(f"{root}: no {corpus} utterance says only digits")
+    return [dataclasses.replace(u, id=f"{u.id}_r{r}") if r else u for u in found for r in range(repeat)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--corpus", required=True)

@@ -21,7 +21,7 @@ from asr.config import load_config
 from asr.data import read_manifest, write_manifest
 from asr.evaluate import evaluate_model, vocab_search
 from asr.train import Trainer
-from recipes.fsdd.prepare import prepare, speech_commands_digits, speech_commands_words
+from recipes.fsdd.prepare import digit_strings, prepare, speech_commands_digits, speech_commands_words
 from recipes.synth.generate import generate
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +42,11 @@ def main(argv=None) -> dict:
     p.add_argument("--speech-commands-other-words", action="store_true",
                    help="also train on every other word of that folder (yes, no, up, ...: more "
                    "real voices for the acoustic model), each clip listed once")
+    p.add_argument("--digit-strings", nargs=2, action="append", default=[], metavar=("CORPUS", "DIR"),
+                   help="also train on the utterances of this corpus that say only digits (e.g. "
+                   "an4 ../shared/corpora/an4): real voices, none of them FSDD's; repeatable")
+    p.add_argument("--digit-strings-repeat", type=int, default=2,
+                   help="times each of those clips is listed")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--init-from", type=Path,
@@ -61,6 +66,8 @@ def main(argv=None) -> dict:
         if a.speech_commands_other_words:
             digit_words = set(DIGITS.read_text().split())
             train += [u for u in speech_commands_words(a.speech_commands) if u.text not in digit_words]
+    for corpus, root in a.digit_strings:
+        train += digit_strings(corpus, root, a.digit_strings_repeat)
     train_path = write_manifest(train, a.out / "data" / "train_plus_synth.jsonl")
     cfg = load_config(a.config, [f"data.train={train_path}", f"data.valid={splits['valid']}", *a.set])
     result = Trainer(cfg, a.out / "ctc", init_from=a.init_from).fit()
