@@ -156,9 +156,13 @@ class ASRModel(nn.Module):
                 target_lens: torch.Tensor) -> Dict[str, torch.Tensor]:
         """waves (B, N), wave_lens (B,), targets (B, U), target_lens (B,) -> {head: (B,)}."""
         enc, enc_lens = self.encode(waves, wave_lens)
+        # a head of weight 0 adds nothing to the total, so it is not computed: frozen, it
+        # rides along while the others train (e.g. more epochs for one head of three)
         losses = {name: head.loss(enc, enc_lens, targets, target_lens)
-                  for name, head in self.heads.items()}
-        losses["total"] = sum(self.loss_weights[n] * losses[n] for n in self.heads)
+                  for name, head in self.heads.items() if self.loss_weights[name] != 0}
+        if not losses:
+            raise ValueError("every head has loss weight 0: nothing to train")
+        losses["total"] = sum(self.loss_weights[n] * losses[n] for n in list(losses))
         return losses
 
     @torch.no_grad()

@@ -115,3 +115,31 @@ def test_three_heads_train_on_one_encoder(tone_corpus, decoder):
         after = model(*args)
     for name in ("ctc", "transducer", "attention"):
         assert after[name].sum() < 0.9 * before[name].sum(), (name, before[name], after[name])
+
+
+def test_a_head_of_weight_zero_is_not_computed(tone_corpus, monkeypatch):
+    from asr.data import UtteranceDataset, collate, read_manifest
+    from asr.heads.transducer import TransducerHead
+    from conftest import WORDS
+    from test_train import tiny_config
+
+    torch.manual_seed(0)
+    cfg = tiny_config(tone_corpus)
+    cfg.heads = {"ctc": HeadConfig(weight=1.0),
+                 "transducer": HeadConfig(weight=0.0, options={"pred_dim": 16, "joiner_dim": 16})}
+    tok = build_tokenizer("char", WORDS)
+    model = ASRModel(cfg, tok.vocab_size)
+    ds = UtteranceDataset(read_manifest(tone_corpus), tok.encode, cfg.sample_rate)
+    batch = collate([ds[i] for i in range(2)])
+    args = (batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
+
+    def never(*a, **k):
+        raise AssertionError("the weight-0 head's loss was computed")
+
+    monkeypatch.setattr(TransducerHead, "loss", never)
+    losses = model(*args)
+    assert set(losses) == {"ctc", "total"}
+    torch.testing.assert_close(losses["total"], losses["ctc"])
+    model.loss_weights["ctc"] = 0.0
+    with pytest.raises(ValueError, match="every head has loss weight 0"):
+        model(*args)
