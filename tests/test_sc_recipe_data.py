@@ -113,3 +113,37 @@ def test_background_silence_crops_real_noise(tmp_path):
     sf.write(tmp_path / "short.flac", np.zeros(SR, np.float32), SR)
     with pytest.raises(ValueError, match="short.flac"):
         background_silence([tmp_path / "short.flac"], 1, label=0, window_samples=WINDOW, sample_rate=SR)
+
+
+def test_training_data_adds_both_when_asked(tmp_path):
+    """The recipe's training data: the options add their clips to their classes, and the
+    background recordings join the noise bank; without them nothing changes."""
+    from kws.config import load_kws_config
+    from kws.data import manifest_entry, write_manifest
+    from recipes.speech_commands.run import HERE, training_data
+
+    rng = np.random.default_rng(2)
+    shared = tmp_path / "corpora"
+    _corpora(shared, rng)
+    noise_dir = shared / "speech_commands" / "_background_noise_"
+    noise_dir.mkdir(parents=True)
+    sf.write(noise_dir / "hum.wav", (0.05 * rng.standard_normal(3 * SR)).astype(np.float32), SR)
+    out = tmp_path / "prepared"
+    entries = []
+    for k, label in enumerate(["_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right", "on", "off",
+                               "stop", "go"]):
+        p = tmp_path / "sc" / label / f"{k:08x}_nohash_0.wav"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(p, _utterance(rng, 0.4, 0.6, total_s=1.0), SR)
+        entries.append(manifest_entry(p, label, f"{k:08x}"))
+    write_manifest(entries, out / "train.jsonl")
+    write_manifest(entries[:2], out / "val.jsonl")
+    write_manifest([], out / "extra_unknown.jsonl")
+    (out / "noise_files.txt").write_text(entries[0]["audio"] + "\n")
+    cfg = load_kws_config(HERE / "conf" / "crnn.yaml")
+    plain, _, plain_noise = training_data(cfg, out, shared)
+    clips, val, noise = training_data(cfg, out, shared, unknown_speech=5, background_noise=4)
+    assert len(plain) == 12 and len(plain_noise.waves) == 1 and len(val) == 2
+    added = Counter(cfg.labels[c.label] for c in clips[12:])
+    assert added == {"_unknown_": 5, "_silence_": 4}
+    assert len(noise.waves) == 2  # the recording joined the training speakers' silence
