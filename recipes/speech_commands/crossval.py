@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from recipes.speech_commands.run import add_data_options
+
 log = logging.getLogger("recipes.speech_commands.crossval")
 HERE = Path(__file__).resolve().parent
 ROLES = ("speakers", "extra", "synth")  # cross-validated pool; always-in-training extras
@@ -53,16 +55,19 @@ def clip_key(clip) -> str:
 
 
 # ----------------------------------------------------------------------------- data
-def load_prepared(prepared: str | Path, cfg) -> Tuple[Dict[str, list], list]:
+def load_prepared(prepared: str | Path, cfg, unknown_speech: int = 0, background_noise: int = 0
+                  ) -> Tuple[Dict[str, list], list]:
     """The recipe's prepared data: ({role: clips}, noise waves). ``speakers`` holds the
     training and validation speakers' real clips, ``extra`` the FSDD / not-wake-word
-    ``_unknown_`` clips, ``synth`` the synthetic ones."""
+    ``_unknown_`` clips (and the recipe's ``--unknown-speech`` / ``--background-noise``
+    clips), ``synth`` the synthetic ones."""
     from kws.data import read_manifest
     from recipes.speech_commands.run import training_data
 
     prepared = Path(prepared)
     shared = Path(cfg.data.corpus_dir or "../shared/corpora/speech_commands").resolve().parent
-    clips, val, noise = training_data(cfg, prepared, shared)
+    clips, val, noise = training_data(cfg, prepared, shared, unknown_speech=unknown_speech,
+                                      background_noise=background_noise)
     speaker_files = {e["audio"] for e in read_manifest(prepared / "train.jsonl")}
     roles: Dict[str, list] = {r: [] for r in ROLES}
     for c in clips:
@@ -333,17 +338,21 @@ def main(argv=None) -> int:
     pk.add_argument("--prepared", default="exp/speech_commands")
     pk.add_argument("--pack", required=True)
     pk.add_argument("--config", default=str(HERE / "conf" / "crnn.yaml"))
+    add_data_options(pk)
     rn = sub.add_parser("run", help="cross-validate variants of a configuration")
     src = rn.add_mutually_exclusive_group(required=True)
     src.add_argument("--prepared", help="the recipe's --out folder (after prepare and synth)")
     src.add_argument("--pack", help="a folder written by the pack command")
     rn.add_argument("--config", default=str(HERE / "conf" / "crnn.yaml"))
+    add_data_options(rn)  # with --prepared; a pack holds what it was packed with
     rn.add_argument("--out", required=True)
     rn.add_argument("--folds", type=int, default=4)
     rn.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     rn.add_argument("--variant", action="append", default=[], help="name=section.key=value;... (repeatable)")
     rn.add_argument("-o", "--override", action="append", default=[], help="section.key=value for every variant")
     args = p.parse_args(argv)
+    if getattr(args, "pack", None) and args.command == "run" and (args.unknown_speech or args.background_noise):
+        p.error("--unknown-speech / --background-noise go with --prepared (or when the pack is written)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
@@ -354,13 +363,13 @@ def main(argv=None) -> int:
     cfg = load_kws_config(args.config, getattr(args, "override", []))
     if args.command == "pack":
         cfg.data.corpus_dir = cfg.data.corpus_dir or "../shared/corpora/speech_commands"
-        roles, noise = load_prepared(args.prepared, cfg)
+        roles, noise = load_prepared(args.prepared, cfg, args.unknown_speech, args.background_noise)
         print(json.dumps({"pack": write_pack(roles, noise, args.pack, cfg.features.sample_rate)}))
         return 0
     if args.pack:
         roles, noise, _ = read_pack(args.pack)
     else:
-        roles, noise = load_prepared(args.prepared, cfg)
+        roles, noise = load_prepared(args.prepared, cfg, args.unknown_speech, args.background_noise)
     add_pitch_variants(roles["speakers"] + roles["extra"], cfg.augment.pitch_semitones,
                        cfg.features.sample_rate, jobs=args.jobs)
     variants = dict(parse_variant(v) for v in args.variant) or {"base": []}

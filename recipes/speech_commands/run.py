@@ -15,13 +15,17 @@ Data (all from disk, nothing downloaded):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import List
+
+import torch
 
 from kws.data import (SPEECH_COMMANDS_WORDS, hash_split, list_audio,
                       manifest_entry, read_manifest, scan_speech_commands, write_manifest)
@@ -87,6 +91,71 @@ def ljspeech_unknown(lj_dir: str | Path, n: int, label: int, seconds: float = 2.
     return [Clip(w, label, "real", f"{path}#{k * seconds:g}s", "ljspeech", None) for path, k, w in pieces[:n]]
 
 
+UNKNOWN_SPEECH_CORPORA = ("speechocean762", "an4", "ljspeech")  # no Speech Commands speaker in them
+
+
+def speech_unknown(corpora: str | Path, n: int, label: int, window_samples: int, sample_rate: int = 16000,
+                   seed: int = 0) -> list:
+    """Up to ``n`` ``_unknown_`` clips of real speech by speakers outside Speech Commands
+    (speechocean762, AN4, LJSpeech under ``corpora``): one per file, files taken from the
+    corpora in turn. Each clip is the window with a quarter window of the file's audio on
+    either side, centred on the file's speech (:func:`kws.data.speech_region`, which is
+    also the clip's focus); utterances whose transcript holds one of the ten command words
+    are left out, and so are the speakers the wake-word recipe holds out
+    (:func:`kws.negatives.split_held_out`, 50%), which no shipped KWS model hears."""
+    from kws.data import Clip, speech_region
+    from kws.negatives import corpus_files, load_negatives, split_held_out
+
+    commands = set(SPEECH_COMMANDS_WORDS)
+    files, _ = split_held_out(corpus_files(corpora, UNKNOWN_SPEECH_CORPORA), 50.0)
+    files = [f for f in files if not commands & set(re.findall(r"[a-z]+", f.text.lower()))]
+    rng = random.Random(seed)
+    by_corpus = {}
+    for f in files:
+        by_corpus.setdefault(f.corpus, []).append(f)
+    for group in by_corpus.values():
+        rng.shuffle(group)
+    order = [f for group in itertools.zip_longest(*by_corpus.values()) for f in group if f is not None]
+    margin = window_samples // 4
+    length = window_samples + 2 * margin
+    clips = []
+    while order and len(clips) < n:  # a file that cannot be read is reported and skipped
+        batch, order = order[:n - len(clips)], order[n - len(clips):]
+        loaded, _ = load_negatives(batch, sample_rate, seed=seed, desc="unknown speech")
+        for ln in loaded:
+            f0, f1 = speech_region(ln.wave, sample_rate)
+            start = (f0 + f1) // 2 - length // 2
+            seg = torch.zeros(length)
+            a, b = max(start, 0), min(start + length, ln.wave.numel())
+            seg[a - start:b - start] = ln.wave[a:b]
+            focus = (max(f0 - start, 0), min(f1 - start, length))
+            clips.append(Clip(seg, label, "real", f"{ln.file.path}#{max(start, 0) / sample_rate:.2f}s",
+                              f"{ln.file.corpus}/{ln.file.speaker}", focus))
+    return clips
+
+
+def background_silence(paths: List[str | Path], n: int, label: int, window_samples: int,
+                       sample_rate: int = 16000, seed: int = 0) -> list:
+    """``n`` ``_silence_`` clips of real noise cropped at random places of the Speech
+    Commands ``_background_noise_`` recordings (``paths``, taken in turn): the window with
+    a quarter window either side, no focus (training crops the window anywhere in it)."""
+    from kws.data import Clip, load_audio
+
+    waves = [(str(p), load_audio(p, sample_rate)) for p in paths]
+    length = window_samples + 2 * (window_samples // 4)
+    short = [p for p, w in waves if w.numel() < length]
+    if short:
+        raise ValueError(f"background noise shorter than {length} samples: {short}")
+    rng = random.Random(seed)
+    clips = []
+    for k in range(n):
+        path, wave = waves[k % len(waves)]
+        start = rng.randrange(wave.numel() - length + 1)
+        clips.append(Clip(wave[start:start + length].clone(), label, "real",
+                          f"{path}#{start / sample_rate:.2f}s", "", None))
+    return clips
+
+
 def synthesize_words(out_dir: str | Path, per_word: int, per_other: int, seed: int = 0, jobs: int = 2) -> int:
     from kws.synth import sample_voices, synthesize_many
 
@@ -103,12 +172,17 @@ def synthesize_words(out_dir: str | Path, per_word: int, per_other: int, seed: i
     return write_manifest(entries, out_dir / "synth.jsonl")
 
 
-def training_data(cfg, out: Path, shared: Path, extra_unknown: int = 400, lj_unknown: int = 0):
+def training_data(cfg, out: Path, shared: Path, extra_unknown: int = 400, lj_unknown: int = 0,
+                  unknown_speech: int = 0, background_noise: int = 0):
     """The prepared data in memory, as the train stage uses it: (training clips, validation
     clips, noise bank). Training = the training speakers' real clips, ``extra_unknown``
     FSDD / not-wake-word clips and the synthetic clips (and ``lj_unknown`` LJSpeech
-    segments); no pitch variants yet (:func:`kws.data.add_pitch_variants`)."""
+    segments, ``unknown_speech`` windows of other corpora's speech as ``_unknown_``
+    (:func:`speech_unknown`), ``background_noise`` ``_silence_`` crops of the
+    ``_background_noise_`` recordings, which then also join the noise bank); no pitch
+    variants yet (:func:`kws.data.add_pitch_variants`)."""
     from kws.data import NoiseBank, load_clips
+    from kws.negatives import noise_files as background_files
 
     index = {n: i for i, n in enumerate(cfg.labels)}
     rng = random.Random(0)
@@ -128,7 +202,20 @@ def training_data(cfg, out: Path, shared: Path, extra_unknown: int = 400, lj_unk
                               sample_rate=cfg.features.sample_rate)
         log.info("%d LJSpeech segments as _unknown_", len(lj))
         clips += lj
+    if unknown_speech > 0:
+        speech = speech_unknown(shared, unknown_speech, index["_unknown_"], cfg.window_samples,
+                                cfg.features.sample_rate)
+        log.info("%d windows of other corpora's speech as _unknown_", len(speech))
+        clips += speech
     noise_files = (out / "noise_files.txt").read_text().split()
+    if background_noise > 0:
+        recordings = background_files(shared)
+        if not recordings:
+            raise ValueError(f"{shared / 'speech_commands' / '_background_noise_'}: no recordings "
+                             "for --background-noise")
+        clips += background_silence(recordings, background_noise, index["_silence_"], cfg.window_samples,
+                                    cfg.features.sample_rate)
+        noise_files += recordings
     noise = NoiseBank.from_files(noise_files, cfg.features.sample_rate, cfg.augment.colored_noise_prob)
     return clips, val, noise
 
@@ -163,7 +250,8 @@ def run(args: argparse.Namespace) -> dict:
     ckpt = out / args.checkpoint
     if "train" in args.stages:
         torch.set_num_threads(cfg.train.num_threads)
-        clips, val, noise = training_data(cfg, out, shared, args.extra_unknown, args.lj_unknown)
+        clips, val, noise = training_data(cfg, out, shared, args.extra_unknown, args.lj_unknown,
+                                          args.unknown_speech, args.background_noise)
         add_pitch_variants(clips, cfg.augment.pitch_semitones, cfg.features.sample_rate)
         if args.train_on_val:  # final model: the validation speakers join training (test stays out)
             extra_val = [Clip(c.wave, c.label, c.source, c.path, c.speaker, c.focus) for c in val]
@@ -191,9 +279,18 @@ def run(args: argparse.Namespace) -> dict:
                 res[f"{tag}_{split}"] = {k: rep[k] for k in ("accuracy", "per_class_accuracy", "n", "speakers")}
         summary["evaluate"] = res
         print(json.dumps({"evaluate": {k: (v["accuracy"], v["n"]) for k, v in res.items()}}), flush=True)
+    ckpt.mkdir(parents=True, exist_ok=True)  # also when no stage trained
     with open(ckpt / "results.json", "w") as f:
         json.dump(summary, f, indent=1)
     return summary
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """The options that add real data to training (shared with crossval.py)."""
+    p.add_argument("--unknown-speech", type=int, default=0,
+                   help="windows of speechocean762 / AN4 / LJSpeech speech added to _unknown_ (one per file)")
+    p.add_argument("--background-noise", type=int, default=0,
+                   help="_silence_ crops of the _background_noise_ recordings (which also join the noise bank)")
 
 
 def main(argv=None) -> int:
@@ -210,6 +307,7 @@ def main(argv=None) -> int:
     p.add_argument("--extra-unknown", type=int, default=400, help="FSDD / not-wake-word clips added to _unknown_")
     p.add_argument("--lj-unknown", type=int, default=0,
                    help="2 s segments of LJSpeech running speech added to _unknown_ (random 1 s crops)")
+    add_data_options(p)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--train-on-val", action=argparse.BooleanOptionalAction, default=False,
                    help="let the validation speakers join training (no validation then: the checkpoint "
