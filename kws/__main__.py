@@ -174,7 +174,7 @@ def cmd_train_wakeword(args: argparse.Namespace) -> int:
 
     data: dict = {"phrase": args.phrase, "minutes": args.minutes, "seed": args.seed}
     data["data"] = {"corpora": "" if args.corpora == "none" else args.corpora, "folders": args.negatives,
-                    "texts": args.texts}
+                    "texts": args.texts, "real_positives": args.real_positives}
     if args.voices:
         data["voices"] = args.voices
     if args.hold_out_voices:
@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True, help="writes model.onnx, model_int8.onnx, config.yaml, results.json")
     w.add_argument("--minutes", type=float, default=45.0, help="budget for the whole run")
     w.add_argument("--negatives", nargs="*", default=[], help="more folders of negative audio")
+    w.add_argument("--real-positives", nargs="*", default=[],
+                   help="folders of real recordings of the phrase (SHA-1 of the file name: 40%% held out)")
     w.add_argument("--corpora", default="../shared/corpora", help="shared corpora root, or 'none'")
     w.add_argument("--texts", default="", help="id|raw|normalized sentences (default: <corpora>/texts/...)")
     w.add_argument("--voices", nargs="*", default=[], help="voice ids (default: every installed voice)")

@@ -184,7 +184,8 @@ def wakeword_kws_config() -> KWSConfig:
         model=CRNNConfig(conv_channels=32, conv_kernel=[20, 5], conv_stride=[8, 2], gru_layers=2,
                          gru_size=48, bidirectional=True, pool="last", dense_size=64, dropout=0.1),
         augment=AugmentConfig(noise_prob=0.8, snr_db=[0.0, 5.0, 10.0, 20.0, 30.0], colored_noise_prob=0.3,
-                              speed_factors=[0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15], pitch_semitones=[0.0],
+                              speed_factors=[0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15],
+                              pitch_semitones=[-2.0, 2.0],  # precomputed for real positives only
                               time_shift_s=0.3, gain_db=[-15.0, 6.0], reverb_prob=0.5),
         train=KWSTrainConfig(epochs=200, examples_per_epoch=3000, batch_size=64, lr=3e-3,
                              label_smoothing=0.0, synthetic_weight=1.0, hard_negative_every=4,
@@ -224,6 +225,13 @@ class WakeWordDataConfig:
     max_train_hours: float = 1.0  # real negative audio loaded for training (a random part)
     max_heldout_hours: float = 2.2  # held-out negative audio evaluated (a random part; 2 h or more
     # is needed to observe 0.5 false alarms per hour)
+    real_positives: List[str] = field(default_factory=list)  # folders of real recordings of the
+    # phrase: SHA-1 of each file name splits them like recipes/wake_word (40% held out, 10% unused)
+    real_positive_test_percent: float = 40.0
+    real_positive_val_percent: float = 10.0  # (no validation here: left out of training, as the recipe's
+    # validation clips are, so the training share equals the recipe's)
+    heldout_noise_percent: float = 25.0  # the last part of each noise recording, written under
+    # <out>/heldout/noise for noisy evaluation and never mixed into training (0 = train on all)
 
 
 @dataclass

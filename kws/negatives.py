@@ -26,7 +26,7 @@ from kws.phrases import contains_phrase
 log = logging.getLogger(__name__)
 
 __all__ = ["NegativeFile", "corpus_files", "folder_files", "split_held_out", "load_negatives",
-           "noise_files", "CORPORA", "LoadedNegative"]
+           "noise_files", "CORPORA", "LoadedNegative", "SpeakerLeakError", "check_speakers_disjoint"]
 
 CORPORA = ("speechocean762", "an4", "ljspeech", "speech_commands", "mycroft_precise")
 SILENT_PEAK = 1e-4  # a file whose peak is below this is silence, not negative speech
@@ -159,6 +159,18 @@ def split_held_out(files: Sequence[NegativeFile], percent: float) -> Tuple[List[
     for f in files:
         (held if hash_split(f"{f.corpus}/{f.speaker}", 0.0, percent) == "test" else train).append(f)
     return train, held
+
+
+class SpeakerLeakError(RuntimeError):
+    """A held-out negative speaker also has files in the training share."""
+
+
+def check_speakers_disjoint(train: Sequence[NegativeFile], held: Sequence[NegativeFile]) -> None:
+    """Raise :class:`SpeakerLeakError` if a (corpus, speaker) has files on both sides."""
+    held_speakers = {(f.corpus, f.speaker) for f in held}
+    shared = sorted({f"{f.corpus}/{f.speaker}" for f in train if (f.corpus, f.speaker) in held_speakers})
+    if shared:
+        raise SpeakerLeakError(f"{len(shared)} held-out negative speaker(s) also in training: {shared[:10]}")
 
 
 @dataclass

@@ -8,12 +8,15 @@ Stages, all within ``WakeWordConfig.minutes``:
    sentences of the text corpus with the training voices;
 3. real negatives (:mod:`kws.negatives`): the shared corpora and ``--negatives`` folders,
    a speaker-disjoint slice held out for evaluation; Speech Commands
-   ``_background_noise_`` for noise;
+   ``_background_noise_`` for noise, the last part of each recording held out; real
+   recordings of the phrase (``--real-positives``), split by file name like
+   recipes/wake_word (:func:`split_real_positives`);
 4. training (:func:`kws.train.train`): augmentation with reverberation, noise, speed,
    gain and shifts; hard-negative mining rounds over the training negative audio;
 5. export (``model.onnx``, ``model_int8.onnx``) and evaluation (:func:`evaluate_heldout`):
-   FRR on the held-out voices at the threshold that meets the target false-alarm rate on
-   the held-out negatives, written to ``results.json`` with ``config.yaml``.
+   FRR on the held-out voices (and held-out real recordings) at the threshold that meets
+   the target false-alarm rate on the held-out negatives, written to ``results.json`` with
+   ``config.yaml``.
 """
 from __future__ import annotations
 
@@ -26,14 +29,16 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from asr.audio import AudioError, load_audio
 from asr.config import to_dict
 from kws.config import WakeWordConfig
-from kws.data import Clip, NoiseBank, speech_region, write_atomically
-from kws.negatives import (LoadedNegative, NegativeFile, corpus_files, folder_files, load_negatives,
-                           noise_files, split_held_out)
+from kws.data import Clip, NoiseBank, add_pitch_variants, speech_region, write_atomically
+from kws.layout import hash_split, list_audio
+from kws.negatives import (LoadedNegative, NegativeFile, check_speakers_disjoint, corpus_files, folder_files,
+                           load_negatives, noise_files, split_held_out)
 from kws.phrases import near_miss_phrases, negative_sentences, sentence_vocabulary
 from kws.synth import Voice, synthesize_many
 from kws.voices import (DEFAULT_HOLD_OUT, sample_renderings, split_voices, voice_family, voice_id,
@@ -69,6 +74,47 @@ def _link(paths: Sequence[str], folder: Path) -> None:
             os.symlink(src, dst)
 
 
+def split_real_positives(folders: Sequence[str], test_percent: float = 40.0, val_percent: float = 10.0
+                          ) -> Dict[str, List[str]]:
+    """Real recordings of the phrase -> {"train", "val", "test": [paths]}: SHA-1 of each file
+    name (``hash_split`` of the stem), as recipes/wake_word/run.py splits the Mycroft
+    ``computer`` / ``heycomputer`` clips, so the same clips are held out there and here."""
+    split: Dict[str, List[str]] = {"train": [], "val": [], "test": []}
+    for d in folders:
+        if not Path(d).is_dir():
+            raise FileNotFoundError(f"{d}: no such folder of real positives (data.real_positives)")
+        files = list_audio(d)
+        if not files:
+            raise ValueError(f"{d}: no audio files in this folder of real positives (data.real_positives)")
+        for p in files:
+            split[hash_split(p.stem, val_percent, test_percent)].append(str(p))
+    return split
+
+
+def split_noise(paths: Sequence[str], sample_rate: int, heldout_percent: float, folder: Path
+                ) -> Tuple[List[torch.Tensor], List[str]]:
+    """Noise recordings cut in time: the first part of each for training, the last
+    ``heldout_percent`` written as a FLAC under ``folder`` for noisy evaluation, so the
+    evaluation's noise is never heard in training. Returns (training waves (N_i,), held-out files)."""
+    import soundfile as sf
+
+    train_waves, held_files = [], []
+    for p in paths:
+        try:
+            w = load_audio(p, sample_rate)
+        except AudioError as exc:
+            log.warning("skipping noise %s", exc)
+            continue
+        cut = int(round(w.numel() * (1.0 - heldout_percent / 100.0)))
+        train_waves.append(w[:cut])
+        if heldout_percent > 0 and cut < w.numel():
+            folder.mkdir(parents=True, exist_ok=True)
+            dst = folder / f"{Path(p).stem}_last{heldout_percent:g}pct.flac"
+            sf.write(str(dst), w[cut:].numpy().astype(np.float32), sample_rate)
+            held_files.append(str(dst))
+    return train_waves, held_files
+
+
 def window_for(durations_s: Sequence[float], lo: float = 1.0, hi: float = 2.0) -> float:
     """Model window: the 95th percentile of the phrase's spoken durations plus 0.2 s,
     rounded up to 0.1 s, within [lo, hi]."""
@@ -80,18 +126,36 @@ def window_for(durations_s: Sequence[float], lo: float = 1.0, hi: float = 2.0) -
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate_heldout(model_path: str | Path, positives_dir: str | Path, negative_dirs: Sequence[str],
-                     target_fa_per_hour: float = 0.5) -> Dict:
+                     target_fa_per_hour: float = 0.5, more_positives: Dict[str, str | Path] | None = None
+                     ) -> Dict:
     """FRR on held-out positives at the threshold meeting ``target_fa_per_hour`` on the
     held-out negatives, with the existing evaluation (:func:`kws.evaluate.evaluate_detection`,
     each negative folder streamed back to back). Kept small so that a dedicated detection
-    evaluation can replace it."""
+    evaluation can replace it. ``more_positives`` (name -> folder): other positive sets
+    scored against the same negative streams (streamed once), each under its name."""
     from kws.edge import KWSModel
-    from kws.evaluate import evaluate_detection
+    from kws.evaluate import DetectionEvalConfig, _condition, _load_trials, detection_summary, evaluate_detection
+
+    model = KWSModel(str(model_path))
+    r = evaluate_detection(model, [str(positives_dir)], list(negative_dirs))
+    streams = r.pop("_streams")
+    out = _at_target(r, target_fa_per_hour)
+    for name, folder in (more_positives or {}).items():
+        cfg, skipped = DetectionEvalConfig(), {}
+        waves, contexts, _ = _load_trials(model, [str(folder)], list(negative_dirs), cfg, skipped)
+        pos_max, _ = _condition(model, waves, contexts, [], None, cfg, skipped)
+        more = detection_summary(pos_max, streams, model.detector_config)
+        more.update({"_positive_max": pos_max, "skipped": [{"file": f, "reason": why} for f, why in skipped.items()]})
+        out[name] = _at_target(more, target_fa_per_hour)
+    return out
+
+
+def _at_target(r: Dict, target_fa_per_hour: float) -> Dict:
+    """The operating point of one evaluation (:func:`kws.evaluate.detection_summary` output
+    with ``_curve`` and ``_positive_max``) at the target rate."""
     from kws.metrics import frr_at_fa
 
-    r = evaluate_detection(KWSModel(str(model_path)), [str(positives_dir)], list(negative_dirs))
     curve = r.pop("_curve")
-    r.pop("_streams")
     pos_max = r.pop("_positive_max")
     at = frr_at_fa(curve, target_fa_per_hour)
     hours = r["negative_hours"]
@@ -132,6 +196,12 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
     torch.set_num_threads(kcfg.train.num_threads)
     rng = random.Random(cfg.seed)
     minutes = lambda: (time.time() - t0) / 60  # noqa: E731
+    real_split = split_real_positives(cfg.data.real_positives, cfg.data.real_positive_test_percent,
+                                      cfg.data.real_positive_val_percent)
+    if cfg.data.real_positives and not (real_split["train"] and real_split["test"]):
+        raise ValueError(f"{cfg.data.real_positives}: real positives split into "
+                         f"{len(real_split['train'])} for training and {len(real_split['test'])} held out: "
+                         "need some of each")
 
     # 1. voices
     voices = list(cfg.voices) or voice_inventory()
@@ -188,6 +258,7 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
     if not files:
         raise ValueError("no negative audio: give --corpora or --negatives DIR")
     train_files, held_files = split_held_out(files, cfg.data.held_out_percent)
+    check_speakers_disjoint(train_files, held_files)
     if not train_files or not held_files:
         raise ValueError(f"{len(files)} negative files split into {len(train_files)} for training and "
                          f"{len(held_files)} held out: need some of each")
@@ -204,12 +275,16 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
 
         shutil.rmtree(held_dir)
     _link([str(p) for _, p in held], held_dir / "positives")
+    if real_split["test"]:
+        _link(real_split["test"], held_dir / "positives_real")
     by_corpus: Dict[str, List[str]] = {}
     for ln in held_negs:
         by_corpus.setdefault(ln.file.corpus, []).append(ln.file.path)
     for name, paths in by_corpus.items():
         _link(paths, held_dir / "negatives" / name)
-    noise = NoiseBank.from_files(noise_files(corpora) if corpora else [], sr, kcfg.augment.colored_noise_prob)
+    noise_waves, heldout_noise = split_noise(noise_files(corpora) if corpora else [], sr,
+                                             cfg.data.heldout_noise_percent, held_dir / "noise")
+    noise = NoiseBank(noise_waves, kcfg.augment.colored_noise_prob)
 
     # 4. training clips
     clips: List[Clip] = []
@@ -224,6 +299,16 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
         durations.append((f[1] - f[0]) / sr)
         clips.append(Clip(w, 1, "synthetic", str(p), voice_id(v), f))
     kcfg.window_s = window_for(durations)
+    real_pos: List[Clip] = []
+    for p in real_split["train"]:
+        try:
+            w = load_audio(p, sr)
+        except AudioError as exc:
+            log.warning("skipping real positive %s", exc)
+            continue
+        real_pos.append(Clip(w, 1, "real", p, f"real:{Path(p).stem}", speech_region(w, sr)))
+    add_pitch_variants(real_pos, kcfg.augment.pitch_semitones, sr)
+    clips += real_pos
     for t, v, p in near + sent:
         try:
             w = load_audio(p, sr)
@@ -245,6 +330,8 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
         "near_misses": misses, "near_miss_clips": [[t, voice_id(v)] for t, v, _ in near],
         "sentence_clips": len(sent), "real_negative_files": [ln.file.path for ln in train_negs],
         "heldout_negative_files": [ln.file.path for ln in held_negs],
+        "real_positives_train": [c.path for c in real_pos], "real_positives_unused_val": real_split["val"],
+        "real_positives_heldout": real_split["test"], "heldout_noise_files": heldout_noise,
     }, indent=1).encode()))
     streams = [torch.cat([c.wave for c in clips if c.label == 0 and c.focus is None])]
     budget = cfg.minutes - cfg.eval_reserve_minutes - minutes()
@@ -261,8 +348,9 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
     quantize_int8(fp32, int8)
     neg_dirs = [str(d) for d in sorted((held_dir / "negatives").iterdir())]
     eval_t0 = time.time()
-    res_int8 = evaluate_heldout(int8, held_dir / "positives", neg_dirs, cfg.target_fa_per_hour)
-    res_fp32 = (evaluate_heldout(fp32, held_dir / "positives", neg_dirs, cfg.target_fa_per_hour)
+    more = {"real_positives": held_dir / "positives_real"} if real_split["test"] else None
+    res_int8 = evaluate_heldout(int8, held_dir / "positives", neg_dirs, cfg.target_fa_per_hour, more)
+    res_fp32 = (evaluate_heldout(fp32, held_dir / "positives", neg_dirs, cfg.target_fa_per_hour, more)
                 if cfg.evaluate_fp32 else None)
     eval_minutes = (time.time() - eval_t0) / 60
     # the shipped operating point: the int8 model's held-out threshold for the target rate
@@ -288,17 +376,30 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
         "rate_observable": res_int8["rate_observable"],
         "note": res_int8["note"],
         "int8": res_int8, "fp32": res_fp32,
+        # held-out real recordings of the phrase (--real-positives), int8, same negatives and threshold rule
+        "real_positives": res_int8.get("real_positives"),
+        "heldout_noise_files": heldout_noise,
         "int8_bytes": int8_bytes, "fp32_bytes": fp32.stat().st_size,
         "int8_within_limit": int8_bytes <= INT8_LIMIT_BYTES,
         "params": count_parameters(spotter.crnn), "window_s": kcfg.window_s,
         "heldout_negative_hours_by_corpus": neg_hours,
+        "heldout_negative_speakers_by_corpus": {k: len({ln.file.speaker for ln in held_negs if ln.file.corpus == k})
+                                                for k in by_corpus},
+        "training_negative_hours_by_corpus": {
+            k: round(sum(ln.seconds for ln in train_negs if ln.file.corpus == k) / 3600, 4)
+            for k in sorted({ln.file.corpus for ln in train_negs})},
+        "training_negative_speakers_by_corpus": {
+            k: len({ln.file.speaker for ln in train_negs if ln.file.corpus == k})
+            for k in sorted({ln.file.corpus for ln in train_negs})},
         "heldout_voices": held_voices, "heldout_families": sorted({voice_family(v) for v in held_voices}),
         "training": {
             "voices": len(train_voices), "positives": len(pos), "positives_requested": n_train_pos,
             "heldout_positives_requested": n_held, "near_misses": misses, "near_miss_clips": len(near),
             "sentence_clips": len(sent), "real_negative_files": len(train_negs),
             "real_negative_hours": round(sum(ln.seconds for ln in train_negs) / 3600, 4),
-            "noise_files": len(noise.waves), "skipped_negatives": skipped_train,
+            "noise_files": len(noise.waves), "noise_seconds": round(sum(w.numel() for w in noise.waves) / sr, 1),
+            "real_positives": len(real_pos), "real_positives_unused_val": len(real_split["val"]),
+            "skipped_negatives": skipped_train,
             "summary": summary},
         "skipped_heldout_negatives": skipped_held + res_int8["skipped"],
         "minutes": {"synthesis": round(synth_minutes, 2), "training": round(summary["minutes"], 2),

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kws.negatives import folder_files, load_negatives
+from kws.layout import hash_split
+from kws.negatives import NegativeFile, SpeakerLeakError, check_speakers_disjoint, folder_files, load_negatives
 from kws.phrases import contains_phrase, near_miss_phrases, syllables
 from kws.voices import sample_renderings, split_voices, voice_family
-from kws.wakeword import VoiceLeakError, check_no_leak
+from kws.wakeword import VoiceLeakError, check_no_leak, split_noise
 
 ROOT = Path(__file__).resolve().parent.parent
 SR = 16000
@@ -81,6 +82,26 @@ def test_corrupt_and_silent_negative_files_are_reported_and_skipped(tmp_path, ca
     assert "corrupt.wav" in caplog.text and "silent.wav" in caplog.text
 
 
+def test_negative_speakers_on_both_sides_are_an_error():
+    train = [NegativeFile("a/1.wav", "an4", "fash"), NegativeFile("b/1.wav", "speechocean762", "0001")]
+    held = [NegativeFile("a/2.wav", "an4", "mblw"), NegativeFile("b/2.wav", "speechocean762", "fash")]
+    check_speakers_disjoint(train, held)  # the same id in another corpus is another speaker
+    with pytest.raises(SpeakerLeakError, match="an4/fash"):
+        check_speakers_disjoint(train, held + [NegativeFile("a/3.wav", "an4", "fash")])
+
+
+def test_noise_recordings_are_cut_in_time_and_the_end_is_held_out(tmp_path):
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(4 * SR)).astype(np.float32)
+    sf.write(tmp_path / "hum.wav", wave, SR)
+    train, held = split_noise([str(tmp_path / "hum.wav")], SR, 25.0, tmp_path / "heldout")
+    assert len(train) == 1 and train[0].numel() == 3 * SR and len(held) == 1
+    np.testing.assert_allclose(train[0].numpy(), wave[:3 * SR], atol=1e-4)
+    held_wave, sr = sf.read(held[0], dtype="float32")
+    assert sr == SR and held_wave.size == SR
+    np.testing.assert_allclose(held_wave, wave[3 * SR:], atol=1e-4)  # the last quarter, not heard in training
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     if shutil.which("espeak-ng") is None:
@@ -95,18 +116,23 @@ def run(tmp_path_factory):
         shutil.copy(p, neg / f"s{i:02d}.wav")
     sf.write(neg / "silent.wav", np.zeros(SR, np.float32), SR)
     (neg / "corrupt.wav").write_bytes(b"RIFF\x00\x01garbage")
+    real = tmp / "real_jarvis"  # stand-in "real" recordings: a voice the run does not use otherwise
+    real.mkdir()
+    for i in range(12):
+        p = synthesize("jarvis", Voice("espeak", "en-us+m3", 0.8 + 0.05 * i, 30 + 4 * i), tmp / "realsynth")
+        shutil.copy(p, real / f"rp{i:02d}.wav")
     texts = tmp / "texts.csv"
     texts.write_text("".join(f"T{i}|{s}|{s}\n" for i, s in enumerate(SENTENCES)))
     out = tmp / "out"
     cmd = [sys.executable, "-m", "kws", "train-wakeword", "--phrase", "jarvis", "--out", str(out),
-           "--minutes", "8", "--corpora", "none", "--negatives", str(neg), "--texts", str(texts),
+           "--minutes", "8", "--corpora", "none", "--negatives", str(neg), "--texts", str(texts), "--real-positives", str(real),
            "--voices", "espeak:en-us", "espeak:en-us+f2", "--hold-out-voices", "espeak:en-us+f2",
            "--positives", "60", "--heldout-positives", "12", "--sentences", "8", "--near-misses", "6",
            "-o", "eval_reserve_minutes=0.5", "-o", "synth.near_miss_renderings=3",
            "-o", "kws.train.examples_per_epoch=640", "-o", "kws.train.epochs=5", "-o", "data.held_out_percent=50"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    return {"out": out, "neg": neg, "stdout": r.stdout, "stderr": r.stderr}
+    return {"out": out, "neg": neg, "real": real, "stdout": r.stdout, "stderr": r.stderr}
 
 
 @pytest.mark.timeout(900)  # the shared run: minutes on a loaded machine
@@ -180,3 +206,23 @@ def test_run_reports_and_skips_the_bad_negative_files(run):
     data = json.loads((run["out"] / "training_data.json").read_text())
     used = data["real_negative_files"] + data["heldout_negative_files"]
     assert len(used) == 12 and not any(Path(p).name in ("corrupt.wav", "silent.wav") for p in used)
+
+
+@pytest.mark.timeout(900)  # the shared run: minutes on a loaded machine
+def test_real_positives_split_by_file_name_like_the_recipe_and_evaluated(run):
+    out = run["out"]
+    names = sorted(p.stem for p in run["real"].glob("*.wav"))
+    want = {k: sorted(n for n in names if hash_split(n, 10.0, 40.0) == k) for k in ("train", "val", "test")}
+    assert want["train"] and want["test"] and want["val"]  # this tree exercises all three
+    data = json.loads((out / "training_data.json").read_text())
+    assert sorted(Path(p).stem for p in data["real_positives_train"]) == want["train"]
+    assert sorted(Path(p).stem for p in data["real_positives_heldout"]) == want["test"]
+    assert sorted(Path(p).stem for p in data["real_positives_unused_val"]) == want["val"]
+    linked = sorted((out / "heldout" / "positives_real").iterdir())
+    assert sorted(p.resolve().stem for p in linked) == want["test"]
+    res = json.loads((out / "results.json").read_text())
+    real = res["real_positives"]
+    assert real["positives"] == len(want["test"]) and 0.0 <= real["frr"] <= 1.0
+    # the same negatives (and so the same hours) as the synthetic held-out voices
+    assert real["negative_hours"] == res["int8"]["negative_hours"]
+    assert res["training"]["real_positives"] == len(want["train"])
