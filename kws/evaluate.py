@@ -280,6 +280,19 @@ def _load_trials(model: KWSModel, positives: Sequence[str], negatives: Sequence[
     return pos_waves, contexts, neg_sets
 
 
+def positive_scores(model: KWSModel, positives: Sequence[str], negatives: Sequence[str],
+                    skipped: Optional[Dict[str, str]] = None) -> List[float]:
+    """The best score in each positive trial, clean, each after its context of negative
+    audio as in :func:`evaluate_detection`, without streaming the negatives: another
+    positive set scored against negative streams already scored (``_streams``), e.g. with
+    :func:`detection_summary`. Unreadable or silent files go to ``skipped``."""
+    cfg = DetectionEvalConfig()
+    skipped = {} if skipped is None else skipped
+    waves, contexts, _ = _load_trials(model, positives, negatives, cfg, skipped)
+    pos_max, _ = _condition(model, waves, contexts, [], None, cfg, skipped)
+    return pos_max
+
+
 def detection_report(model: KWSModel, positives: Sequence[str], negatives: Sequence[str],
                      cfg: Optional[DetectionEvalConfig] = None, out_dir: Optional[str] = None) -> Dict:
     """Wake-word detection evaluation: FRR at 0.5 and 1 false alarms per hour, clean and at

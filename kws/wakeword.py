@@ -29,10 +29,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-import numpy as np
 import torch
 
-from asr.audio import AudioError, load_audio
+from asr.audio import AudioError, load_audio, save_audio
 from asr.config import to_dict
 from kws.config import WakeWordConfig
 from kws.data import Clip, NoiseBank, add_pitch_variants, speech_region, write_atomically
@@ -96,23 +95,41 @@ def split_noise(paths: Sequence[str], sample_rate: int, heldout_percent: float, 
     """Noise recordings cut in time: the first part of each for training, the last
     ``heldout_percent`` written as a FLAC under ``folder`` for noisy evaluation, so the
     evaluation's noise is never heard in training. Returns (training waves (N_i,), held-out files)."""
-    import soundfile as sf
-
     train_waves, held_files = [], []
     for p in paths:
-        try:
-            w = load_audio(p, sample_rate)
-        except AudioError as exc:
-            log.warning("skipping noise %s", exc)
+        if (w := _load_or_skip(p, sample_rate, "noise ")) is None:
             continue
         cut = int(round(w.numel() * (1.0 - heldout_percent / 100.0)))
         train_waves.append(w[:cut])
         if heldout_percent > 0 and cut < w.numel():
-            folder.mkdir(parents=True, exist_ok=True)
             dst = folder / f"{Path(p).stem}_last{heldout_percent:g}pct.flac"
-            sf.write(str(dst), w[cut:].numpy().astype(np.float32), sample_rate)
+            save_audio(dst, w[cut:], sample_rate)
             held_files.append(str(dst))
     return train_waves, held_files
+
+
+def _load_or_skip(path: str | Path, sample_rate: int, what: str = "") -> torch.Tensor | None:
+    """The file's wave (N,), or None after a warning naming it (a bad rendering or
+    recording is left out, not fatal)."""
+    try:
+        return load_audio(path, sample_rate)
+    except AudioError as exc:
+        log.warning("skipping %s%s", what, exc)
+        return None
+
+
+def _hours(negs: Sequence[LoadedNegative]) -> float:
+    return round(sum(ln.seconds for ln in negs) / 3600, 4)
+
+
+def _speakers(negs: Sequence[LoadedNegative]) -> int:
+    return len({ln.file.speaker for ln in negs})
+
+
+def _per_corpus(negs: Sequence[LoadedNegative], measure) -> Dict[str, float]:
+    """``measure`` (e.g. :func:`_hours`) of each corpus's share of ``negs``."""
+    corpora = sorted({ln.file.corpus for ln in negs})
+    return {k: measure([ln for ln in negs if ln.file.corpus == k]) for k in corpora}
 
 
 def window_for(durations_s: Sequence[float], lo: float = 1.0, hi: float = 2.0) -> float:
@@ -134,16 +151,15 @@ def evaluate_heldout(model_path: str | Path, positives_dir: str | Path, negative
     evaluation can replace it. ``more_positives`` (name -> folder): other positive sets
     scored against the same negative streams (streamed once), each under its name."""
     from kws.edge import KWSModel
-    from kws.evaluate import DetectionEvalConfig, _condition, _load_trials, detection_summary, evaluate_detection
+    from kws.evaluate import detection_summary, evaluate_detection, positive_scores
 
     model = KWSModel(str(model_path))
     r = evaluate_detection(model, [str(positives_dir)], list(negative_dirs))
     streams = r.pop("_streams")
     out = _at_target(r, target_fa_per_hour)
     for name, folder in (more_positives or {}).items():
-        cfg, skipped = DetectionEvalConfig(), {}
-        waves, contexts, _ = _load_trials(model, [str(folder)], list(negative_dirs), cfg, skipped)
-        pos_max, _ = _condition(model, waves, contexts, [], None, cfg, skipped)
+        skipped: Dict[str, str] = {}
+        pos_max = positive_scores(model, [str(folder)], list(negative_dirs), skipped)
         more = detection_summary(pos_max, streams, model.detector_config)
         more.update({"_positive_max": pos_max, "skipped": [{"file": f, "reason": why} for f, why in skipped.items()]})
         out[name] = _at_target(more, target_fa_per_hour)
@@ -290,10 +306,7 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
     clips: List[Clip] = []
     durations = []
     for v, p in pos:
-        try:
-            w = load_audio(p, sr)
-        except AudioError as exc:
-            log.warning("skipping %s", exc)
+        if (w := _load_or_skip(p, sr)) is None:
             continue
         f = speech_region(w, sr)
         durations.append((f[1] - f[0]) / sr)
@@ -301,19 +314,13 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
     kcfg.window_s = window_for(durations)
     real_pos: List[Clip] = []
     for p in real_split["train"]:
-        try:
-            w = load_audio(p, sr)
-        except AudioError as exc:
-            log.warning("skipping real positive %s", exc)
+        if (w := _load_or_skip(p, sr, "real positive ")) is None:
             continue
         real_pos.append(Clip(w, 1, "real", p, f"real:{Path(p).stem}", speech_region(w, sr)))
     add_pitch_variants(real_pos, kcfg.augment.pitch_semitones, sr)
     clips += real_pos
     for t, v, p in near + sent:
-        try:
-            w = load_audio(p, sr)
-        except AudioError as exc:
-            log.warning("skipping %s", exc)
+        if (w := _load_or_skip(p, sr)) is None:
             continue
         focus = speech_region(w, sr) if w.numel() <= kcfg.window_samples else None
         clips.append(Clip(w, 0, "synthetic", str(p), voice_id(v), focus))
@@ -364,8 +371,6 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
     int8_bytes = int8.stat().st_size
     if int8_bytes > INT8_LIMIT_BYTES:
         log.warning("%s is %d bytes, over the %d-byte limit", int8, int8_bytes, INT8_LIMIT_BYTES)
-    neg_hours = {k: round(sum(ln.seconds for ln in held_negs if ln.file.corpus == k) / 3600, 4)
-                 for k in by_corpus}
     results = {
         "phrase": phrase,
         "frr_at_target_fa_per_hour": res_int8["frr"],
@@ -382,21 +387,16 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
         "int8_bytes": int8_bytes, "fp32_bytes": fp32.stat().st_size,
         "int8_within_limit": int8_bytes <= INT8_LIMIT_BYTES,
         "params": count_parameters(spotter.crnn), "window_s": kcfg.window_s,
-        "heldout_negative_hours_by_corpus": neg_hours,
-        "heldout_negative_speakers_by_corpus": {k: len({ln.file.speaker for ln in held_negs if ln.file.corpus == k})
-                                                for k in by_corpus},
-        "training_negative_hours_by_corpus": {
-            k: round(sum(ln.seconds for ln in train_negs if ln.file.corpus == k) / 3600, 4)
-            for k in sorted({ln.file.corpus for ln in train_negs})},
-        "training_negative_speakers_by_corpus": {
-            k: len({ln.file.speaker for ln in train_negs if ln.file.corpus == k})
-            for k in sorted({ln.file.corpus for ln in train_negs})},
+        "heldout_negative_hours_by_corpus": _per_corpus(held_negs, _hours),
+        "heldout_negative_speakers_by_corpus": _per_corpus(held_negs, _speakers),
+        "training_negative_hours_by_corpus": _per_corpus(train_negs, _hours),
+        "training_negative_speakers_by_corpus": _per_corpus(train_negs, _speakers),
         "heldout_voices": held_voices, "heldout_families": sorted({voice_family(v) for v in held_voices}),
         "training": {
             "voices": len(train_voices), "positives": len(pos), "positives_requested": n_train_pos,
             "heldout_positives_requested": n_held, "near_misses": misses, "near_miss_clips": len(near),
             "sentence_clips": len(sent), "real_negative_files": len(train_negs),
-            "real_negative_hours": round(sum(ln.seconds for ln in train_negs) / 3600, 4),
+            "real_negative_hours": _hours(train_negs),
             "noise_files": len(noise.waves), "noise_seconds": round(sum(w.numel() for w in noise.waves) / sr, 1),
             "real_positives": len(real_pos), "real_positives_unused_val": len(real_split["val"]),
             "skipped_negatives": skipped_train,
