@@ -162,7 +162,7 @@ class ASRModel(nn.Module):
                   for name, head in self.heads.items() if self.loss_weights[name] != 0}
         if not losses:
             raise ValueError("every head has loss weight 0: nothing to train")
-        losses["total"] = sum(self.loss_weights[n] * losses[n] for n in list(losses))
+        losses["total"] = sum(self.loss_weights[n] * loss for n, loss in losses.items())
         return losses
 
     @torch.no_grad()

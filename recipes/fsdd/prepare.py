@@ -45,6 +45,12 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path,
     return write_splits(splits, Path(out_dir))
 
 
+def repeated(utts: List[Utterance], repeat: int) -> List[Utterance]:
+    """Each utterance listed ``repeat`` times, the copies with ids ``<id>_r1`` ... (few
+    clips of many voices, weighted up)."""
+    return [dataclasses.replace(u, id=f"{u.id}_r{r}") if r else u for u in utts for r in range(repeat)]
+
+
 def speech_commands_words(root: str | Path, words: Optional[List[str]] = None,
                           repeat: int = 1) -> List[Utterance]:
     """Spoken words from a Speech Commands tree, as extra real training speakers.
@@ -72,7 +78,7 @@ def speech_commands_words(root: str | Path, words: Optional[List[str]] = None,
     for uid, p, word, spk in found:
         if p.suffix.lower() in (".wav", ".flac"):
             utts.add(uid, p, word, f"sc:{spk}")
-    return [dataclasses.replace(u, id=f"{u.id}_r{r}") if r else u for u in utts for r in range(repeat)]
+    return repeated(utts, repeat)
 
 
 def speech_commands_digits(root: str | Path, repeat: int = 1) -> List[Utterance]:
@@ -101,7 +107,7 @@ def digit_strings(corpus: str, root: str | Path, repeat: int = 1) -> List[Uttera
             found.append(dataclasses.replace(u, text=text, speaker=f"{corpus}:{u.speaker}"))
     if not found:
         raise ValueError(f"{root}: no {corpus} utterance says only digits")
-    return [dataclasses.replace(u, id=f"{u.id}_r{r}") if r else u for u in found for r in range(repeat)]
+    return repeated(found, repeat)
 
 
 def main() -> None:
