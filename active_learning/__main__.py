@@ -76,7 +76,8 @@ def _loop(args) -> int:
     wanted = "simulate" if args.command == "simulate" else "queue"
     if cfg.labels != wanted:
         raise SystemExit(f"{args.config}: labels is {cfg.labels!r}; `{args.command}` needs labels: {wanted}")
-    rows = Loop(cfg, args.out).run(progress=not args.no_progress)
+    only = [s for s in (args.only or "").split(",") if s]
+    rows = Loop(cfg, args.out).run(progress=not args.no_progress, only=only or None)
     print(json.dumps({"out": args.out, "rounds_finished": len(rows),
                       "results": str(Path(args.out) / "results.jsonl")}))
     return 0
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         lp.add_argument("--config", required=True, help="loop YAML (active_learning.loop.LoopConfig)")
         lp.add_argument("--out", required=True, help="run folder; rerunning continues it")
         lp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+        lp.add_argument("--only", metavar="STRATEGY[,STRATEGY]",
+                        help="run only these of the config's strategies (split a run across processes)")
         lp.add_argument("--no-progress", action="store_true")
         lp.set_defaults(func=_loop)
 

@@ -40,7 +40,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +80,9 @@ class LoopConfig:
     its data paths are replaced). model_overrides: ``section.key=value`` on it.
     train: manifest of transcribed clips. pool_corpora: the clips of ``train`` whose
     ``meta.corpus`` is listed form the pool (their transcripts held back); the others are
-    the base, labeled from the start. Empty: all of ``train`` is the pool.
+    the base, labeled from the start. Empty: all of ``train`` is the pool. pool: manifests
+    whose clips form the pool instead, all of ``train`` being the base (for a seed model
+    trained on ``train``, the pool must be clips it never trained on).
     pool_max_hours: keep a fixed random subset of the pool this long (0: all; the rest is
     left out entirely), when scoring the whole pool every round costs too much.
     eval: manifests to evaluate on; eval_max_utts: a fixed random subset of at most this
@@ -95,6 +99,7 @@ class LoopConfig:
     model_overrides: List[str] = field(default_factory=list)
     train: str = ""
     pool_corpora: List[str] = field(default_factory=list)
+    pool: List[str] = field(default_factory=list)
     pool_max_hours: float = 0.0
     eval: List[str] = field(default_factory=list)
     eval_max_utts: int = 0
@@ -119,6 +124,8 @@ class LoopConfig:
                 raise ConfigError(f"{where}.{name}: required")
         if not self.eval:
             raise ConfigError(f"{where}.eval: at least one evaluation manifest is required")
+        if self.pool and self.pool_corpora:
+            raise ConfigError(f"{where}.pool: give pool manifests or pool_corpora, not both")
         for name in ("seed_hours", "round_hours", "pool_max_hours", "finetune.replay_hours"):
             value = _get(self, name)
             if not (value >= 0 and math.isfinite(value)):
@@ -246,7 +253,14 @@ class Data:
 
 def load_data(cfg: LoopConfig) -> Data:
     everything = read_manifest(cfg.train)
-    if cfg.pool_corpora:
+    if cfg.pool:
+        pool = [u for path in cfg.pool for u in read_manifest(path)]
+        base = everything
+        overlap = sorted({u.id for u in pool} & {u.id for u in base})
+        if overlap:
+            raise ConfigError(f"pool: {len(overlap)} clips are also in train ({cfg.train}), e.g. "
+                              f"{overlap[:3]}: the pool must be clips the base does not hold")
+    elif cfg.pool_corpora:
         wanted = set(cfg.pool_corpora)
         found = {u.meta.get("corpus") for u in everything}
         missing = sorted(wanted - found)
@@ -452,7 +466,14 @@ class Loop:
         unlabeled = [u for u in self.data.pool if u.id not in taken]
         selected_path = d / "selected.jsonl"
         if not selected_path.exists():
-            scores = score(cfg, strategy, seed, prev_model, unlabeled, d / "scores.jsonl", self.threads)
+            scores_path = d / "scores.jsonl"
+            if r == 1 and strategy != "random":
+                # every seed's round 1 scores the same pool with the same seed model, and the
+                # model scorers are deterministic: score once, under seed/
+                scores_path = self.out / "seed" / f"scores_{strategy}.jsonl"
+            scores = score(cfg, strategy, seed, prev_model, unlabeled, scores_path, self.threads)
+            if scores_path != d / "scores.jsonl":
+                shutil.copyfile(scores_path, d / "scores.jsonl")  # each round keeps its scores
             chosen = select_clips(unlabeled, scores, SelectionConfig(cfg.round_hours, cfg.speaker_decay))
             for u, s in chosen:
                 u.meta = {**u.meta, "al_score": s}
@@ -479,10 +500,16 @@ class Loop:
         _write_json(state, row)
         return row
 
-    def run(self, progress: bool = True) -> List[Dict]:
+    def run(self, progress: bool = True, only: Optional[Sequence[str]] = None) -> List[Dict]:
+        """Every strategy and seed, or the strategies in ``only`` (to split one run across
+        processes: each does its own strategies' folders; the seed model is trained by the
+        first to get there, so start the others once ``seed/eval.json`` exists)."""
         cfg = self.cfg
+        unknown = sorted(set(only or ()) - set(cfg.strategies))
+        if unknown:
+            raise ConfigError(f"--only {unknown}: not among the config's strategies {cfg.strategies}")
         self.seed_model()
-        jobs = [(s, k) for k in cfg.seeds for s in cfg.strategies]
+        jobs = [(s, k) for k in cfg.seeds for s in cfg.strategies if not only or s in only]
         bar = tqdm(total=len(jobs) * (cfg.rounds + 1), desc="active-learning rounds", unit="round",
                    disable=not progress, dynamic_ncols=True)
         waiting = False
@@ -509,10 +536,11 @@ class Loop:
 
     def write_results(self) -> List[Dict]:
         rows = self.rows()
-        with open(self.out / "results.jsonl.tmp", "w") as f:
+        tmp = self.out / f"results.jsonl.{os.getpid()}.tmp"  # processes splitting a run write it too
+        with open(tmp, "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
-        (self.out / "results.jsonl.tmp").replace(self.out / "results.jsonl")
+        tmp.replace(self.out / "results.jsonl")
         if rows:
             sizes = self.sizes()
             (self.out / "results.md").write_text(results_table(rows, sizes))
@@ -606,6 +634,6 @@ def plot_results(rows: Sequence[Dict], out_png: Path, sizes: Dict) -> None:
 
 
 def simulate(config: str | Path, out: str | Path, overrides: Optional[List[str]] = None,
-             progress: bool = True) -> List[Dict]:
+             progress: bool = True, only: Optional[Sequence[str]] = None) -> List[Dict]:
     """Run (or continue) the loop of ``config`` in ``out``; returns the result rows."""
-    return Loop(load_loop_config(config, overrides), out).run(progress=progress)
+    return Loop(load_loop_config(config, overrides), out).run(progress=progress, only=only)

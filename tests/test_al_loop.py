@@ -203,3 +203,43 @@ def test_a_rerun_with_another_model_config_is_refused(tmp_path):
     model.write_text(model.read_text().replace("hidden_size: 12", "hidden_size: 16"))
     with pytest.raises(ConfigError, match="model.yaml"):
         Loop(cfg, tmp_path / "run")
+
+
+def test_pool_manifests_unseen_by_the_seed_model_and_runs_split_across_processes(tmp_path):
+    """``pool``: clips of other manifests form the pool and all of ``train`` is the base;
+    ``--only`` runs some strategies in one process and the rest in another, the same as one
+    process doing all; round 1 of a model scorer is scored once for every seed."""
+    held = make_tone_corpus(tmp_path / "held", n=20, seed=3)
+    pool = tmp_path / "pool.jsonl"  # ids of their own: the pool is not in train
+    pool.write_text("".join(json.dumps({**json.loads(l), "id": "p-" + json.loads(l)["id"]}) + "\n"
+                            for l in held.read_text().splitlines()))
+    config, base = write_configs(tmp_path, pool=[str(pool)], seeds=[0, 1], rounds=1)
+    cfg = load_loop_config(config)
+    data = loop_mod.load_data(cfg)
+    assert {u.id for u in data.pool} == {"p-" + u.id for u in read_manifest(held)}
+    assert [u.id for u in data.base] == [u.id for u in read_manifest(base)]
+    assert all(u.text == "" for u in data.pool)
+
+    together = Loop(cfg, tmp_path / "together").run(progress=False)
+    split = tmp_path / "split"
+    assert main(["simulate", "--config", str(config), "--out", str(split), "--no-progress",
+                 "--only", "random"]) == 0
+    assert {r["strategy"] for r in results(split)} == {"random"}
+    assert main(["simulate", "--config", str(config), "--out", str(split), "--no-progress",
+                 "--only", "egl"]) == 0
+    assert key(results(split)) == key(together)
+    runs = split / "runs" / "egl"
+    assert (split / "seed" / "scores_egl.jsonl").read_text() == \
+        (runs / "seed0" / "round1" / "scores.jsonl").read_text() == \
+        (runs / "seed1" / "round1" / "scores.jsonl").read_text()
+    with pytest.raises(ConfigError, match="--only"):
+        Loop(cfg, split).run(progress=False, only=["gradient"])
+
+    overlapping = tmp_path / "overlap.jsonl"
+    overlapping.write_text(base.read_text())
+    config, _ = write_configs(tmp_path, pool=[str(overlapping)])
+    with pytest.raises(ConfigError, match="pool: 24 clips are also in train"):
+        loop_mod.load_data(load_loop_config(config))
+    config, _ = write_configs(tmp_path, pool=[str(pool)], pool_corpora=["an4"])
+    with pytest.raises(ConfigError, match="pool"):
+        load_loop_config(config)
