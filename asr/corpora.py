@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 from asr.audio import AudioError, audio_info
 from asr.data import Rejected, Utterance, read_manifest
+from asr.metadata import read_metadata
 from asr.registry import Registry
 from asr.text import normalize_text
 
@@ -102,12 +103,8 @@ def prepare_ljspeech(root: str | Path) -> List[Utterance]:
     if not meta.is_file():
         raise FileNotFoundError(f"{meta}: not found; expected the LJSpeech layout")
     utts = Corpus()
-    with open(meta, encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE):
-            if len(row) < 2:
-                continue
-            uid, text = row[0], row[2] if len(row) > 2 and row[2] else row[1]
-            utts.add(uid, root / "wavs" / f"{uid}.wav", text, "LJ")
+    for row in read_metadata(meta):
+        utts.add(row.id, root / "wavs" / f"{row.id}.wav", row.normalized, "LJ")
     return utts
 
 

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from asr.audio import AudioError, audio_info, load_audio
+from asr.metadata import read_metadata
 from kws.layout import hash_split, list_audio, speaker_of
 from kws.phrases import contains_phrase
 
@@ -89,13 +90,8 @@ def _an4(root: Path) -> List[NegativeFile]:
 
 
 def _ljspeech(root: Path) -> List[NegativeFile]:
-    texts = {}
     meta = root / "metadata.csv"
-    if meta.is_file():
-        for line in meta.read_text(encoding="utf-8").splitlines():
-            cols = line.split("|")
-            if len(cols) >= 3:
-                texts[cols[0]] = cols[2]
+    texts = {row.id: row.normalized for row in read_metadata(meta)} if meta.is_file() else {}
     # one reader: the split unit is the file
     return [NegativeFile(str(p), "ljspeech", p.stem, texts.get(p.stem, "")) for p in list_audio(root / "wavs")]
 

@@ -9,11 +9,12 @@ syllable with it ("jargon", "visit").
 """
 from __future__ import annotations
 
-import csv
 import random
 import re
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional
+
+from asr.metadata import read_metadata
 
 __all__ = ["normalize", "syllables", "near_miss_phrases", "sentence_vocabulary", "negative_sentences",
            "contains_phrase"]
@@ -101,12 +102,9 @@ def _word_variants(word: str) -> Dict[str, List[str]]:
 def sentence_vocabulary(texts_csv: str | Path) -> Dict[str, int]:
     """Word counts of an LJSpeech-style ``id|raw|normalized`` file (third column)."""
     vocab: Dict[str, int] = {}
-    with open(texts_csv, newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE), 1):
-            if len(row) < 3:
-                raise ValueError(f"{texts_csv}:{i}: expected 'id|raw text|normalized text'")
-            for w in re.findall(r"[a-z]+", row[2].lower()):
-                vocab[w] = vocab.get(w, 0) + 1
+    for row in read_metadata(texts_csv, strict=True):
+        for w in re.findall(r"[a-z]+", row.normalized.lower()):
+            vocab[w] = vocab.get(w, 0) + 1
     return vocab
 
 
@@ -179,13 +177,10 @@ def negative_sentences(texts_csv: str | Path, phrase: str, n: int, seed: int = 0
     """``n`` normalized sentences from an ``id|raw|normalized`` file that do not contain
     the phrase, shuffled with ``seed``."""
     rows = []
-    with open(texts_csv, newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE), 1):
-            if len(row) < 3:
-                raise ValueError(f"{texts_csv}:{i}: expected 'id|raw text|normalized text'")
-            t = row[2].strip()
-            if min_chars <= len(t) <= max_chars and not contains_phrase(t, phrase):
-                rows.append(t)
+    for row in read_metadata(texts_csv, strict=True):
+        t = row.normalized.strip()
+        if min_chars <= len(t) <= max_chars and not contains_phrase(t, phrase):
+            rows.append(t)
     random.Random(seed).shuffle(rows)
     return rows[:n]
 

@@ -23,8 +23,8 @@ def test_sentences_are_normalised_deduplicated_and_never_dev_text(tmp_path):
     texts = _texts(tmp_path / "t.csv")
     got = synthetic.sentences(texts, exclude={"the dev sentence"}, max_words=5)
     assert got == ["doctor smith's two cats", "a short one"]
-    (tmp_path / "bad.csv").write_text("LJ1|only two columns\n")
-    with pytest.raises(ValueError, match="bad.csv"):
+    (tmp_path / "bad.csv").write_text("LJ1|two columns: the raw text stands in\nLJ2 no text at all\n")
+    with pytest.raises(ValueError, match="bad.csv:2"):
         synthetic.sentences(tmp_path / "bad.csv", set(), 25)
 
 

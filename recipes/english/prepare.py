@@ -12,7 +12,6 @@ out) and ``summary.json`` (clips, hours and speakers per part).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Dict, List
 
 from asr.corpora import load_corpus
 from asr.data import Utterance, write_manifest
+from asr.metadata import read_metadata
 from asr.text import normalize_text
 from recipes.english.split import split_by_speaker
 from recipes.fsdd.prepare import speech_commands_words
@@ -38,12 +38,7 @@ def lm_sentences(corpora: Path) -> List[str]:
     path = corpora / "texts" / "ljspeech_metadata.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; expected the LJSpeech transcripts (id|raw|normalized)")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE):
-            if len(row) >= 2 and (text := normalize_text(row[-1] or row[1])):
-                out.append(text)
-    return out
+    return [text for row in read_metadata(path) if (text := normalize_text(row.normalized))]
 
 
 def prepare(corpora: str | Path, out_dir: str | Path) -> Dict:

@@ -16,7 +16,7 @@ recipe drops clips over 15 s), and so is any sentence that is the transcript of 
 from __future__ import annotations
 
 import argparse
-import csv
+
 import json
 import random
 from pathlib import Path
@@ -24,20 +24,18 @@ from typing import List, Sequence, Set
 
 from asr.audio import audio_info
 from asr.data import Utterance, read_manifest, write_manifest
+from asr.metadata import read_metadata
 from asr.text import normalize_text
 
 
 def sentences(texts_csv: Path, exclude: Set[str], max_words: int) -> List[str]:
     """The corpus's normalised sentences, deduplicated, without the excluded ones."""
     out, seen = [], set()
-    with open(texts_csv, encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE):
-            if len(row) < 3:
-                raise ValueError(f"{texts_csv}: expected 'id|raw text|normalized text', got {'|'.join(row)!r}")
-            text = normalize_text(row[2])
-            if text and text not in seen and text not in exclude and len(text.split()) <= max_words:
-                seen.add(text)
-                out.append(text)
+    for row in read_metadata(texts_csv, strict=True):
+        text = normalize_text(row.normalized)
+        if text and text not in seen and text not in exclude and len(text.split()) <= max_words:
+            seen.add(text)
+            out.append(text)
     return out
 
 

@@ -46,6 +46,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from asr.metadata import read_metadata
+
 try:  # tqdm is a project dependency, but keep the generator usable without it
     from tqdm import tqdm
 except ImportError:  # pragma: no cover
@@ -210,11 +212,7 @@ def build_sentences(metadata_csv: str | Path, n: int = 600, min_words: int = 4,
     (raw text starting with a capital) are taken first, then sentence endings; within each
     group the choice is deterministic (ordered by a hash of the text).
     """
-    rows = []
-    for line in Path(metadata_csv).read_text(encoding="utf-8").splitlines():
-        parts = line.split("|")
-        if len(parts) >= 3:
-            rows.append((parts[1].strip(), normalize_text(parts[2])))
+    rows = [(row.raw.strip(), normalize_text(row.normalized)) for row in read_metadata(metadata_csv)]
     counts: dict[str, int] = {}
     for _, norm in rows:
         for word in norm.split():

@@ -23,7 +23,7 @@ real recordings it trains from synthetic positives alone (and says so in results
 from __future__ import annotations
 
 import argparse
-import csv
+
 import json
 import logging
 import os
@@ -33,6 +33,7 @@ import shutil
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from asr.metadata import read_metadata
 from kws.data import hash_split, list_audio, manifest_entry, read_manifest, speaker_of, write_manifest
 
 log = logging.getLogger("recipes.wake_word")
@@ -56,11 +57,9 @@ def near_misses(keyword: str, texts_csv: Path | None, extra: Sequence[str] = (),
     words = list(NEAR_MISS_DEFAULTS.get(kw, [])) + list(extra)
     if texts_csv is not None and texts_csv.exists():
         vocab: Dict[str, int] = {}
-        with open(texts_csv, newline="") as f:
-            for row in csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE):
-                if len(row) >= 3:
-                    for w in re.findall(r"[a-z]+", row[2].lower()):
-                        vocab[w] = vocab.get(w, 0) + 1
+        for row in read_metadata(texts_csv):
+            for w in re.findall(r"[a-z]+", row.normalized.lower()):
+                vocab[w] = vocab.get(w, 0) + 1
         cands = [w for w in vocab if kw not in w and w != kw and len(w) >= 4 and
                  (w[:3] == kw[:3] or (len(kw) >= 5 and w[-4:] == kw[-4:]))]
         cands.sort(key=lambda w: (-vocab[w], w))
@@ -75,11 +74,8 @@ def near_misses(keyword: str, texts_csv: Path | None, extra: Sequence[str] = (),
 
 def negative_sentences(keyword: str, texts_csv: Path, n: int, seed: int = 0) -> List[str]:
     kw = _norm(keyword)
-    rows = []
-    with open(texts_csv, newline="") as f:
-        for row in csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE):
-            if len(row) >= 3 and kw not in _norm(row[2]) and 20 <= len(row[2]) <= 160:
-                rows.append(row[2])
+    rows = [row.normalized for row in read_metadata(texts_csv)
+            if kw not in _norm(row.normalized) and 20 <= len(row.normalized) <= 160]
     random.Random(seed).shuffle(rows)
     return rows[:n]
 
