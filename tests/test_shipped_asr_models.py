@@ -137,16 +137,17 @@ def test_shipped_english_streaming_onnx_export_transcribes_as_torch():
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "corpora" / "an4").is_dir(),
                     reason="../shared/corpora/an4 not present")
 def test_shipped_three_head_english_model_decodes_with_each_head():
-    """data/models/english_three_heads.pt: english.pt's encoder and CTC head (frozen, so
-    the same weights) with RNN-T and attention heads; `evaluate --head` decodes AN4 clips
-    with each, and joint CTC/attention with --ctc-weight (a regression check: most of these
-    speakers trained it)."""
+    """data/models/english_three_heads.pt: english.pt's encoder and CTC head (the same
+    shapes; since the joint fine-tune of all three heads, not the same weights) with RNN-T
+    and attention heads; `evaluate --head` decodes AN4 clips with each, and joint
+    CTC/attention with --ctc-weight (a regression check: most of these speakers trained it)."""
     import torch
 
     model = ROOT / "data" / "models" / "english_three_heads.pt"
     three = torch.load(model, map_location="cpu", weights_only=False)["model"]
     one = torch.load(ROOT / "data" / "models" / "english.pt", map_location="cpu", weights_only=False)["model"]
-    assert set(one) < set(three) and all(torch.equal(one[k], three[k]) for k in one)
+    assert set(one) < set(three) and all(one[k].shape == three[k].shape for k in one)
+    assert {k.split(".")[1] for k in three if k.startswith("heads.")} == {"ctc", "transducer", "attention"}
     for extra in (["--head", "transducer", "--search", "transducer_beam", "--no-lm"],
                   ["--head", "attention", "--search", "attention_beam", "--no-lm"],
                   ["--head", "attention", "--search", "attention_beam", "--no-lm", "--ctc-weight", "0.3"]):
