@@ -16,6 +16,13 @@ def _train(args) -> int:
     trainer = Trainer(cfg, args.exp, init_from=args.init_from)
     try:
         result = trainer.fit()
+        if trainer.world.distributed:
+            import torch.distributed
+
+            # every rank is done before any tears the group down: a gloo rank whose peer
+            # left mid-teardown can abort at exit ("terminate called without an active
+            # exception"); not on the error path, where a barrier would wait for a dead peer
+            torch.distributed.barrier()
     finally:
         if trainer.world.distributed:
             import torch.distributed
