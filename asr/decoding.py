@@ -71,7 +71,7 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
                      beam_prune_logp: Optional[float] = None, rescore_lm: Optional[str] = None,
                      rescore_lm_weight: Optional[float] = None) -> Dict:
     """``head``, ``method`` and search options: each given value, else the model's saved
-    default (none of them with ``plain``). A relative saved ``lm_texts`` is found beside
+    default (none of them with ``plain``, nor when ``head`` is not the saved default head). A relative saved ``lm_texts`` is found beside
     the checkpoint ``model_path``; ``no_lm`` drops the saved LM. ``hotwords``: phrases
     boosted by ``hotword_boost`` per token (through the LM-fusion interface); ``ctc_weight``:
     joint CTC/attention decoding; ``rescore``: an attention head re-ranking the N-best
@@ -82,6 +82,10 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
     from asr.evaluate import vocab_search
 
     saved = cfg.decoding if not plain else type(cfg.decoding)()
+    if head and head != (saved.head or next(iter(model.heads))):
+        # the saved search, beam, LM, vocabulary and warps say how the saved head decodes;
+        # another head starts from its own search's defaults
+        saved = type(cfg.decoding)()
     head = head or saved.head
     method = method or saved.method
     options: Dict = {}

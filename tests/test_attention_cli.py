@@ -82,3 +82,28 @@ def test_model_wires_joint_decoding_and_rescoring(tone_corpus, two_heads):
     with pytest.raises(ValueError, match="CTC head"):
         model.decode(batch.waves, batch.wave_lens, head="attention", method="attention_beam",
                      ctc_weight=0.4)
+
+
+def test_saved_decoding_defaults_belong_to_the_saved_head(tmp_path, tone_corpus, two_heads):
+    """A checkpoint whose defaults decode its attention head (beam 3, an LM) gives them to
+    `--head attention` and to no --head; `--head ctc` starts from the CTC search's own
+    defaults instead of an attention search and an LM meant for another head."""
+    import dataclasses
+
+    from asr.decoding import decoding_options
+
+    model, tok, cfg = two_heads
+    texts = tmp_path / "lm.txt"
+    texts.write_text("\n".join(WORDS) + "\n")
+    cfg = dataclasses.replace(cfg, decoding=dataclasses.replace(
+        cfg.decoding, head="attention", method="attention_beam", beam=3, lm_texts=str(texts)))
+    path = tmp_path / "model.pt"
+    for head in (None, "attention"):
+        opts = decoding_options(model, tok, cfg, path, head=head)
+        assert (opts["head"], opts["method"], opts["beam"]) == ("attention", "attention_beam", 3)
+        assert "lm_score" in opts
+    opts = decoding_options(model, tok, cfg, path, head="ctc")
+    assert opts["head"] == "ctc" and opts["method"] is None
+    assert "beam" not in opts and "lm_score" not in opts
+    opts = decoding_options(model, tok, cfg, path, head="ctc", method="ctc_prefix_beam", beam=4)
+    assert (opts["method"], opts["beam"]) == ("ctc_prefix_beam", 4)
