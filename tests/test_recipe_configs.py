@@ -46,3 +46,19 @@ def test_active_learning_recipe_loads_and_its_model_takes_the_seed_init_weights(
     assert loop.seed_init and set(loop.strategies) >= {"egl", "random", "confidence"} and len(loop.seeds) >= 3
     model = ASRModel(load_config(loop.model), CharTokenizer().vocab_size)
     model.load_state_dict(read_checkpoint(loop.seed_init)["model"])  # raises on a shape mismatch
+
+
+def test_exponent_floats_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
+    """PyYAML reads ``5e-4`` (YAML 1.1: no dot) as a string; a float field takes it as the
+    number a user meant, in a config file and in a --set override; other text is refused."""
+    from asr.config import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {lr: 1e-3, epochs: 2}\n")
+    assert load_config(path).train.lr == 1e-3
+    assert load_config(path, ["train.lr=5e-4"]).train.lr == 5e-4
+    assert load_config(path, ["train.lr=-2.5E+2"]).train.lr == -250.0
+    with pytest.raises(ConfigError, match=r"train\.lr: expected float, got 'fast'"):
+        load_config(path, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int"):
+        load_config(path, ["train.epochs=1e3"])
