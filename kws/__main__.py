@@ -32,7 +32,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import random
 
     from kws.config import load_kws_config
-    from kws.data import NoiseBank, list_audio, load_clips, read_manifest
+    from kws.data import NoiseBank, list_audio, load_clips, load_or_skip, read_manifest
     from kws.train import train
 
     cfg = load_kws_config(args.config, args.override)
@@ -43,16 +43,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     noise = NoiseBank.from_files(noise_files, cfg.features.sample_rate, cfg.augment.colored_noise_prob)
     streams = []
     if args.negatives_stream:
-        from asr.audio import AudioError, load_audio
         import torch
 
-        waves = []
-        for d in args.negatives_stream:
-            for p in list_audio(d):
-                try:
-                    waves.append(load_audio(p, cfg.features.sample_rate))
-                except AudioError as exc:
-                    logging.warning("skipping %s", exc)
+        waves = [w for d in args.negatives_stream for p in list_audio(d)
+                 if (w := load_or_skip(p, cfg.features.sample_rate)) is not None]
         random.Random(0).shuffle(waves)
         streams = [torch.cat(waves)] if waves else []
     summary = train(cfg, train_clips, val_clips, args.out, noise, streams)

@@ -28,6 +28,16 @@ from kws.layout import (AUDIO_SUFFIXES, SPEECH_COMMANDS_LABELS, SPEECH_COMMANDS_
                         hash_split, list_audio, scan_speech_commands, speaker_of)
 
 
+def load_or_skip(path: str | Path, sample_rate: int, what: str = "") -> Optional[torch.Tensor]:
+    """The file's wave (N,), or None after a warning naming it (a bad rendering or
+    recording is left out, not fatal); ``what`` prefixes the file in the warning."""
+    try:
+        return load_audio(path, sample_rate)
+    except AudioError as exc:
+        log.warning("skipping %s%s", what, exc)
+        return None
+
+
 # ----------------------------------------------------------------------------- manifests
 def manifest_entry(path: str | Path, label: str, speaker: str = "", source: str = "real",
                    split: str = "", **meta) -> dict:
@@ -117,10 +127,7 @@ def load_clips(entries: Sequence[dict], label_index: Dict[str, int], sample_rate
         label = e["text"]
         if label not in label_index:
             raise ValueError(f"{e.get('audio')}: label {label!r} not in {sorted(label_index)}")
-        try:
-            wave = load_audio(e["audio"], sample_rate)
-        except AudioError as exc:
-            log.warning("skipping %s", exc)
+        if (wave := load_or_skip(e["audio"], sample_rate)) is None:
             continue
         meta = e.get("meta", {})
         focus = speech_region(wave, sample_rate) if locate else None
@@ -192,12 +199,7 @@ class NoiseBank:
     @classmethod
     def from_files(cls, paths: Iterable[str | Path], sample_rate: int = 16000,
                    colored_prob: float = 0.3) -> "NoiseBank":
-        waves = []
-        for p in paths:
-            try:
-                waves.append(load_audio(p, sample_rate))
-            except AudioError as exc:
-                log.warning("skipping noise %s", exc)
+        waves = [w for p in paths if (w := load_or_skip(p, sample_rate, "noise ")) is not None]
         return cls(waves, colored_prob)
 
     def sample(self, n: int, rng: random.Random) -> torch.Tensor:

@@ -31,10 +31,10 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from asr.audio import AudioError, load_audio, save_audio
+from asr.audio import save_audio
 from asr.config import to_dict
 from kws.config import WakeWordConfig
-from kws.data import Clip, NoiseBank, add_pitch_variants, speech_region, write_atomically
+from kws.data import Clip, NoiseBank, add_pitch_variants, load_or_skip, speech_region, write_atomically
 from kws.layout import hash_split, list_audio
 from kws.negatives import (LoadedNegative, NegativeFile, check_speakers_disjoint, corpus_files, folder_files,
                            load_negatives, noise_files, split_held_out)
@@ -97,7 +97,7 @@ def split_noise(paths: Sequence[str], sample_rate: int, heldout_percent: float, 
     evaluation's noise is never heard in training. Returns (training waves (N_i,), held-out files)."""
     train_waves, held_files = [], []
     for p in paths:
-        if (w := _load_or_skip(p, sample_rate, "noise ")) is None:
+        if (w := load_or_skip(p, sample_rate, "noise ")) is None:
             continue
         cut = int(round(w.numel() * (1.0 - heldout_percent / 100.0)))
         train_waves.append(w[:cut])
@@ -106,16 +106,6 @@ def split_noise(paths: Sequence[str], sample_rate: int, heldout_percent: float, 
             save_audio(dst, w[cut:], sample_rate)
             held_files.append(str(dst))
     return train_waves, held_files
-
-
-def _load_or_skip(path: str | Path, sample_rate: int, what: str = "") -> torch.Tensor | None:
-    """The file's wave (N,), or None after a warning naming it (a bad rendering or
-    recording is left out, not fatal)."""
-    try:
-        return load_audio(path, sample_rate)
-    except AudioError as exc:
-        log.warning("skipping %s%s", what, exc)
-        return None
 
 
 def _hours(negs: Sequence[LoadedNegative]) -> float:
@@ -306,7 +296,7 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
     clips: List[Clip] = []
     durations = []
     for v, p in pos:
-        if (w := _load_or_skip(p, sr)) is None:
+        if (w := load_or_skip(p, sr)) is None:
             continue
         f = speech_region(w, sr)
         durations.append((f[1] - f[0]) / sr)
@@ -314,13 +304,13 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
     kcfg.window_s = window_for(durations)
     real_pos: List[Clip] = []
     for p in real_split["train"]:
-        if (w := _load_or_skip(p, sr, "real positive ")) is None:
+        if (w := load_or_skip(p, sr, "real positive ")) is None:
             continue
         real_pos.append(Clip(w, 1, "real", p, f"real:{Path(p).stem}", speech_region(w, sr)))
     add_pitch_variants(real_pos, kcfg.augment.pitch_semitones, sr)
     clips += real_pos
     for t, v, p in near + sent:
-        if (w := _load_or_skip(p, sr)) is None:
+        if (w := load_or_skip(p, sr)) is None:
             continue
         focus = speech_region(w, sr) if w.numel() <= kcfg.window_samples else None
         clips.append(Clip(w, 0, "synthetic", str(p), voice_id(v), focus))
