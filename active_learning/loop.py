@@ -466,13 +466,12 @@ class Loop:
         unlabeled = [u for u in self.data.pool if u.id not in taken]
         selected_path = d / "selected.jsonl"
         if not selected_path.exists():
-            scores_path = d / "scores.jsonl"
-            if r == 1 and strategy != "random":
-                # every seed's round 1 scores the same pool with the same seed model, and the
-                # model scorers are deterministic: score once, under seed/
-                scores_path = self.out / "seed" / f"scores_{strategy}.jsonl"
+            # every seed's round 1 scores the same pool with the same seed model, and the
+            # model scorers are deterministic: score once, under seed/
+            shared = r == 1 and strategy != "random"
+            scores_path = self.out / "seed" / f"scores_{strategy}.jsonl" if shared else d / "scores.jsonl"
             scores = score(cfg, strategy, seed, prev_model, unlabeled, scores_path, self.threads)
-            if scores_path != d / "scores.jsonl":
+            if shared:
                 shutil.copyfile(scores_path, d / "scores.jsonl")  # each round keeps its scores
             chosen = select_clips(unlabeled, scores, SelectionConfig(cfg.round_hours, cfg.speaker_decay))
             for u, s in chosen:

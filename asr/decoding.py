@@ -71,8 +71,9 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
                      beam_prune_logp: Optional[float] = None, rescore_lm: Optional[str] = None,
                      rescore_lm_weight: Optional[float] = None) -> Dict:
     """``head``, ``method`` and search options: each given value, else the model's saved
-    default (none of them with ``plain``, nor when ``head`` is not the saved default head). A relative saved ``lm_texts`` is found beside
-    the checkpoint ``model_path``; ``no_lm`` drops the saved LM. ``hotwords``: phrases
+    default (none of them with ``plain``, nor when ``head`` is not the saved default head).
+    A relative saved ``lm_texts`` is found beside the checkpoint ``model_path``; ``no_lm``
+    drops the saved LM. ``hotwords``: phrases
     boosted by ``hotword_boost`` per token (through the LM-fusion interface); ``ctc_weight``:
     joint CTC/attention decoding; ``rescore``: an attention head re-ranking the N-best
     list (``nbest`` hypotheses) with ``rescore_weight``; ``rescore_lm``: a neural LM file

@@ -16,7 +16,6 @@ recipe drops clips over 15 s), and so is any sentence that is the transcript of 
 from __future__ import annotations
 
 import argparse
-
 import json
 import random
 from pathlib import Path

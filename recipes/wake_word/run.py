@@ -23,7 +23,6 @@ real recordings it trains from synthetic positives alone (and says so in results
 from __future__ import annotations
 
 import argparse
-
 import json
 import logging
 import os
