@@ -132,6 +132,25 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _set_decoding(args) -> int:
+    from asr.checkpoint import load_model, read_checkpoint, write_state
+    from asr.config import to_dict
+    from asr.decoding import with_saved_decoding
+
+    model, _, cfg = load_model(args.model)
+    given = {"method": args.search, "beam": args.beam,
+             "vocabulary": args.vocab and _read_texts(args.vocab), "warps": args.warps,
+             "lm_texts": args.lm_texts, "lm_kind": args.lm_kind, "lm_order": args.lm_order,
+             "lm_weight": args.lm_weight, "length_bonus": args.length_bonus,
+             "token_min_logp": args.token_min_logp, "beam_prune_logp": args.beam_prune_logp}
+    cfg = with_saved_decoding(cfg, model, args.out, head=args.head, make_default=args.default,
+                              **{k: v for k, v in given.items() if v is not None})
+    state = read_checkpoint(args.model)
+    write_state(args.out, {**state, "config": to_dict(cfg)})
+    print(json.dumps({"model": str(args.out), "decoding": to_dict(cfg.decoding)}))
+    return 0
+
+
 def _write_rejected(path: Path, rejected) -> None:
     """The entries a corpus reader left out, one JSON line each (id, audio, reason)."""
     from dataclasses import asdict
@@ -256,8 +275,8 @@ def _client(args) -> int:
                                     chunk_ms=args.chunk_ms))
 
 
-def _add_decoding_arguments(p) -> None:
-    """Search options; each defaults to the model's saved ``decoding`` section."""
+def _add_saved_decoding_arguments(p) -> None:
+    """The search options a model can carry as its decoding defaults (``set-decoding``)."""
     p.add_argument("--head", help="head to decode with (default: the model's first)")
     p.add_argument("--search", help="search method, e.g. ctc_greedy, ctc_prefix_beam")
     p.add_argument("--beam", type=int)
@@ -271,6 +290,18 @@ def _add_decoding_arguments(p) -> None:
     p.add_argument("--lm-order", type=int)
     p.add_argument("--lm-weight", type=float)
     p.add_argument("--length-bonus", type=float)
+    p.add_argument("--token-min-logp", type=float, help="ctc_prefix_beam: skip a frame's tokens "
+                   "below this log-probability (its best kept), e.g. -5")
+    p.add_argument("--beam-prune-logp", type=float, help="ctc_prefix_beam: drop prefixes more "
+                   "than this below the best after each frame, e.g. 10")
+    p.add_argument("--warps", type=float, nargs="*", metavar="ALPHA",
+                   help="test-time VTLN: decode once per frequency-warp factor (e.g. 0.84 0.88 "
+                   "... 1.16) and keep each utterance's best-scoring warp (no value: off)")
+
+
+def _add_decoding_arguments(p) -> None:
+    """Search options; each defaults to the model's saved ``decoding`` section."""
+    _add_saved_decoding_arguments(p)
     p.add_argument("--no-lm", action="store_true", help="ignore the LM of the model's decoding defaults")
     p.add_argument("--hotwords", help="boost these phrases (text file, one a line, or .jsonl "
                    "manifest) in the beam searches; a failed partial match loses its boost")
@@ -288,13 +319,6 @@ def _add_decoding_arguments(p) -> None:
     p.add_argument("--rescore-lm-weight", type=float, metavar="W", help="weight of the LM "
                    "log-prob added to the first-pass score (default 0.5)")
     p.add_argument("--nbest", type=int, help="hypotheses the search keeps per utterance")
-    p.add_argument("--token-min-logp", type=float, help="ctc_prefix_beam: skip a frame's tokens "
-                   "below this log-probability (its best kept), e.g. -5")
-    p.add_argument("--beam-prune-logp", type=float, help="ctc_prefix_beam: drop prefixes more "
-                   "than this below the best after each frame, e.g. 10")
-    p.add_argument("--warps", type=float, nargs="*", metavar="ALPHA",
-                   help="test-time VTLN: decode once per frequency-warp factor (e.g. 0.84 0.88 "
-                   "... 1.16) and keep each utterance's best-scoring warp (no value: off)")
     p.add_argument("--plain", action="store_true",
                    help="ignore the decoding defaults saved in the model (its closed "
                    "vocabulary, warps, head, search, beam and LM)")
@@ -339,6 +363,16 @@ def main(argv=None) -> int:
                    "fed 100 ms at a time, segments cut at endpoints (the model's streaming config)")
     r.add_argument("files", nargs="+")
     r.set_defaults(func=_transcribe)
+
+    d = sub.add_parser("set-decoding", help="write a copy of a model whose saved decoding "
+                       "defaults for one head are the options given (the rest take the "
+                       "search's defaults); evaluate and transcribe then use them")
+    d.add_argument("--model", required=True)
+    d.add_argument("--out", required=True, type=Path, help="the new checkpoint (may be --model)")
+    _add_saved_decoding_arguments(d)
+    d.add_argument("--default", action="store_true", help="make --head the model's default "
+                   "head (the former default head keeps its saved decoding for --head)")
+    d.set_defaults(func=_set_decoding)
 
     a = sub.add_parser("average", help="average the weights of several checkpoints "
                        "(e.g. a run's last epochs) into one model")

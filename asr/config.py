@@ -142,6 +142,10 @@ class DecodingConfig:
     # log-probability (its best kept), drop prefixes this far below the best (pyctcdecode's -5, 10)
     token_min_logp: Optional[float] = None
     beam_prune_logp: Optional[float] = None
+    # how each other head decodes when asked for by name (``--head ctc`` of a model whose
+    # default head is the transducer): the same fields, for that head (its ``head`` unused);
+    # a head not named here starts from its own search's defaults
+    other_heads: Dict[str, "DecodingConfig"] = field(default_factory=dict)
 
 
 @dataclass

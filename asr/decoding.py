@@ -71,7 +71,8 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
                      beam_prune_logp: Optional[float] = None, rescore_lm: Optional[str] = None,
                      rescore_lm_weight: Optional[float] = None) -> Dict:
     """``head``, ``method`` and search options: each given value, else the model's saved
-    default (none of them with ``plain``, nor when ``head`` is not the saved default head).
+    default (none of them with ``plain``; for a ``head`` other than the saved default head,
+    that head's entry in ``other_heads``, if any).
     A relative saved ``lm_texts`` is found beside the checkpoint ``model_path``; ``no_lm``
     drops the saved LM. ``hotwords``: phrases
     boosted by ``hotword_boost`` per token (through the LM-fusion interface); ``ctc_weight``:
@@ -85,8 +86,8 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
     saved = cfg.decoding if not plain else type(cfg.decoding)()
     if head and head != (saved.head or next(iter(model.heads))):
         # the saved search, beam, LM, vocabulary and warps say how the saved head decodes;
-        # another head starts from its own search's defaults
-        saved = type(cfg.decoding)()
+        # another head starts from its own saved defaults, else from its search's
+        saved = saved.other_heads.get(head) or type(cfg.decoding)()
     head = head or saved.head
     method = method or saved.method
     options: Dict = {}
@@ -135,3 +136,43 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
         options.update(rescore_lm=load_neural_lm(rescore_lm, tokenizer),
                        rescore_lm_weight=0.5 if rescore_lm_weight is None else rescore_lm_weight)
     return {"head": head, "method": method, **options}
+
+
+def with_saved_decoding(cfg: ExperimentConfig, model, out_path: str | Path,
+                        head: Optional[str] = None, make_default: bool = False,
+                        **fields) -> ExperimentConfig:
+    """``cfg`` with the saved decoding of ``head`` (default: the saved default head) made
+    exactly ``fields`` (:class:`asr.config.DecodingConfig` fields; absent ones take their
+    defaults), for a checkpoint to be written at ``out_path``. With ``make_default``,
+    ``head`` becomes the model's default head and the former default's decoding moves to
+    ``other_heads``. An LM text in the checkpoint's folder is saved by name (it travels
+    with the checkpoint), any other as an absolute path; a missing file, an unknown head or
+    a search the head lacks is refused, naming it."""
+    import dataclasses
+
+    decoding = cfg.decoding
+    default_head = decoding.head or next(iter(model.heads))
+    head = head or default_head
+    if head not in model.heads:
+        raise ValueError(f"head {head!r}: the model has {list(model.heads)}")
+    method = fields.get("method")
+    if method and method not in model.heads[head].search_methods:
+        raise ValueError(f"search {method!r}: head {head!r} decodes with "
+                         f"{model.heads[head].search_methods}")
+    if fields.get("lm_texts"):
+        lm = Path(fields["lm_texts"]).resolve()
+        if not lm.is_file():
+            raise FileNotFoundError(f"{fields['lm_texts']}: LM texts not found")
+        beside = lm.parent == Path(out_path).resolve().parent
+        fields["lm_texts"] = lm.name if beside else str(lm)
+    fields.pop("head", None)
+    entry = type(decoding)(**fields)
+    others = {k: v for k, v in decoding.other_heads.items() if k != head}
+    if head == default_head:
+        new = dataclasses.replace(entry, head=decoding.head, other_heads=others)
+    elif make_default:
+        others[default_head] = dataclasses.replace(decoding, head=None, other_heads={})
+        new = dataclasses.replace(entry, head=head, other_heads=others)
+    else:
+        new = dataclasses.replace(decoding, other_heads={**others, head: entry})
+    return dataclasses.replace(cfg, decoding=new)

@@ -107,3 +107,55 @@ def test_saved_decoding_defaults_belong_to_the_saved_head(tmp_path, tone_corpus,
     assert "beam" not in opts and "lm_score" not in opts
     opts = decoding_options(model, tok, cfg, path, head="ctc", method="ctc_prefix_beam", beam=4)
     assert (opts["method"], opts["beam"]) == ("ctc_prefix_beam", 4)
+
+
+def test_set_decoding_saves_each_heads_defaults(tmp_path, tone_corpus, two_heads, capsys):
+    """`python -m asr set-decoding` writes a copy whose saved decoding for one head is the
+    options given: the default head's, another head's (`other_heads`, used by `--head`), or
+    a new default head whose former default keeps its decoding. Its LM text beside the
+    checkpoint is saved by name; unknown heads, wrong searches, missing LM files are refused."""
+    from asr.checkpoint import load_model
+    from asr.decoding import decoding_options
+
+    model, tok, cfg = two_heads
+    src = save_checkpoint(tmp_path / "src" / "model.pt", cfg, tok, model)
+    out = tmp_path / "ship" / "model.pt"
+    out.parent.mkdir()
+    lm = out.parent / "lm.txt"
+    lm.write_text("\n".join(WORDS) + "\n")
+    assert main(["set-decoding", "--model", str(src), "--out", str(out), "--head", "ctc",
+                 "--search", "ctc_prefix_beam", "--beam", "5", "--lm-texts", str(lm),
+                 "--lm-order", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["decoding"]["lm_texts"] == "lm.txt"  # travels with the checkpoint
+    assert main(["set-decoding", "--model", str(out), "--out", str(out), "--head", "attention",
+                 "--search", "attention_beam", "--beam", "3"]) == 0
+    _, _, saved = load_model(out)
+    assert saved.decoding.head is None and saved.decoding.other_heads["attention"].beam == 3
+    opts = decoding_options(model, tok, saved, out)  # the default head, ctc
+    assert (opts["head"], opts["method"], opts["beam"]) == (None, "ctc_prefix_beam", 5)
+    assert "lm_score" in opts
+    opts = decoding_options(model, tok, saved, out, head="attention")
+    assert (opts["method"], opts["beam"]) == ("attention_beam", 3) and "lm_score" not in opts
+
+    # attention becomes the default head; the CTC decoding moves to other_heads
+    assert main(["set-decoding", "--model", str(out), "--out", str(out), "--head", "attention",
+                 "--search", "attention_beam", "--beam", "2", "--default"]) == 0
+    _, _, saved = load_model(out)
+    assert saved.decoding.head == "attention" and set(saved.decoding.other_heads) == {"ctc"}
+    opts = decoding_options(model, tok, saved, out)
+    assert (opts["head"], opts["method"], opts["beam"]) == ("attention", "attention_beam", 2)
+    opts = decoding_options(model, tok, saved, out, head="ctc")
+    assert (opts["method"], opts["beam"]) == ("ctc_prefix_beam", 5) and "lm_score" in opts
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--corpus", "manifest", "--data",
+                 str(tone_corpus), "--threads", "1", "--head", "ctc"]) == 0
+    decoding = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["decoding"]
+    assert (decoding["method"], decoding["beam"], decoding["lm"]) == ("ctc_prefix_beam", 5, True)
+
+    for flags, message in ((["--head", "rnnt"], "head 'rnnt'"),
+                           (["--head", "ctc", "--search", "attention_beam"], "search 'attention_beam'"),
+                           (["--lm-texts", str(tmp_path / "none.txt")], "none.txt")):
+        assert main(["set-decoding", "--model", str(out), "--out", str(tmp_path / "x.pt")] + flags) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
