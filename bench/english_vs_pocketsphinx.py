@@ -1,7 +1,7 @@
 """Our English model beside pocketsphinx (its bundled en-us acoustic model, dictionary and
 LM) on the same audio in one run: WER of each, and real-time factor on one thread.
 
-Each utterance is decoded by both engines from the same 16 kHz waveform, the order
+Each utterance is decoded by every engine from the same 16 kHz waveform, the order
 alternating from one utterance to the next; the timings cover decoding only (features,
 network and search with the LM for ours; ``process_raw`` to ``end_utt`` for pocketsphinx),
 not reading the file.
@@ -32,9 +32,8 @@ from asr.evaluate import score  # noqa: E402
 
 
 class Ours:
-    name = "ours"
-
     def __init__(self, model_path: str, **overrides) -> None:
+        self.name = Path(model_path).stem
         self.model, self.tokenizer, cfg = load_model(model_path)
         self.options = decoding_options(self.model, self.tokenizer, cfg, model_path, **overrides)
         self.sample_rate = cfg.sample_rate
@@ -71,7 +70,7 @@ def run(engines, manifest: Path, limit=None) -> dict:
         wave = load_audio(u.audio, 16000, u.offset, u.duration if u.offset else None)
         audio += wave.numel() / 16000
         refs.append(u.text)
-        order = engines if i % 2 == 0 else engines[::-1]
+        order = engines if i % 2 == 0 else engines[::-1]  # no engine always first
         for e in order:
             t = time.perf_counter()
             hyps[e.name].append(e(wave))
@@ -81,10 +80,13 @@ def run(engines, manifest: Path, limit=None) -> dict:
         m = score(refs, hyps[e.name])
         out[e.name] = {"wer": round(m["wer"], 4), "cer": round(m["cer"], 4),
                        "rtf": round(seconds[e.name] / audio, 4)}
-    ours, ps = out[engines[0].name]["wer"], out["pocketsphinx"]["wer"]
-    out["wer_ratio_ours_to_pocketsphinx"] = round(ours / ps, 3) if ps else None
-    out["speed_ratio_pocketsphinx_rtf_to_ours"] = round(
-        out["pocketsphinx"]["rtf"] / max(out[engines[0].name]["rtf"], 1e-9), 2)
+    ps = out["pocketsphinx"]
+    for e in engines:
+        if e.name != "pocketsphinx":
+            out[e.name]["wer_ratio_to_pocketsphinx"] = (
+                round(out[e.name]["wer"] / ps["wer"], 3) if ps["wer"] else None)
+            out[e.name]["speed_ratio_pocketsphinx_rtf_to_this"] = round(
+                ps["rtf"] / max(out[e.name]["rtf"], 1e-9), 2)
     out["examples"] = [{"ref": r, **{e.name: hyps[e.name][j] for e in engines}}
                        for j, r in enumerate(refs[:5])]
     return out
@@ -92,7 +94,8 @@ def run(engines, manifest: Path, limit=None) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="data/models/english.pt")
+    p.add_argument("--model", nargs="+", default=["data/models/english.pt"],
+                   help="one or more of our models, each decoding every clip beside pocketsphinx")
     p.add_argument("--manifest", nargs="+", type=Path, required=True)
     p.add_argument("--limit", type=int, help="first N utterances of each manifest")
     p.add_argument("--threads", type=int, default=1)
@@ -100,9 +103,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    engines = [Ours(args.model, no_lm=args.no_lm), PocketSphinx()]
-    engines[0](torch.zeros(16000))  # warm-up: the LM is built, kernels are loaded
-    engines[1](torch.zeros(16000))
+    engines = [Ours(m, no_lm=args.no_lm) for m in args.model] + [PocketSphinx()]
+    if len({e.name for e in engines}) < len(engines):
+        p.error("--model: the file names must differ (each names its column)")
+    for e in engines:  # warm-up: the LM is built, kernels are loaded
+        e(torch.zeros(16000))
     results = {"date": time.strftime("%Y-%m-%d"), "model": args.model, "threads": args.threads,
                "lm": not args.no_lm, "runs": [run(engines, m, args.limit) for m in args.manifest]}
     text = json.dumps(results, indent=1)
