@@ -39,7 +39,7 @@ from kws.layout import hash_split, list_audio
 from kws.negatives import (LoadedNegative, NegativeFile, check_speakers_disjoint, corpus_files, folder_files,
                            load_negatives, noise_files, split_held_out)
 from kws.phrases import near_miss_phrases, negative_sentences, sentence_vocabulary
-from kws.synth import Voice, synthesize_many
+from kws.synth import synthesize_many
 from kws.voices import (DEFAULT_HOLD_OUT, sample_renderings, split_voices, voice_family, voice_id,
                         voice_inventory)
 
@@ -200,7 +200,6 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
     kcfg.name = f"{_slug(phrase)}_crnn"
     sr = kcfg.features.sample_rate
     torch.set_num_threads(kcfg.train.num_threads)
-    rng = random.Random(cfg.seed)
     minutes = lambda: (time.time() - t0) / 60  # noqa: E731
     real_split = split_real_positives(cfg.data.real_positives, cfg.data.real_positive_test_percent,
                                       cfg.data.real_positive_val_percent)

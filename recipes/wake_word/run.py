@@ -32,7 +32,7 @@ import shutil
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from asr.metadata import read_metadata
+from kws.phrases import contains_phrase, negative_sentences, sentence_vocabulary
 from kws.data import hash_split, list_audio, manifest_entry, read_manifest, speaker_of, write_manifest
 
 log = logging.getLogger("recipes.wake_word")
@@ -55,28 +55,17 @@ def near_misses(keyword: str, texts_csv: Path | None, extra: Sequence[str] = (),
     kw = _norm(keyword)
     words = list(NEAR_MISS_DEFAULTS.get(kw, [])) + list(extra)
     if texts_csv is not None and texts_csv.exists():
-        vocab: Dict[str, int] = {}
-        for row in read_metadata(texts_csv):
-            for w in re.findall(r"[a-z]+", row.normalized.lower()):
-                vocab[w] = vocab.get(w, 0) + 1
+        vocab = sentence_vocabulary(texts_csv)
         cands = [w for w in vocab if kw not in w and w != kw and len(w) >= 4 and
                  (w[:3] == kw[:3] or (len(kw) >= 5 and w[-4:] == kw[-4:]))]
         cands.sort(key=lambda w: (-vocab[w], w))
         words += cands
     seen, out = set(), []
     for w in words:
-        if _norm(w) != kw and kw not in _norm(w) and w not in seen:
+        if not contains_phrase(w, kw) and w not in seen:
             seen.add(w)
             out.append(w)
     return out[:limit]
-
-
-def negative_sentences(keyword: str, texts_csv: Path, n: int, seed: int = 0) -> List[str]:
-    kw = _norm(keyword)
-    rows = [row.normalized for row in read_metadata(texts_csv)
-            if kw not in _norm(row.normalized) and 20 <= len(row.normalized) <= 160]
-    random.Random(seed).shuffle(rows)
-    return rows[:n]
 
 
 def training_negatives(real_train: List[dict], sc_negatives: int, fsdd_negatives: int
@@ -186,7 +175,7 @@ def synthesize(keyword: str, shared: Path, out: Path, n_pos: int, n_near: int, n
     near = []
     for i, w in enumerate(misses):
         near += [(w, v) for v in sample_voices(n_near, seed=seed + 10 + i)]
-    sents = negative_sentences(keyword, texts, n_sent, seed) if texts.exists() else []
+    sents = negative_sentences(texts, keyword, n_sent, seed) if texts.exists() else []
     sent_items = [(s, v) for s, v in zip(sents, sample_voices(len(sents), seed=seed + 999))]
     done = synthesize_many(items + near + sent_items, out / "synth", jobs=jobs)
     es = []
