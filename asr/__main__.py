@@ -142,7 +142,9 @@ def _set_decoding(args) -> int:
              "vocabulary": args.vocab and _read_texts(args.vocab), "warps": args.warps,
              "lm_texts": args.lm_texts, "lm_kind": args.lm_kind, "lm_order": args.lm_order,
              "lm_weight": args.lm_weight, "length_bonus": args.length_bonus,
-             "token_min_logp": args.token_min_logp, "beam_prune_logp": args.beam_prune_logp}
+             "token_min_logp": args.token_min_logp, "beam_prune_logp": args.beam_prune_logp,
+             "nbest": args.nbest, "rescore": args.rescore, "rescore_weight": args.rescore_weight,
+             "ctc_weight": args.ctc_weight}
     cfg = with_saved_decoding(cfg, model, args.out, head=args.head, make_default=args.default,
                               **{k: v for k, v in given.items() if v is not None})
     state = read_checkpoint(args.model)
@@ -294,6 +296,14 @@ def _add_saved_decoding_arguments(p) -> None:
                    "below this log-probability (its best kept), e.g. -5")
     p.add_argument("--beam-prune-logp", type=float, help="ctc_prefix_beam: drop prefixes more "
                    "than this below the best after each frame, e.g. 10")
+    p.add_argument("--ctc-weight", type=float, help="attention_beam: weight of the CTC head's "
+                   "prefix scores (joint CTC/attention decoding)")
+    p.add_argument("--rescore", metavar="HEAD", help="re-rank the search's N-best list with "
+                   "this attention head (give --nbest > 1)")
+    p.add_argument("--rescore-weight", type=float,
+                   help="share of the attention log-prob in the rescored score (default 0.5; "
+                   "0 keeps the first pass's ranking)")
+    p.add_argument("--nbest", type=int, help="hypotheses the search keeps per utterance")
     p.add_argument("--warps", type=float, nargs="*", metavar="ALPHA",
                    help="test-time VTLN: decode once per frequency-warp factor (e.g. 0.84 0.88 "
                    "... 1.16) and keep each utterance's best-scoring warp (no value: off)")
@@ -307,18 +317,11 @@ def _add_decoding_arguments(p) -> None:
                    "manifest) in the beam searches; a failed partial match loses its boost")
     p.add_argument("--hotword-boost", type=float, default=2.0,
                    help="log-score added per token of a hotword (default 2.0)")
-    p.add_argument("--ctc-weight", type=float, help="attention_beam: weight of the CTC head's "
-                   "prefix scores (joint CTC/attention decoding)")
-    p.add_argument("--rescore", metavar="HEAD", help="re-rank the search's N-best list with "
-                   "this attention head (give --nbest > 1)")
-    p.add_argument("--rescore-weight", type=float,
-                   help="share of the attention log-prob in the rescored score (default 0.5)")
     p.add_argument("--rescore-lm", metavar="PATH", help="re-rank the search's N-best list "
                    "with this LSTM LM (from python -m asr lm, for this model's tokenizer); "
                    "works with any head's beam search; needs --nbest > 1")
     p.add_argument("--rescore-lm-weight", type=float, metavar="W", help="weight of the LM "
                    "log-prob added to the first-pass score (default 0.5)")
-    p.add_argument("--nbest", type=int, help="hypotheses the search keeps per utterance")
     p.add_argument("--plain", action="store_true",
                    help="ignore the decoding defaults saved in the model (its closed "
                    "vocabulary, warps, head, search, beam and LM)")

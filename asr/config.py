@@ -142,6 +142,12 @@ class DecodingConfig:
     # log-probability (its best kept), drop prefixes this far below the best (pyctcdecode's -5, 10)
     token_min_logp: Optional[float] = None
     beam_prune_logp: Optional[float] = None
+    # re-rank the search's nbest hypotheses with this attention head, weight its share of
+    # the score (None: no rescoring); ctc_weight: joint CTC/attention decoding (attention_beam)
+    nbest: Optional[int] = None
+    rescore: Optional[str] = None
+    rescore_weight: Optional[float] = None
+    ctc_weight: Optional[float] = None
     # how each other head decodes when asked for by name (``--head ctc`` of a model whose
     # default head is the transducer): the same fields, for that head (its ``head`` unused);
     # a head not named here starts from its own search's defaults

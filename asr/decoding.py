@@ -77,7 +77,8 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
     drops the saved LM. ``hotwords``: phrases
     boosted by ``hotword_boost`` per token (through the LM-fusion interface); ``ctc_weight``:
     joint CTC/attention decoding; ``rescore``: an attention head re-ranking the N-best
-    list (``nbest`` hypotheses) with ``rescore_weight``; ``rescore_lm``: a neural LM file
+    list (``nbest`` hypotheses) with ``rescore_weight`` (these four also saved; a weight of
+    0 keeps the first pass's ranking); ``rescore_lm``: a neural LM file
     (``python -m asr lm``) re-ranking the N-best list with ``rescore_lm_weight`` (needs
     ``nbest`` > 1); ``token_min_logp`` and ``beam_prune_logp``: the CTC prefix beam's
     pruning."""
@@ -125,10 +126,10 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
         phrases = [p for p in dict.fromkeys(normalize_text(t) for t in hotwords) if p]
         options = with_biasing(options, [tokenizer.encode(p) for p in phrases], hotword_boost)
     given = {"ctc_weight": ctc_weight, "rescore": rescore, "rescore_weight": rescore_weight,
-             "nbest": nbest,
-             "token_min_logp": token_min_logp if token_min_logp is not None else saved.token_min_logp,
-             "beam_prune_logp": beam_prune_logp if beam_prune_logp is not None else saved.beam_prune_logp}
-    options.update({k: v for k, v in given.items() if v is not None})
+             "nbest": nbest, "token_min_logp": token_min_logp, "beam_prune_logp": beam_prune_logp}
+    options.update({k: v if v is not None else getattr(saved, k) for k, v in given.items()
+                    if v is not None or getattr(saved, k) is not None})
+    nbest = options.get("nbest")
     if rescore_lm:
         if (nbest or 1) < 2:
             raise ValueError(f"rescoring with the LM {rescore_lm} needs an N-best list: "
@@ -146,8 +147,9 @@ def with_saved_decoding(cfg: ExperimentConfig, model, out_path: str | Path,
     defaults), for a checkpoint to be written at ``out_path``. With ``make_default``,
     ``head`` becomes the model's default head and the former default's decoding moves to
     ``other_heads``. An LM text in the checkpoint's folder is saved by name (it travels
-    with the checkpoint), any other as an absolute path; a missing file, an unknown head or
-    a search the head lacks is refused, naming it."""
+    with the checkpoint), any other as an absolute path; a missing file, an unknown head, a
+    search the head lacks or a rescoring head that is not an attention head is refused,
+    naming it."""
     import dataclasses
 
     decoding = cfg.decoding
@@ -159,6 +161,11 @@ def with_saved_decoding(cfg: ExperimentConfig, model, out_path: str | Path,
     if method and method not in model.heads[head].search_methods:
         raise ValueError(f"search {method!r}: head {head!r} decodes with "
                          f"{model.heads[head].search_methods}")
+    rescore = fields.get("rescore")
+    if rescore and not hasattr(model.heads[rescore] if rescore in model.heads else None,
+                               "sequence_log_probs"):
+        raise ValueError(f"rescore {rescore!r}: not an attention head of the model "
+                         f"(its heads: {list(model.heads)})")
     if fields.get("lm_texts"):
         lm = Path(fields["lm_texts"]).resolve()
         if not lm.is_file():

@@ -153,7 +153,26 @@ def test_set_decoding_saves_each_heads_defaults(tmp_path, tone_corpus, two_heads
     decoding = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["decoding"]
     assert (decoding["method"], decoding["beam"], decoding["lm"]) == ("ctc_prefix_beam", 5, True)
 
+    # N-best rescoring saved with the default head; --rescore-weight 0 undoes it for a run
+    assert main(["set-decoding", "--model", str(out), "--out", str(out), "--search", "attention_beam",
+                 "--beam", "3", "--nbest", "3", "--head", "attention", "--ctc-weight", "0.2"]) == 0
+    assert main(["set-decoding", "--model", str(out), "--out", str(out), "--head", "ctc", "--default",
+                 "--search", "ctc_prefix_beam", "--beam", "4", "--nbest", "4", "--rescore",
+                 "attention", "--rescore-weight", "0.7"]) == 0
+    _, _, saved = load_model(out)
+    opts = decoding_options(model, tok, saved, out)
+    assert (opts["head"], opts["nbest"], opts["rescore"], opts["rescore_weight"]) == ("ctc", 4, "attention", 0.7)
+    assert decoding_options(model, tok, saved, out, rescore_weight=0.0)["rescore_weight"] == 0.0
+    opts = decoding_options(model, tok, saved, out, head="attention")
+    assert (opts["ctc_weight"], opts["nbest"]) == (0.2, 3) and "rescore" not in opts
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--corpus", "manifest", "--data",
+                 str(tone_corpus), "--threads", "1"]) == 0
+    decoding = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["decoding"]
+    assert (decoding["rescore"], decoding["nbest"]) == ("attention", 4)
+
     for flags, message in ((["--head", "rnnt"], "head 'rnnt'"),
+                           (["--rescore", "ctc"], "rescore 'ctc'"),
                            (["--head", "ctc", "--search", "attention_beam"], "search 'attention_beam'"),
                            (["--lm-texts", str(tmp_path / "none.txt")], "none.txt")):
         assert main(["set-decoding", "--model", str(out), "--out", str(tmp_path / "x.pt")] + flags) == 2
