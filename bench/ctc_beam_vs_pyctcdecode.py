@@ -13,7 +13,7 @@ clock mostly measures waiting for a core) and wall time. No LM on either side. O
 exact (every token, every prefix within the beam: its default) and with pyctcdecode's
 default pruning (``OURS``).
 
-    python bench/ctc_beam_vs_pyctcdecode.py --model data/models/english.pt \\
+    python bench/ctc_beam_vs_pyctcdecode.py --model data/models/english_ctc.pt \\
         --manifest exp/english/data/dev_an4.jsonl --limit 100 --beams 16 32 64 \\
         --python /tmp/pyctc_env/bin/python --out recipes/english/bench_ctc_beam_vs_pyctcdecode.json
 """
@@ -103,7 +103,7 @@ def ours(path: Path, beam: int, tokenizer, setting: str = "exact"):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="data/models/english.pt")
+    p.add_argument("--model", default="data/models/english_ctc.pt")
     p.add_argument("--manifest", type=Path, default=Path("exp/english/data/dev_an4.jsonl"))
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--beams", type=int, nargs="+", default=[16, 32, 64])

@@ -57,20 +57,25 @@ def _evaluate(model: Path, data: Path, *flags: str):
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "corpora" / "an4").is_dir(),
                     reason="../shared/corpora/an4 not present")
-def test_shipped_english_model_decodes_with_its_lm(tmp_path):
-    """data/models/english.pt finds the LM text shipped beside it and, with its default
-    decoding (prefix beam 32 + char 8-gram), transcribes AN4 clips (a regression check:
-    most of these speakers trained it)."""
-    model = ROOT / "data" / "models" / "english.pt"
+def test_shipped_english_ctc_model_decodes_with_its_lm(tmp_path):
+    """data/models/english_ctc.pt (the CTC model the streaming model and the active-learning
+    recipe start from) finds the LM text shipped beside it and, with its default decoding
+    (prefix beam 32 + char 8-gram), transcribes AN4 clips (a regression check: most of these
+    speakers trained it)."""
+    model = ROOT / "data" / "models" / "english_ctc.pt"
     assert model.stat().st_size < 10 * 2**20 and (model.parent / "english_lm.txt").is_file()
-    out = subprocess.run(
-        [sys.executable, "-m", "asr", "evaluate", "--model", str(model), "--corpus", "an4",
-         "--data", str(ROOT.parent / "shared" / "corpora" / "an4"), "--limit", "12",
-         "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=230)
-    assert out.returncode == 0, out.stderr
-    metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    metrics = _evaluate_an4(model, 12)
     assert metrics["decoding"]["lm"] is True and metrics["decoding"]["beam"] == 32, metrics
     assert metrics["utterances"] == 12 and metrics["wer"] < 0.4, metrics
+
+
+def _evaluate_an4(model: Path, limit: int, *flags: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "asr", "evaluate", "--model", str(model), "--corpus", "an4",
+         "--data", str(ROOT.parent / "shared" / "corpora" / "an4"), "--limit", str(limit),
+         "--threads", "1", *flags], cwd=ROOT, capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.timeout(280)
@@ -133,28 +138,33 @@ def test_shipped_english_streaming_onnx_export_transcribes_as_torch():
     assert (pruned.new_search().token_min_logp, pruned.new_search().beam_prune_logp) == (-5.0, 10.0)
 
 
-@pytest.mark.timeout(280)
+@pytest.mark.timeout(400)
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "corpora" / "an4").is_dir(),
                     reason="../shared/corpora/an4 not present")
-def test_shipped_three_head_english_model_decodes_with_each_head():
-    """data/models/english_three_heads.pt: english.pt's encoder and CTC head (the same
-    shapes; since the joint fine-tune of all three heads, not the same weights) with RNN-T
-    and attention heads; `evaluate --head` decodes AN4 clips with each, and joint
-    CTC/attention with --ctc-weight (a regression check: most of these speakers trained it)."""
+def test_shipped_english_model_decodes_with_each_head():
+    """data/models/english.pt: english_ctc.pt's architecture (the same shapes; since the
+    joint fine-tune of all three heads, not the same weights) with RNN-T and attention heads.
+    Plain `evaluate` decodes with its saved default (RNN-T, beam 8, no LM, the 8-best
+    re-ranked by the attention head), `--head ctc` with
+    the CTC head's saved decoding (prefix beam 32 + the LM shipped beside it), `--head
+    attention` with beam 8, and joint CTC/attention with --ctc-weight (a regression check on
+    AN4 clips: most of these speakers trained it)."""
     import torch
 
-    model = ROOT / "data" / "models" / "english_three_heads.pt"
+    model = ROOT / "data" / "models" / "english.pt"
+    assert model.stat().st_size < 20 * 2**20
     three = torch.load(model, map_location="cpu", weights_only=False)["model"]
-    one = torch.load(ROOT / "data" / "models" / "english.pt", map_location="cpu", weights_only=False)["model"]
+    one = torch.load(ROOT / "data" / "models" / "english_ctc.pt", map_location="cpu",
+                     weights_only=False)["model"]
     assert set(one) < set(three) and all(one[k].shape == three[k].shape for k in one)
     assert {k.split(".")[1] for k in three if k.startswith("heads.")} == {"ctc", "transducer", "attention"}
-    for extra in (["--head", "transducer", "--search", "transducer_beam", "--no-lm"],
-                  ["--head", "attention", "--search", "attention_beam", "--no-lm"],
-                  ["--head", "attention", "--search", "attention_beam", "--no-lm", "--ctc-weight", "0.3"]):
-        out = subprocess.run(
-            [sys.executable, "-m", "asr", "evaluate", "--model", str(model), "--corpus", "an4",
-             "--data", str(ROOT.parent / "shared" / "corpora" / "an4"), "--limit", "8",
-             "--beam", "8", "--threads", "1", *extra], cwd=ROOT, capture_output=True, text=True, timeout=200)
-        assert out.returncode == 0, out.stderr
-        metrics = json.loads(out.stdout.strip().splitlines()[-1])
-        assert metrics["utterances"] == 8 and metrics["wer"] < 0.5, (extra, metrics)
+    runs = [([], {"head": "transducer", "method": "transducer_beam", "beam": 8, "nbest": 8,
+                  "rescore": "attention"}, 0.3),
+            (["--head", "ctc"], {"head": "ctc", "method": "ctc_prefix_beam", "beam": 32, "lm": True}, 0.4),
+            (["--head", "attention"], {"head": "attention", "method": "attention_beam", "beam": 8}, 0.4),
+            (["--head", "attention", "--ctc-weight", "0.3"], {"ctc_weight": 0.3}, 0.4)]
+    for flags, decoding, wer in runs:
+        metrics = _evaluate_an4(model, 8, *flags)
+        assert {k: metrics["decoding"].get(k) for k in decoding} == decoding, metrics
+        assert "lm" in decoding or "lm" not in metrics["decoding"], metrics
+        assert metrics["utterances"] == 8 and metrics["wer"] < wer, (flags, metrics)

@@ -1,6 +1,6 @@
 """A start checkpoint for a SentencePiece CTC model from a trained character CTC model.
 
-    python -m recipes.english.piece_init --model data/models/english.pt \
+    python -m recipes.english.piece_init --model data/models/english_ctc.pt \
         --train exp/english/data/train.jsonl --pieces 256 --out sp256_init.pt
 
 Keeps every weight but the CTC output layer (its rows are the characters; the pieces start
