@@ -196,3 +196,31 @@ def test_beam_nbest_times_monotone_and_registered():
             assert len(h.times) == len(h.tokens)
             assert h.times == sorted(h.times) and all(0 <= t < T for t in h.times)
             assert head.blank not in h.tokens
+
+
+def test_beam_stops_once_no_hypothesis_can_reach_the_ended_ones():
+    """After the last frame the search drops hypotheses below the `beam` best ended ones
+    instead of adding labels up to the 3 T label limit (which took minutes and gigabytes
+    on a one-minute recording): the n-best lists equal those of the search without the
+    rule (a zero LM turns it off), and a long input ends in far fewer steps."""
+    from asr.search.transducer import TransducerBeamSearch
+
+    zero_lm = {"lm_score": lambda prefix, token: 0.0, "lm_weight": 1.0}
+    for seed in range(12):
+        head = _head("lstm", V=6, sharpen=2.0, seed=seed, blank_bias=1.0)
+        enc = _enc(1, 30, seed=seed)
+        for beam in (2, 4, 8):
+            pruned = transducer_beam(head, enc, torch.tensor([30]), beam=beam, nbest=beam)[0]
+            full = transducer_beam(head, enc, torch.tensor([30]), beam=beam, nbest=beam, **zero_lm)[0]
+            assert [h.tokens for h in pruned.nbest] == [h.tokens for h in full.nbest]
+            assert [h.score for h in pruned.nbest] == pytest.approx([h.score for h in full.nbest], abs=1e-9)
+    head = _head("lstm", V=6, sharpen=2.0, seed=0, blank_bias=1.0)
+    T = 300
+    searches = {}
+    for name, options in (("pruned", {}), ("full", zero_lm)):
+        search = searches[name] = TransducerBeamSearch(head, beam=8, **options)
+        search.advance(head.project_enc(_enc(1, T, seed=5))[0])
+        searches[name] = (search.result(8, final=True), search.steps, len(search.final))
+    assert [h.tokens for h in searches["pruned"][0].nbest] == [h.tokens for h in searches["full"][0].nbest]
+    assert searches["full"][1] == 4 * T  # labels at the last frames up to the limit
+    assert searches["pruned"][1] < 2 * T and searches["pruned"][2] < searches["full"][2] / 4

@@ -322,8 +322,22 @@ class TransducerBeamSearch:
                     return  # the limit 3 T may still grow
             self._step(T, u_max)
             self.steps += 1
+            if self.ended:
+                self._drop_hopeless()
         if self.ended:
             self.active = []
+
+    def _drop_hopeless(self) -> None:
+        """Once the utterance has ended, drop the hypotheses scoring below the ``beam``
+        best ended ones. A hypothesis's alignments only lose probability as it grows
+        (when no LM or positive length bonus can raise a score), so it cannot overtake
+        them; without this the beam went on adding labels at the last frames up to the
+        label limit (3 T), ending ``beam`` hypotheses per step: minutes and gigabytes on a
+        one-minute recording."""
+        if self.lm_score is not None or self.length_bonus > 0 or len(self.final) < self.beam:
+            return
+        worst_kept = sorted((h.score for h in self.final.values()), reverse=True)[self.beam - 1]
+        self.active = [h for h in self.active if h.score > worst_kept]
 
     def _step(self, T: int, u_max: int) -> None:
         """One ALSD step of every active hypothesis."""
