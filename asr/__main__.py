@@ -170,23 +170,20 @@ def _read_texts(path: str):
 
 
 def _transcribe(args) -> int:
-    import torch
-
     from asr.audio import load_audio
     from asr.checkpoint import load_model
+    from asr.transcribe import transcribe_wave
 
     model, tokenizer, cfg = load_model(args.model)
     options = _decoding_options(args, model, tokenizer, cfg)
     if args.streaming:
         return _transcribe_streaming(args.files, model, tokenizer, cfg, options)
+    frame = cfg.features.hop_length * model.encoder.subsampling_factor / cfg.sample_rate
     for path in args.files:
         wave = load_audio(path, cfg.sample_rate)
-        res = model.decode(wave[None], torch.tensor([wave.numel()]), **options)[0]
-        frame = cfg.features.hop_length * model.encoder.subsampling_factor / cfg.sample_rate
-        print(json.dumps({"file": path, "text": tokenizer.decode(res.best.tokens),
-                          "score": round(res.best.score, 3),
-                          "tokens": [tokenizer.token(t) for t in res.best.tokens],
-                          "times": [round(t * frame, 3) for t in res.best.times]}))
+        result = transcribe_wave(model, tokenizer, wave, cfg.sample_rate, frame,
+                                 max_segment=args.max_segment, **options)
+        print(json.dumps({"file": path, **result}))
     return 0
 
 
@@ -364,6 +361,10 @@ def main(argv=None) -> int:
     r.add_argument("--streaming", action="store_true",
                    help="decode as the streaming server would: the files as concurrent streams "
                    "fed 100 ms at a time, segments cut at endpoints (the model's streaming config)")
+    r.add_argument("--max-segment", type=float, default=20.0, metavar="SECONDS",
+                   help="offline: cut longer recordings at their quietest moments into pieces "
+                   "of at most this many seconds, decoded one by one (0: decode whole; "
+                   "default 20)")
     r.add_argument("files", nargs="+")
     r.set_defaults(func=_transcribe)
 
