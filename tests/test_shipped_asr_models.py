@@ -144,7 +144,7 @@ def test_shipped_english_streaming_onnx_export_transcribes_as_torch():
 def test_shipped_english_model_decodes_with_each_head():
     """data/models/english.pt: english_ctc.pt's architecture (the same shapes; since the
     joint fine-tune of all three heads, not the same weights) with RNN-T and attention heads.
-    Plain `evaluate` decodes with its saved default (RNN-T, beam 8, no LM, the 8-best
+    Plain `evaluate` decodes with its saved default (RNN-T, beam 16, no LM, the 16-best
     re-ranked by the attention head), `--head ctc` with
     the CTC head's saved decoding (prefix beam 32 + the LM shipped beside it), `--head
     attention` with beam 8, and joint CTC/attention with --ctc-weight (a regression check on
@@ -158,7 +158,7 @@ def test_shipped_english_model_decodes_with_each_head():
                      weights_only=False)["model"]
     assert set(one) < set(three) and all(one[k].shape == three[k].shape for k in one)
     assert {k.split(".")[1] for k in three if k.startswith("heads.")} == {"ctc", "transducer", "attention"}
-    runs = [([], {"head": "transducer", "method": "transducer_beam", "beam": 8, "nbest": 8,
+    runs = [([], {"head": "transducer", "method": "transducer_beam", "beam": 16, "nbest": 16,
                   "rescore": "attention"}, 0.3),
             (["--head", "ctc"], {"head": "ctc", "method": "ctc_prefix_beam", "beam": 32, "lm": True}, 0.4),
             (["--head", "attention"], {"head": "attention", "method": "attention_beam", "beam": 8}, 0.4),
