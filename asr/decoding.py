@@ -161,11 +161,8 @@ def with_saved_decoding(cfg: ExperimentConfig, model, out_path: str | Path,
     if method and method not in model.heads[head].search_methods:
         raise ValueError(f"search {method!r}: head {head!r} decodes with "
                          f"{model.heads[head].search_methods}")
-    rescore = fields.get("rescore")
-    if rescore and not hasattr(model.heads[rescore] if rescore in model.heads else None,
-                               "sequence_log_probs"):
-        raise ValueError(f"rescore {rescore!r}: not an attention head of the model "
-                         f"(its heads: {list(model.heads)})")
+    if fields.get("rescore"):
+        model.rescoring_head(fields["rescore"])
     if fields.get("lm_texts"):
         lm = Path(fields["lm_texts"]).resolve()
         if not lm.is_file():

@@ -166,6 +166,14 @@ class ASRModel(nn.Module):
         return losses
 
     @torch.no_grad()
+    def rescoring_head(self, name: str) -> nn.Module:
+        """The head named ``name`` if it can re-rank an N-best list (an attention head,
+        with ``sequence_log_probs``); else a ValueError naming it."""
+        head = self.heads[name] if name in self.heads else None
+        if not hasattr(head, "sequence_log_probs"):
+            raise ValueError(f"rescore {name!r}: needs an attention head among {list(self.heads)}")
+        return head
+
     def decode(self, waves: torch.Tensor, wave_lens: torch.Tensor, head: Optional[str] = None,
                method: Optional[str] = None, warps: Optional[Sequence[float]] = None,
                rescore: Optional[str] = None, rescore_weight: float = 0.5,
@@ -191,9 +199,7 @@ class ASRModel(nn.Module):
             raise ValueError(f"model has heads {list(self.heads)}, not {name!r}")
         h = self.heads[name]
         method = method or h.search_methods[0]
-        second = self.heads[rescore] if rescore in self.heads else None
-        if rescore is not None and not hasattr(second, "sequence_log_probs"):
-            raise ValueError(f"rescore needs an attention head among {list(self.heads)}, not {rescore!r}")
+        second = self.rescoring_head(rescore) if rescore is not None else None
         if options.get("ctc_weight"):
             ctc = next((m for m in self.heads.values() if isinstance(m, CTCHead)), None)
             if ctc is None:
