@@ -127,8 +127,10 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
         options = with_biasing(options, [tokenizer.encode(p) for p in phrases], hotword_boost)
     given = {"ctc_weight": ctc_weight, "rescore": rescore, "rescore_weight": rescore_weight,
              "nbest": nbest, "token_min_logp": token_min_logp, "beam_prune_logp": beam_prune_logp}
-    options.update({k: v if v is not None else getattr(saved, k) for k, v in given.items()
-                    if v is not None or getattr(saved, k) is not None})
+    for key, value in given.items():
+        value = value if value is not None else getattr(saved, key)
+        if value is not None:
+            options[key] = value
     nbest = options.get("nbest")
     if rescore_lm:
         if (nbest or 1) < 2:

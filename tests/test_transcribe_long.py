@@ -8,9 +8,9 @@ import soundfile as sf
 import torch
 
 from asr.__main__ import main
+from asr.audio import load_audio
 from asr.checkpoint import save_checkpoint
 from asr.data import read_manifest
-from asr.audio import load_audio
 from asr.model import ASRModel
 from asr.segment import split_at_pauses
 from asr.text import build_tokenizer
