@@ -56,7 +56,7 @@ def near_misses(keyword: str, texts_csv: Path | None, extra: Sequence[str] = (),
     words = list(NEAR_MISS_DEFAULTS.get(kw, [])) + list(extra)
     if texts_csv is not None and texts_csv.exists():
         vocab = sentence_vocabulary(texts_csv)
-        cands = [w for w in vocab if kw not in w and w != kw and len(w) >= 4 and
+        cands = [w for w in vocab if len(w) >= 4 and
                  (w[:3] == kw[:3] or (len(kw) >= 5 and w[-4:] == kw[-4:]))]
         cands.sort(key=lambda w: (-vocab[w], w))
         words += cands
