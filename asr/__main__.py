@@ -178,10 +178,9 @@ def _transcribe(args) -> int:
     options = _decoding_options(args, model, tokenizer, cfg)
     if args.streaming:
         return _transcribe_streaming(args.files, model, tokenizer, cfg, options)
-    frame = cfg.features.hop_length * model.encoder.subsampling_factor / cfg.sample_rate
     for path in args.files:
         wave = load_audio(path, cfg.sample_rate)
-        result = transcribe_wave(model, tokenizer, wave, cfg.sample_rate, frame,
+        result = transcribe_wave(model, tokenizer, wave, cfg.sample_rate,
                                  max_segment=args.max_segment, **options)
         print(json.dumps({"file": path, **result}))
     return 0

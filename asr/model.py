@@ -122,6 +122,12 @@ class ASRModel(nn.Module):
         })
         self.loss_weights = {name: hc.weight for name, hc in cfg.heads.items()}
 
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per encoder output frame (the unit of token times)."""
+        return (self.cfg.features.hop_length * self.encoder.subsampling_factor
+                / self.cfg.features.sample_rate)
+
     def normalized_features(self, waves: torch.Tensor, wave_lens: torch.Tensor):
         """waves: (B, N), wave_lens: (B,) -> (feats (B, T', F), feat_lens (B,)), the
         encoder's input before augmentation."""

@@ -15,13 +15,12 @@ __all__ = ["transcribe_wave"]
 
 
 @torch.no_grad()
-def transcribe_wave(model, tokenizer: Tokenizer, wave: Tensor, sample_rate: int, frame_seconds: float,
+def transcribe_wave(model, tokenizer: Tokenizer, wave: Tensor, sample_rate: int,
                     max_segment: float = 20.0, batch_size: int = 8, **options) -> Dict:
     """Transcribe ``wave`` ``(N,)``.
 
     Args:
         model: an :class:`asr.model.ASRModel`.
-        frame_seconds: seconds per encoder output frame (token times are frames).
         max_segment: the longest piece decoded at once, in seconds (0: the whole recording).
         batch_size: pieces decoded together.
         options: :meth:`asr.model.ASRModel.decode` keyword arguments (head, method, beam...).
@@ -47,7 +46,7 @@ def transcribe_wave(model, tokenizer: Tokenizer, wave: Tensor, sample_rate: int,
             out["text"].append(text)
         out["score"] += best.score
         out["tokens"] += [tokenizer.token(t) for t in best.tokens]
-        out["times"] += [round(offset + t * frame_seconds, 3) for t in best.times]
+        out["times"] += [round(offset + t * model.frame_seconds, 3) for t in best.times]
         out["segments"].append({"start": round(offset, 3), "end": round(e / sample_rate, 3),
                                 "text": text})
     out["text"] = " ".join(out["text"])

@@ -70,10 +70,8 @@ class Recognizer:
             model.encoder.streaming_forward(torch.zeros(1, 1, model.features.dim),
                                             torch.ones(1, dtype=torch.long),
                                             model.encoder.init_state(1))
-        cfg = model.cfg
-        self.sample_rate = cfg.features.sample_rate
-        self.frame_seconds = (cfg.features.hop_length * model.encoder.subsampling_factor
-                              / cfg.features.sample_rate)
+        self.sample_rate = model.cfg.features.sample_rate
+        self.frame_seconds = model.frame_seconds
 
     def create_stream(self) -> "Stream":
         return Stream(self)
