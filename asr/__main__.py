@@ -10,22 +10,13 @@ from pathlib import Path
 
 def _train(args) -> int:
     from asr.config import load_config
+    from asr.distributed import process_group_of_the_run
     from asr.train import Trainer
 
-    import torch.distributed
-
     cfg = load_config(args.config, args.set)
-    trainer = Trainer(cfg, args.exp, init_from=args.init_from)
-    try:
+    with process_group_of_the_run():
+        trainer = Trainer(cfg, args.exp, init_from=args.init_from)
         result = trainer.fit()
-        if trainer.world.distributed:
-            # every rank is done before any tears the group down: a gloo rank whose peer
-            # left mid-teardown can abort at exit ("terminate called without an active
-            # exception"); not on the error path, where a barrier would wait for a dead peer
-            torch.distributed.barrier()
-    finally:
-        if trainer.world.distributed:
-            torch.distributed.destroy_process_group()
     if not trainer.world.is_main:  # under torchrun: one report, from rank 0
         return 0
     print(json.dumps({"model": str(result.model_path), "steps": result.steps,

@@ -8,6 +8,7 @@ gradients, so W processes step as one process would on W batches at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import List, Sequence, TypeVar
@@ -77,6 +78,21 @@ def per_rank(value: float, world: World, device: torch.device) -> List[float]:
     slots = torch.zeros(world.size, dtype=torch.float64, device=device)
     slots[world.rank] = value
     return all_reduce_sum(slots, world).tolist()
+
+
+@contextlib.contextmanager
+def process_group_of_the_run():
+    """Around a command that may join a torchrun process group: when it returns, every rank
+    waits for the others, then the group is torn down. A gloo rank that exits while a peer is
+    still busy can abort at exit ("terminate called without an active exception"). No
+    barrier on the error path, where it would wait for a dead peer."""
+    try:
+        yield
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def barrier(world: World) -> None:

@@ -31,6 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
     import random
 
+    from asr.distributed import process_group_of_the_run
     from kws.config import load_kws_config
     from kws.data import NoiseBank, list_audio, load_clips, load_or_skip, read_manifest
     from kws.train import train
@@ -49,7 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                  if (w := load_or_skip(p, cfg.features.sample_rate)) is not None]
         random.Random(0).shuffle(waves)
         streams = [torch.cat(waves)] if waves else []
-    summary = train(cfg, train_clips, val_clips, args.out, noise, streams)
+    with process_group_of_the_run():
+        summary = train(cfg, train_clips, val_clips, args.out, noise, streams)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         _print_json(summary)
     return 0

@@ -1,5 +1,6 @@
 """`torchrun -m asr train`: two CPU processes (gloo) step as one process with the same
 global batch, and a run resumed on another world size continues the same run."""
+import contextlib
 import dataclasses
 import json
 import os
@@ -144,3 +145,24 @@ def test_ranks_agree_on_the_slowest_clock():
         results = manager.dict()
         mp.spawn(_agree, args=(free_port(), results), nprocs=2)
         assert dict(results) == {0: (5.0, [10.0, 11.0]), 1: (5.0, [10.0, 11.0])}
+
+
+def test_a_commands_process_group_is_torn_down_after_it_returns_or_fails(tmp_path, monkeypatch):
+    """The train commands leave no process group behind (a gloo rank that exits while a
+    peer is busy can abort), and a command that failed is not held at a barrier."""
+    import torch.distributed as dist
+
+    from asr.distributed import process_group_of_the_run
+
+    barriers = []
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: barriers.append(1))
+    for n, fails in enumerate((False, True)):
+        with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+            with process_group_of_the_run():
+                dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store{n}", rank=0, world_size=1)
+                if fails:
+                    raise RuntimeError("the run failed")
+        assert not dist.is_initialized()
+    assert barriers == [1]  # after the run that returned, not after the one that failed
+    with process_group_of_the_run():  # a one-process run that never joined a group
+        pass
