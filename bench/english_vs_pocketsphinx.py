@@ -37,6 +37,11 @@ class Ours:
         self.model, self.tokenizer, cfg = load_model(model_path)
         self.options = decoding_options(self.model, self.tokenizer, cfg, model_path, **overrides)
         self.sample_rate = cfg.sample_rate
+        # what this engine decodes with, as used (not as asked: a model may save no LM)
+        self.decoding = {"head": self.options["head"] or next(iter(self.model.heads)),
+                         "method": self.options["method"], "lm": "lm_score" in self.options,
+                         **{k: self.options[k] for k in ("beam", "nbest", "rescore", "rescore_weight")
+                            if self.options.get(k) is not None}}
 
     def __call__(self, wave: torch.Tensor) -> str:
         with torch.no_grad():
@@ -109,7 +114,8 @@ def main(argv=None) -> int:
     for e in engines:  # warm-up: the LM is built, kernels are loaded
         e(torch.zeros(16000))
     results = {"date": time.strftime("%Y-%m-%d"), "model": args.model, "threads": args.threads,
-               "lm": not args.no_lm, "runs": [run(engines, m, args.limit) for m in args.manifest]}
+               "decoding": {e.name: e.decoding for e in engines if isinstance(e, Ours)},
+               "runs": [run(engines, m, args.limit) for m in args.manifest]}
     text = json.dumps(results, indent=1)
     print(text)
     if args.out:
