@@ -1,14 +1,19 @@
-"""Data augmentation: SpecAugment, speed perturbation, additive noise at a set SNR, and
-silence margins."""
+"""Data augmentation: SpecAugment, speed perturbation, additive noise at a set SNR (real
+recordings or generated), and silence margins. Room reverberation: :mod:`asr.reverb`."""
 from __future__ import annotations
 
+import logging
+import random
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from asr.audio import resample
+from asr.audio import AudioError, load_audio, resample
+
+log = logging.getLogger(__name__)
 
 
 def add_noise(wave: torch.Tensor, noise: torch.Tensor, snr_db: float,
@@ -187,3 +192,35 @@ def colored_noise(num_samples: int, color: str = "white",
 def choose(seq: Sequence, generator: Optional[torch.Generator] = None):
     """A random element of ``seq``."""
     return seq[int(torch.randint(0, len(seq), (1,), generator=generator))]
+
+
+class NoiseBank:
+    """Real noise recordings plus generated white/pink/brown noise."""
+
+    def __init__(self, waves: Sequence[torch.Tensor] = (), colored_prob: float = 0.3) -> None:
+        self.waves = [w for w in waves if w.numel() > 0]
+        self.colored_prob = colored_prob
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str | Path], sample_rate: int = 16000,
+                   colored_prob: float = 0.3) -> "NoiseBank":
+        """The recordings of ``paths``; a file that cannot be read is left out after a
+        warning naming it."""
+        waves = []
+        for path in paths:
+            try:
+                waves.append(load_audio(path, sample_rate))
+            except AudioError as exc:
+                log.warning("skipping noise %s", exc)
+        return cls(waves, colored_prob)
+
+    def sample(self, n: int, rng: random.Random) -> torch.Tensor:
+        """(n,) noise."""
+        if not self.waves or rng.random() < self.colored_prob:
+            g = torch.Generator().manual_seed(rng.randrange(2**31))
+            return colored_noise(n, rng.choice(["white", "pink", "brown"]), generator=g)
+        w = rng.choice(self.waves)
+        if w.numel() < n:
+            w = w.repeat(n // w.numel() + 1)
+        s = rng.randrange(0, w.numel() - n + 1)
+        return w[s:s + n]

@@ -53,7 +53,7 @@ class AugmentConfig:
     pitch_semitones: List[float] = field(default_factory=lambda: [0.0])  # precomputed variants
     time_shift_s: float = 0.15  # random shift of a clip inside its window
     gain_db: List[float] = field(default_factory=lambda: [-20.0, 6.0])  # uniform range
-    reverb_prob: float = 0.0  # share of examples convolved with a synthetic room (kws.reverb)
+    reverb_prob: float = 0.0  # share of examples convolved with a synthetic room (asr.reverb)
     rt60_s: List[float] = field(default_factory=lambda: [0.2, 0.9])  # uniform range
     drr_db: List[float] = field(default_factory=lambda: [-3.0, 12.0])  # direct-to-reverberant ratio
     specaugment: Optional[SpecAugmentConfig] = field(

@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from asr.audio import AudioError, audio_info, load_audio
-from asr.augment import add_noise, colored_noise, speed_perturb
+# NoiseBank lives in asr.augment (the ASR trainer mixes real noise too); kws code imports it from here
+from asr.augment import NoiseBank, add_noise, speed_perturb  # noqa: F401
 from kws.config import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -189,31 +190,6 @@ def add_pitch_variants(clips: Sequence[Clip], semitones: Sequence[float], sample
 
 
 # ----------------------------------------------------------------------------- noise
-class NoiseBank:
-    """Real noise recordings plus generated white/pink/brown noise."""
-
-    def __init__(self, waves: Sequence[torch.Tensor] = (), colored_prob: float = 0.3) -> None:
-        self.waves = [w for w in waves if w.numel() > 0]
-        self.colored_prob = colored_prob
-
-    @classmethod
-    def from_files(cls, paths: Iterable[str | Path], sample_rate: int = 16000,
-                   colored_prob: float = 0.3) -> "NoiseBank":
-        waves = [w for p in paths if (w := load_or_skip(p, sample_rate, "noise ")) is not None]
-        return cls(waves, colored_prob)
-
-    def sample(self, n: int, rng: random.Random) -> torch.Tensor:
-        """(n,) noise."""
-        if not self.waves or rng.random() < self.colored_prob:
-            g = torch.Generator().manual_seed(rng.randrange(2**31))
-            return colored_noise(n, rng.choice(["white", "pink", "brown"]), generator=g)
-        w = rng.choice(self.waves)
-        if w.numel() < n:
-            w = w.repeat(n // w.numel() + 1)
-        s = rng.randrange(0, w.numel() - n + 1)
-        return w[s:s + n]
-
-
 # ----------------------------------------------------------------------------- sampler
 class WindowMaker:
     """Turns a clip into one training window with augmentation: (context + window_samples
@@ -283,7 +259,7 @@ class WindowMaker:
                 if focus is not None:
                     focus = (int(focus[0] / factor), min(wave.numel(), int(focus[1] / factor)))
         if augment and c.reverb_prob > 0 and rng.random() < c.reverb_prob:
-            from kws.reverb import reverberate, synthetic_rir
+            from asr.reverb import reverberate, synthetic_rir
 
             # the tail follows the speech: the focus (speech start and end) stays where it was
             wave = reverberate(wave, synthetic_rir(rng, self.sr, c.rt60_s, c.drr_db))
