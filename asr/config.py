@@ -75,6 +75,17 @@ class DataConfig:
     speed_perturb: List[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]
     noise_prob: float = 0.0
     noise_snr_db: List[float] = field(default_factory=lambda: [10.0, 30.0])
+    # real noise: audio files or folders of them (e.g. the Speech Commands
+    # _background_noise_ recordings); a noisy example takes a random stretch of one with
+    # probability 1 - colored_noise_prob, else generated white/pink/brown noise (all of it
+    # generated when none are given)
+    noise_dirs: List[str] = field(default_factory=list)
+    colored_noise_prob: float = 0.3
+    # room reverberation (asr.reverb): with probability reverb_prob the clip is convolved
+    # with a synthetic impulse response, RT60 and direct-to-reverberant ratio drawn from these
+    reverb_prob: float = 0.0
+    rt60_s: List[float] = field(default_factory=lambda: [0.2, 0.9])
+    drr_db: List[float] = field(default_factory=lambda: [-3.0, 12.0])
     band_limit_hz: Optional[int] = None  # resample down/up to mimic e.g. 8 kHz audio
     # with probability margin_prob, a training clip's silence around the speech is set to a
     # margin drawn from margin_s (seconds, each side): cut from the clip or padded with its

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr.augment import add_noise, band_limit, colored_noise, set_margins, speed_perturb
+from asr.augment import NoiseBank, add_noise, band_limit, colored_noise, set_margins, speed_perturb
 from asr.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from asr.config import DataConfig, ExperimentConfig, save_config
 from asr.data import DurationBatchSampler, UtteranceDataset, collate, read_manifest, validate
@@ -29,6 +29,7 @@ from asr.device import autocast, check_precision, grad_scaler, resolve_device
 from asr.distributed import (all_reduce_max, all_reduce_sum, barrier, init_world, per_rank,
                              shard)
 from asr.model import ASRModel
+from asr.reverb import reverberate, synthetic_rir
 from asr.shards import ShardDataset, ShardPlan, iter_metadata
 from asr.text import CharTokenizer, Tokenizer, build_tokenizer, normalize_text
 
@@ -46,6 +47,20 @@ class Augmenter:
         if cfg.margin_prob > 0 and (len(cfg.margin_s) != 2 or not 0 <= cfg.margin_s[0] <= cfg.margin_s[1]):
             raise ValueError(f"data.margin_s must be [low, high] seconds with 0 <= low <= high, "
                              f"got {cfg.margin_s}")
+        for name in ("rt60_s", "drr_db"):
+            pair = getattr(cfg, name)
+            if cfg.reverb_prob > 0 and (len(pair) != 2 or pair[0] > pair[1] or (name == "rt60_s" and pair[0] <= 0)):
+                raise ValueError(f"data.{name} must be [low, high] with low <= high"
+                                 f"{' and low > 0' if name == 'rt60_s' else ''}, got {pair}")
+        self.noise = NoiseBank(colored_prob=cfg.colored_noise_prob)
+        if cfg.noise_dirs:
+            files = noise_files(cfg.noise_dirs)
+            self.noise = NoiseBank.from_files(files, sample_rate, cfg.colored_noise_prob)
+            if not self.noise.waves:
+                raise ValueError(f"data.noise_dirs: none of the {len(files)} audio files in "
+                                 f"{cfg.noise_dirs} could be read")
+            log.info("noise: %d recordings, %.1f minutes, from %s", len(self.noise.waves),
+                     sum(w.numel() for w in self.noise.waves) / sample_rate / 60, cfg.noise_dirs)
 
     def __call__(self, wave: torch.Tensor, index: int) -> torch.Tensor:
         c = self.cfg
@@ -57,12 +72,39 @@ class Augmenter:
         if c.speed_perturb:
             factor = c.speed_perturb[int(torch.randint(len(c.speed_perturb), (1,), generator=g))]
             wave = speed_perturb(wave, factor, self.sample_rate)
+        if c.reverb_prob > 0 and float(torch.rand(1, generator=g)) < c.reverb_prob:
+            # the clip keeps its length (batching is by manifest duration): the tail past
+            # the end is cut, the speech's own reverberation inside the clip stays
+            rir = synthetic_rir(_rng(g), self.sample_rate, c.rt60_s, c.drr_db)
+            wave = reverberate(wave, rir)[:wave.numel()]
         if c.noise_prob > 0 and float(torch.rand(1, generator=g)) < c.noise_prob:
             lo, hi = c.noise_snr_db
             snr = lo + (hi - lo) * float(torch.rand(1, generator=g))
-            color = ("white", "pink", "brown")[int(torch.randint(3, (1,), generator=g))]
-            wave = add_noise(wave, colored_noise(wave.numel(), color, g), snr, g)
+            if self.noise.waves:
+                noise = self.noise.sample(wave.numel(), _rng(g))
+            else:  # generated only: the draws of the runs made before real noise was an option
+                color = ("white", "pink", "brown")[int(torch.randint(3, (1,), generator=g))]
+                noise = colored_noise(wave.numel(), color, g)
+            wave = add_noise(wave, noise, snr, g)
         return band_limit(wave, self.sample_rate, c.band_limit_hz)
+
+
+def _rng(g: torch.Generator) -> random.Random:
+    """A random.Random (what NoiseBank and synthetic_rir draw from) seeded from ``g``."""
+    return random.Random(int(torch.randint(2**31, (1,), generator=g)))
+
+
+def noise_files(paths: List[str]) -> List[Path]:
+    """The audio files among ``paths`` and under the folders among them, sorted; a path
+    that does not exist is refused, naming it."""
+    from asr.corpora import AUDIO_EXTENSIONS
+
+    files = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"data.noise_dirs: {p}: no such file or folder")
+        files += [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix in AUDIO_EXTENSIONS)
+    return files
 
 
 class LRSchedule:

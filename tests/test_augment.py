@@ -73,3 +73,63 @@ def test_margin_augmentation_is_validated_and_reproducible():
     lengths = {aug(wave, i).numel() for i in range(8)}
     assert len(lengths) > 1 and all(4000 <= n <= 4000 + 2 * 4800 for n in lengths)
     assert torch.equal(aug(wave, 3), aug(wave, 3))
+
+
+def _tone(freq: float, n: int = 16000, sr: int = 16000) -> torch.Tensor:
+    return torch.sin(2 * torch.pi * freq * torch.arange(n) / sr)
+
+
+def _power_at(wave: torch.Tensor, freq: float, sr: int = 16000) -> float:
+    spec = torch.fft.rfft(wave).abs().square()
+    k = round(freq * wave.numel() / sr)
+    return float(spec[k - 2:k + 3].sum() / spec.sum())
+
+
+def test_training_noise_comes_from_the_given_recordings(tmp_path):
+    """data.noise_dirs: a noisy example mixes a stretch of a real recording (here a 3 kHz
+    tone, which generated noise has almost none of) at the requested SNR."""
+    import pytest
+    import soundfile as sf
+
+    from asr.config import DataConfig
+    from asr.train import Augmenter
+
+    (tmp_path / "noise").mkdir()
+    sf.write(tmp_path / "noise" / "hum.wav", 0.1 * _tone(3000.0, 48000).numpy(), 16000)
+    (tmp_path / "noise" / "broken.wav").write_bytes(b"RIFF not audio")  # skipped with a warning
+    speech = _tone(300.0)
+    real = Augmenter(DataConfig(noise_prob=1.0, noise_snr_db=[0.0, 0.0], noise_dirs=[str(tmp_path / "noise")],
+                                colored_noise_prob=0.0), 16000, 0)
+    generated = Augmenter(DataConfig(noise_prob=1.0, noise_snr_db=[0.0, 0.0]), 16000, 0)
+    assert len(real.noise.waves) == 1
+    for i in range(4):
+        assert _power_at(real(speech, i) - speech, 3000.0) > 0.9
+        assert _power_at(generated(speech, i) - speech, 3000.0) < 0.05
+    assert torch.equal(real(speech, 2), real(speech, 2))  # seeded per (epoch, utterance)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        Augmenter(DataConfig(noise_prob=1.0, noise_dirs=[str(tmp_path / "nowhere")]), 16000, 0)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.wav").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="none of the 1 audio files"):
+        Augmenter(DataConfig(noise_prob=1.0, noise_dirs=[str(tmp_path / "bad")]), 16000, 0)
+
+
+def test_training_reverberation_keeps_the_length_and_smears_the_clip():
+    """data.reverb_prob: a click becomes a decaying tail within the clip's own length."""
+    import pytest
+
+    from asr.config import DataConfig
+    from asr.train import Augmenter
+
+    click = torch.zeros(16000)
+    click[1000] = 1.0
+    aug = Augmenter(DataConfig(reverb_prob=1.0, rt60_s=[0.5, 0.5], drr_db=[0.0, 0.0]), 16000, 0)
+    out = aug(click, 0)
+    assert out.numel() == click.numel()
+    tail = out[1100:1000 + 4000]  # 6-190 ms after the click: the room's energy, still well above zero
+    assert tail.square().sum() > 0.05 * out.square().sum()
+    assert torch.equal(aug(click, 0), out) and not torch.equal(aug(click, 1), out)
+    dry = Augmenter(DataConfig(), 16000, 0)
+    assert torch.equal(dry(click, 0), click)
+    with pytest.raises(ValueError, match="rt60_s"):
+        Augmenter(DataConfig(reverb_prob=0.5, rt60_s=[0.9, 0.2]), 16000, 0)
