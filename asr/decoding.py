@@ -58,6 +58,14 @@ def load_neural_lm(path: str | Path, tokenizer: Tokenizer):
     return lm
 
 
+def _needs_nbest(rescoring: str, nbest: Optional[int]) -> None:
+    """Refuse a second pass (``rescoring`` says which) that would have no N-best list to
+    re-rank: with ``nbest`` < 2 it would change nothing, yet be reported as used."""
+    if (nbest or 1) < 2:
+        raise ValueError(f"{rescoring} needs an N-best list: give nbest > 1 (--nbest), "
+                         f"not {nbest}")
+
+
 def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_path: str | Path,
                      plain: bool = False, head: Optional[str] = None, method: Optional[str] = None,
                      beam: Optional[int] = None, vocab: Optional[Sequence[str]] = None,
@@ -77,8 +85,8 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
     drops the saved LM. ``hotwords``: phrases
     boosted by ``hotword_boost`` per token (through the LM-fusion interface); ``ctc_weight``:
     joint CTC/attention decoding; ``rescore``: an attention head re-ranking the N-best
-    list (``nbest`` hypotheses) with ``rescore_weight`` (these four also saved; a weight of
-    0 keeps the first pass's ranking); ``rescore_lm``: a neural LM file
+    list (``nbest`` hypotheses, > 1) with ``rescore_weight`` (these four also saved; a
+    weight of 0 keeps the first pass's ranking); ``rescore_lm``: a neural LM file
     (``python -m asr lm``) re-ranking the N-best list with ``rescore_lm_weight`` (needs
     ``nbest`` > 1); ``token_min_logp`` and ``beam_prune_logp``: the CTC prefix beam's
     pruning."""
@@ -131,11 +139,11 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
         value = value if value is not None else getattr(saved, key)
         if value is not None:
             options[key] = value
-    nbest = options.get("nbest")
+    if options.get("rescore"):
+        _needs_nbest(f"rescoring with the head {options['rescore']!r} (--rescore)",
+                     options.get("nbest"))
     if rescore_lm:
-        if (nbest or 1) < 2:
-            raise ValueError(f"rescoring with the LM {rescore_lm} needs an N-best list: "
-                             f"give nbest > 1 (--nbest), not {nbest}")
+        _needs_nbest(f"rescoring with the LM {rescore_lm}", options.get("nbest"))
         options.update(rescore_lm=load_neural_lm(rescore_lm, tokenizer),
                        rescore_lm_weight=0.5 if rescore_lm_weight is None else rescore_lm_weight)
     return {"head": head, "method": method, **options}
@@ -151,7 +159,7 @@ def with_saved_decoding(cfg: ExperimentConfig, model, out_path: str | Path,
     ``other_heads``. An LM text in the checkpoint's folder is saved by name (it travels
     with the checkpoint), any other as an absolute path; a missing file, an unknown head, a
     search the head lacks or a rescoring head that is not an attention head is refused,
-    naming it."""
+    naming it, and so is a rescoring head without ``nbest`` > 1."""
     import dataclasses
 
     decoding = cfg.decoding
@@ -165,6 +173,8 @@ def with_saved_decoding(cfg: ExperimentConfig, model, out_path: str | Path,
                          f"{model.heads[head].search_methods}")
     if fields.get("rescore"):
         model.rescoring_head(fields["rescore"])
+        _needs_nbest(f"rescoring with the head {fields['rescore']!r} (--rescore)",
+                     fields.get("nbest"))
     if fields.get("lm_texts"):
         lm = Path(fields["lm_texts"]).resolve()
         if not lm.is_file():

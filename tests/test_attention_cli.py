@@ -178,3 +178,33 @@ def test_set_decoding_saves_each_heads_defaults(tmp_path, tone_corpus, two_heads
         assert main(["set-decoding", "--model", str(out), "--out", str(tmp_path / "x.pt")] + flags) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_rescoring_head_without_an_nbest_list_is_refused(tmp_path, tone_corpus, two_heads, capsys):
+    """`--rescore HEAD` with nbest < 2 would re-rank a one-hypothesis list (nothing) yet be
+    reported as used: refused, like --rescore-lm, whether given, saved or being saved."""
+    import dataclasses
+
+    from asr.decoding import decoding_options
+
+    model, tok, cfg = two_heads
+    path = save_checkpoint(tmp_path / "model.pt", cfg, tok, model)
+    for nbest in (None, 1):
+        with pytest.raises(ValueError, match=rf"rescoring with the head 'attention' \(--rescore\) "
+                                             rf"needs an N-best list: give nbest > 1 \(--nbest\), not {nbest}"):
+            decoding_options(model, tok, cfg, path, head="ctc", rescore="attention", nbest=nbest)
+    opts = decoding_options(model, tok, cfg, path, head="ctc", rescore="attention", nbest=2)
+    assert (opts["rescore"], opts["nbest"]) == ("attention", 2)
+    saved = dataclasses.replace(cfg, decoding=dataclasses.replace(cfg.decoding, rescore="attention",
+                                                                    nbest=4))
+    assert decoding_options(model, tok, saved, path)["nbest"] == 4
+    with pytest.raises(ValueError, match="--rescore"):  # the saved rescoring, nbest given as 1
+        decoding_options(model, tok, saved, path, nbest=1)
+    common = ["--model", str(path), "--head", "ctc", "--search", "ctc_prefix_beam", "--rescore",
+              "attention"]
+    assert main(["evaluate", "--corpus", "manifest", "--data", str(tone_corpus), "--threads", "1"]
+                + common) == 2
+    assert "needs an N-best list" in capsys.readouterr().err
+    assert main(["set-decoding", "--out", str(tmp_path / "x.pt")] + common + ["--nbest", "1"]) == 2
+    assert "needs an N-best list" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
