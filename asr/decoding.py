@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from asr.config import ExperimentConfig
+from asr.search.attention import refuse_beam_only_options
 from asr.text import Tokenizer, normalize_text
 
 
@@ -84,7 +85,8 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
     A relative saved ``lm_texts`` is found beside the checkpoint ``model_path``; ``no_lm``
     drops the saved LM. ``hotwords``: phrases
     boosted by ``hotword_boost`` per token (through the LM-fusion interface); ``ctc_weight``:
-    joint CTC/attention decoding; ``rescore``: an attention head re-ranking the N-best
+    joint CTC/attention decoding (``attention_beam`` only; refused for another search);
+    ``rescore``: an attention head re-ranking the N-best
     list (``nbest`` hypotheses, > 1) with ``rescore_weight`` (these four also saved; a
     weight of 0 keeps the first pass's ranking); ``rescore_lm``: a neural LM file
     (``python -m asr lm``) re-ranking the N-best list with ``rescore_lm_weight`` (needs
@@ -139,6 +141,7 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
         value = value if value is not None else getattr(saved, key)
         if value is not None:
             options[key] = value
+    refuse_beam_only_options(model.search_method(head, method), options)
     if options.get("rescore"):
         _needs_nbest(f"rescoring with the head {options['rescore']!r} (--rescore)",
                      options.get("nbest"))
@@ -158,7 +161,8 @@ def with_saved_decoding(cfg: ExperimentConfig, model, out_path: str | Path,
     ``head`` becomes the model's default head and the former default's decoding moves to
     ``other_heads``. An LM text in the checkpoint's folder is saved by name (it travels
     with the checkpoint), any other as an absolute path; a missing file, an unknown head, a
-    search the head lacks or a rescoring head that is not an attention head is refused,
+    search the head lacks, an option of another search (``ctc_weight`` without
+    ``attention_beam``) or a rescoring head that is not an attention head is refused,
     naming it, and so is a rescoring head without ``nbest`` > 1."""
     import dataclasses
 
@@ -171,6 +175,7 @@ def with_saved_decoding(cfg: ExperimentConfig, model, out_path: str | Path,
     if method and method not in model.heads[head].search_methods:
         raise ValueError(f"search {method!r}: head {head!r} decodes with "
                          f"{model.heads[head].search_methods}")
+    refuse_beam_only_options(model.search_method(head, method), fields)
     if fields.get("rescore"):
         model.rescoring_head(fields["rescore"])
         _needs_nbest(f"rescoring with the head {fields['rescore']!r} (--rescore)",

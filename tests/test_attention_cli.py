@@ -208,3 +208,35 @@ def test_rescoring_head_without_an_nbest_list_is_refused(tmp_path, tone_corpus, 
     assert main(["set-decoding", "--out", str(tmp_path / "x.pt")] + common + ["--nbest", "1"]) == 2
     assert "needs an N-best list" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_ctc_weight_is_refused_for_searches_other_than_attention_beam(tmp_path, tone_corpus,
+                                                                       two_heads, capsys):
+    """Every search swallows unknown options, so ctc_weight with another search than
+    attention_beam (the attention head's default greedy one, a CTC search) was dropped
+    unread; it is refused, naming the option and the search, when decoding, when resolving
+    the CLI's options and when saving them."""
+    from asr.decoding import decoding_options
+
+    model, tok, cfg = two_heads
+    ds = UtteranceDataset(read_manifest(tone_corpus), tok.encode, cfg.sample_rate)
+    batch = collate([ds[i] for i in range(2)])
+    for head, method, search in (("attention", None, "attention_greedy"),
+                                 ("attention", "attention_greedy", "attention_greedy"),
+                                 ("ctc", "ctc_prefix_beam", "ctc_prefix_beam")):
+        message = rf"ctc_weight \(--ctc-weight\): only the attention_beam search uses it, not '{search}'"
+        with pytest.raises(ValueError, match=message):
+            model.decode(batch.waves, batch.wave_lens, head=head, method=method, ctc_weight=0.4)
+        with pytest.raises(ValueError, match=message):
+            decoding_options(model, tok, cfg, tmp_path / "m.pt", head=head, method=method,
+                             ctc_weight=0.4)
+    assert model.decode(batch.waves, batch.wave_lens, head="attention", method="attention_beam",
+                        ctc_weight=0.4)
+    path = save_checkpoint(tmp_path / "model.pt", cfg, tok, model)
+    assert main(["evaluate", "--model", str(path), "--corpus", "manifest", "--data",
+                 str(tone_corpus), "--threads", "1", "--head", "attention", "--ctc-weight", "0.3"]) == 2
+    assert "not 'attention_greedy'" in capsys.readouterr().err
+    assert main(["set-decoding", "--model", str(path), "--out", str(tmp_path / "x.pt"), "--head",
+                 "attention", "--ctc-weight", "0.3"]) == 2
+    assert "only the attention_beam search uses it" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()

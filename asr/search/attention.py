@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Protocol, Tuple
+from typing import Callable, List, Mapping, Optional, Protocol, Tuple
 
 import torch
 from torch import Tensor
@@ -30,7 +30,22 @@ from asr.search.types import Hypothesis, SearchResult
 
 LMScore = Callable[[Tuple[int, ...], int], float]
 
-__all__ = ["AttentionModel", "attention_greedy", "attention_beam", "end_detected"]
+__all__ = ["AttentionModel", "attention_greedy", "attention_beam", "end_detected",
+           "BEAM_ONLY_OPTIONS", "refuse_beam_only_options"]
+
+# Decoding options that only attention_beam reads; every other search would take them
+# (searches swallow unknown keywords) and ignore them.
+BEAM_ONLY_OPTIONS = ("ctc_weight",)
+
+
+def refuse_beam_only_options(method: Optional[str], options: Mapping[str, object]) -> None:
+    """A ValueError naming each of :data:`BEAM_ONLY_OPTIONS` set (not None) in
+    ``options`` when the search ``method`` is not ``attention_beam``, which would ignore it."""
+    given = [k for k in BEAM_ONLY_OPTIONS if options.get(k) is not None]
+    if given and method != "attention_beam":
+        named = ", ".join(f"{k} (--{k.replace('_', '-')})" for k in given)
+        raise ValueError(f"{named}: only the attention_beam search uses it, not {method!r} "
+                         "(give --search attention_beam with an attention head, or drop it)")
 
 
 class AttentionModel(Protocol):
