@@ -78,7 +78,9 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
                      rescore: Optional[str] = None, rescore_weight: Optional[float] = None,
                      nbest: Optional[int] = None, token_min_logp: Optional[float] = None,
                      beam_prune_logp: Optional[float] = None, rescore_lm: Optional[str] = None,
-                     rescore_lm_weight: Optional[float] = None) -> Dict:
+                     rescore_lm_weight: Optional[float] = None,
+                     length_norm: Optional[float] = None, end_window: Optional[int] = None,
+                     end_margin: Optional[float] = None) -> Dict:
     """``head``, ``method`` and search options: each given value, else the model's saved
     default (none of them with ``plain``; for a ``head`` other than the saved default head,
     that head's entry in ``other_heads``, if any).
@@ -91,7 +93,9 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
     weight of 0 keeps the first pass's ranking); ``rescore_lm``: a neural LM file
     (``python -m asr lm``) re-ranking the N-best list with ``rescore_lm_weight`` (needs
     ``nbest`` > 1); ``token_min_logp`` and ``beam_prune_logp``: the CTC prefix beam's
-    pruning."""
+    pruning; ``length_norm``, ``end_window`` and ``end_margin``: the attention beam's
+    length normalisation and end detection (``attention_beam`` only, like ``ctc_weight``;
+    all three also saved, None there: the search's defaults)."""
     from asr.evaluate import vocab_search
 
     saved = cfg.decoding if not plain else type(cfg.decoding)()
@@ -136,7 +140,8 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
         phrases = [p for p in dict.fromkeys(normalize_text(t) for t in hotwords) if p]
         options = with_biasing(options, [tokenizer.encode(p) for p in phrases], hotword_boost)
     given = {"ctc_weight": ctc_weight, "rescore": rescore, "rescore_weight": rescore_weight,
-             "nbest": nbest, "token_min_logp": token_min_logp, "beam_prune_logp": beam_prune_logp}
+             "nbest": nbest, "token_min_logp": token_min_logp, "beam_prune_logp": beam_prune_logp,
+             "length_norm": length_norm, "end_window": end_window, "end_margin": end_margin}
     for key, value in given.items():
         value = value if value is not None else getattr(saved, key)
         if value is not None:
@@ -161,8 +166,8 @@ def with_saved_decoding(cfg: ExperimentConfig, model, out_path: str | Path,
     ``head`` becomes the model's default head and the former default's decoding moves to
     ``other_heads``. An LM text in the checkpoint's folder is saved by name (it travels
     with the checkpoint), any other as an absolute path; a missing file, an unknown head, a
-    search the head lacks, an option of another search (``ctc_weight`` without
-    ``attention_beam``) or a rescoring head that is not an attention head is refused,
+    search the head lacks, an option of another search (``ctc_weight``, ``length_norm``,
+    ``end_window``, ``end_margin`` without ``attention_beam``) or a rescoring head that is not an attention head is refused,
     naming it, and so is a rescoring head without ``nbest`` > 1."""
     import dataclasses
 

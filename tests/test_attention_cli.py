@@ -240,3 +240,59 @@ def test_ctc_weight_is_refused_for_searches_other_than_attention_beam(tmp_path, 
                  "attention", "--ctc-weight", "0.3"]) == 2
     assert "only the attention_beam search uses it" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_attention_beam_length_norm_and_end_detection_options(tmp_path, tone_corpus, two_heads,
+                                                              capsys):
+    """attention_beam's length_norm, end_window and end_margin: None in the saved decoding
+    (the search's own defaults, so older checkpoints decode as before), given on the CLI or
+    saved with set-decoding they reach the search; refused with another search, and bad
+    values are refused naming the option."""
+    from asr.checkpoint import load_model
+    from asr.config import DecodingConfig
+    from asr.decoding import decoding_options
+
+    assert (DecodingConfig().length_norm, DecodingConfig().end_window, DecodingConfig().end_margin) == (None,) * 3
+    model, tok, cfg = two_heads
+    path = save_checkpoint(tmp_path / "model.pt", cfg, tok, model)
+    new = {"length_norm": 0.0, "end_window": 5, "end_margin": -4.0}
+    opts = decoding_options(model, tok, cfg, path, head="attention", method="attention_beam", beam=3)
+    assert not set(new) & set(opts)  # not given, not saved: the search's defaults
+    opts = decoding_options(model, tok, cfg, path, head="attention", method="attention_beam", beam=3,
+                            **new)
+    assert {k: opts[k] for k in new} == new
+    ds = UtteranceDataset(read_manifest(tone_corpus), tok.encode, cfg.sample_rate)
+    batch = collate([ds[i] for i in range(4)])
+    enc, enc_lens = model.encode(batch.waves, batch.wave_lens)
+    direct = attention_beam(model.heads["attention"], enc, enc_lens, beam=3, **new)
+    assert model.decode(batch.waves, batch.wave_lens, **opts) == direct
+    assert direct != attention_beam(model.heads["attention"], enc, enc_lens, beam=3)  # normalised
+
+    common = ["--model", str(path), "--head", "attention", "--search", "attention_beam", "--beam", "3"]
+    flags = ["--length-norm", "0", "--end-window", "5", "--end-margin", "-4"]
+    assert main(["evaluate", "--corpus", "manifest", "--data", str(tone_corpus), "--threads", "1"]
+                + common + flags) == 0
+    decoding = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["decoding"]
+    assert {k: decoding[k] for k in new} == new
+    out = tmp_path / "saved.pt"
+    assert main(["set-decoding", "--out", str(out)] + common + flags) == 0
+    capsys.readouterr()
+    _, _, saved = load_model(out)
+    opts = decoding_options(model, tok, saved, out, head="attention")
+    assert {k: opts[k] for k in new} == new
+    assert decoding_options(model, tok, saved, out, head="attention", end_window=2)["end_window"] == 2
+
+    for option, flag, value in (("length_norm", "--length-norm", "0.5"),
+                                ("end_window", "--end-window", "2"),
+                                ("end_margin", "--end-margin", "-5")):
+        for cmd in (["evaluate", "--corpus", "manifest", "--data", str(tone_corpus)],
+                    ["set-decoding", "--out", str(tmp_path / "x.pt")]):
+            assert main(cmd + ["--model", str(path), "--head", "ctc", "--search", "ctc_prefix_beam",
+                               flag, value]) == 2
+            assert f"{option} ({flag}): only the attention_beam search uses it" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+    for flag, value, message in (("--length-norm", "-1", "length_norm must be >= 0"),
+                                 ("--end-window", "0", "end_window must be >= 1"),
+                                 ("--end-margin", "2", "end_margin must be <= 0")):
+        assert main(["transcribe"] + common + [flag, value, str(read_manifest(tone_corpus)[0].audio)]) == 2
+        assert message in capsys.readouterr().err

@@ -35,7 +35,7 @@ __all__ = ["AttentionModel", "attention_greedy", "attention_beam", "end_detected
 
 # Decoding options that only attention_beam reads; every other search would take them
 # (searches swallow unknown keywords) and ignore them.
-BEAM_ONLY_OPTIONS = ("ctc_weight",)
+BEAM_ONLY_OPTIONS = ("ctc_weight", "length_norm", "end_window", "end_margin")
 
 
 def refuse_beam_only_options(method: Optional[str], options: Mapping[str, object]) -> None:
@@ -169,13 +169,14 @@ def attention_beam(head: AttentionModel, enc: Tensor, enc_lens: Tensor, beam: in
         enc_lens: ``(B,)`` frames per utterance.
         beam: hypotheses kept per step.
         nbest: hypotheses returned per utterance, best first.
-        length_norm: exponent of the length normalisation.
+        length_norm: exponent of the length normalisation (>= 0).
         lm_score: optional ``lm_score(prefix, token) -> log-prob`` (shallow fusion).
         lm_weight, length_bonus: its weight, and a bonus per label.
         ctc_log_probs: ``(B, T, V)`` log-probabilities of a CTC head on the same encoder
             output (blank = ``head.eos`` = 0), for joint decoding.
         ctc_weight: weight of the CTC prefix scores (needs ``ctc_log_probs``).
-        end_window, end_margin: end detection (see :func:`end_detected`).
+        end_window, end_margin: end detection (see :func:`end_detected`; a window of at
+            least 1 label length, a margin <= 0).
         lm: alias of ``lm_score`` (the keyword the CTC prefix beam search uses).
 
     Returns:
@@ -188,6 +189,13 @@ def attention_beam(head: AttentionModel, enc: Tensor, enc_lens: Tensor, beam: in
         raise ValueError("ctc_weight needs ctc_log_probs (a CTC head's output)")
     if not 0.0 <= ctc_weight <= 1.0:
         raise ValueError(f"ctc_weight must lie in [0, 1], got {ctc_weight}")
+    if length_norm < 0:
+        raise ValueError(f"length_norm must be >= 0 (0: no normalisation), got {length_norm}")
+    if end_window < 1:
+        raise ValueError(f"end_window must be >= 1 (label lengths), got {end_window}")
+    if end_margin > 0:
+        raise ValueError(f"end_margin must be <= 0 (a log-score below the best ended "
+                         f"hypothesis), got {end_margin}")
     att_weight = 1.0 - ctc_weight
     lm_end = getattr(lm_score, "final", None) if use_lm else None
     eos = head.eos
