@@ -318,7 +318,8 @@ def _add_decoding_arguments(p) -> None:
                    "with this LSTM LM (from python -m asr lm, for this model's tokenizer); "
                    "works with any head's beam search; needs --nbest > 1")
     p.add_argument("--rescore-lm-weight", type=float, metavar="W", help="weight of the LM "
-                   "log-prob added to the first-pass score (default 0.5)")
+                   "log-prob added to the first-pass score (default 0.5; length normalised "
+                   "as the first pass's score is, after attention_beam)")
     p.add_argument("--plain", action="store_true",
                    help="ignore the decoding defaults saved in the model (its closed "
                    "vocabulary, warps, head, search, beam and LM)")

@@ -200,7 +200,9 @@ class ASRModel(nn.Module):
         (:func:`asr.search.rescore.rescore_nbest` with ``rescore_weight``; ask the search
         for ``nbest`` > 1). ``rescore_lm``: a token LM (``asr.neural_lm.LSTMLM``) that
         then re-ranks it by first-pass score + ``rescore_lm_weight`` * LM log-prob
-        (:func:`asr.search.rescore.rescore_nbest_lm`). A ``ctc_weight`` option of the
+        (:func:`asr.search.rescore.rescore_nbest_lm`; both divide their log-prob by the
+        first pass's length normalisation, ``Hypothesis.norm``, as ``attention_beam``'s
+        scores are). A ``ctc_weight`` option of the
         ``attention_beam`` search gets the CTC head's log-probabilities on the same encoder
         output (joint CTC/attention decoding); it and the other options only that search
         reads are refused for any other search

@@ -161,7 +161,8 @@ def attention_beam(head: AttentionModel, enc: Tensor, enc_lens: Tensor, beam: in
     Score of a hypothesis ``y``: ``(1 - ctc_weight) log P_att(y, eos | x) + ctc_weight
     log P_ctc(y | x) + lm_weight log P_lm(y, end) + length_bonus |y|``; the ended ones
     are ranked by that score over ``(|y| + 1) ** length_norm`` (0: no normalisation), and
-    the returned scores are these ranking scores.
+    the returned scores are these ranking scores, each hypothesis's divisor in its ``norm``
+    (an N-best rescoring divides its log-prob by it as well: ``asr.search.rescore``).
 
     Args:
         head: attention head (see :class:`AttentionModel`).
@@ -268,8 +269,8 @@ def attention_beam(head: AttentionModel, enc: Tensor, enc_lens: Tensor, beam: in
                 ctc_states = torch.stack(ctc_rows)
             if not running or end_detected(ended, length, end_window, end_margin):
                 break
-        ranked = sorted(((h.score / (len(h.tokens) + 1) ** length_norm, h) for h in ended),
-                        key=lambda sh: -sh[0])
-        hyps = [Hypothesis(list(h.tokens), s, list(h.times)) for s, h in ranked[:nbest]]
+        norms = [(len(h.tokens) + 1) ** length_norm for h in ended]
+        ranked = sorted(((h.score / z, z, h) for h, z in zip(ended, norms)), key=lambda s: -s[0])
+        hyps = [Hypothesis(list(h.tokens), s, list(h.times), norm=z) for s, z, h in ranked[:nbest]]
         results.append(SearchResult(hyps or [Hypothesis([], -math.inf, [])]))
     return results
