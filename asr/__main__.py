@@ -87,7 +87,8 @@ def _decoding_options(args, model, tokenizer, cfg) -> dict:
         hotwords=args.hotwords and _read_texts(args.hotwords), hotword_boost=args.hotword_boost,
         ctc_weight=args.ctc_weight, rescore=args.rescore, rescore_weight=args.rescore_weight,
         nbest=args.nbest, token_min_logp=args.token_min_logp, beam_prune_logp=args.beam_prune_logp,
-        rescore_lm=args.rescore_lm, rescore_lm_weight=args.rescore_lm_weight)
+        rescore_lm=args.rescore_lm, rescore_lm_weight=args.rescore_lm_weight,
+        length_norm=args.length_norm, end_window=args.end_window, end_margin=args.end_margin)
 
 
 def _evaluate(args) -> int:
@@ -116,7 +117,8 @@ def _evaluate(args) -> int:
     # options past the closed-vocabulary ones: named only when used
     used = {"hotwords": len(set(_read_texts(args.hotwords))) if args.hotwords else None,
             "lm": True if "lm_score" in options else None,
-            **{k: options.get(k) for k in ("beam", "ctc_weight", "rescore", "nbest")},
+            **{k: options.get(k) for k in ("beam", "ctc_weight", "length_norm", "end_window",
+                                           "end_margin", "rescore", "nbest")},
             "rescore_lm": args.rescore_lm, "rescore_lm_weight": options.get("rescore_lm_weight")}
     metrics["decoding"].update({k: v for k, v in used.items() if v is not None})
     print(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}))
@@ -135,7 +137,8 @@ def _set_decoding(args) -> int:
              "lm_weight": args.lm_weight, "length_bonus": args.length_bonus,
              "token_min_logp": args.token_min_logp, "beam_prune_logp": args.beam_prune_logp,
              "nbest": args.nbest, "rescore": args.rescore, "rescore_weight": args.rescore_weight,
-             "ctc_weight": args.ctc_weight}
+             "ctc_weight": args.ctc_weight, "length_norm": args.length_norm,
+             "end_window": args.end_window, "end_margin": args.end_margin}
     cfg = with_saved_decoding(cfg, model, args.out, head=args.head, make_default=args.default,
                               **{k: v for k, v in given.items() if v is not None})
     state = read_checkpoint(args.model)
@@ -285,6 +288,13 @@ def _add_saved_decoding_arguments(p) -> None:
                    "than this below the best after each frame, e.g. 10")
     p.add_argument("--ctc-weight", type=float, help="attention_beam: weight of the CTC head's "
                    "prefix scores (joint CTC/attention decoding)")
+    p.add_argument("--length-norm", type=float, help="attention_beam: rank the ended "
+                   "hypotheses by score / (labels + 1) ** this (default 1.0; 0: no normalisation)")
+    p.add_argument("--end-window", type=int, help="attention_beam: stop when the best "
+                   "hypotheses ending at each of the last this many lengths score far below "
+                   "the best ended one (default 3)")
+    p.add_argument("--end-margin", type=float, help="attention_beam: how far below, as a "
+                   "log-score <= 0 (default -10)")
     p.add_argument("--rescore", metavar="HEAD", help="re-rank the search's N-best list with "
                    "this attention head (give --nbest > 1)")
     p.add_argument("--rescore-weight", type=float,
@@ -308,7 +318,8 @@ def _add_decoding_arguments(p) -> None:
                    "with this LSTM LM (from python -m asr lm, for this model's tokenizer); "
                    "works with any head's beam search; needs --nbest > 1")
     p.add_argument("--rescore-lm-weight", type=float, metavar="W", help="weight of the LM "
-                   "log-prob added to the first-pass score (default 0.5)")
+                   "log-prob added to the first-pass score (default 0.5; length normalised "
+                   "as the first pass's score is, after attention_beam)")
     p.add_argument("--plain", action="store_true",
                    help="ignore the decoding defaults saved in the model (its closed "
                    "vocabulary, warps, head, search, beam and LM)")

@@ -159,6 +159,12 @@ class DecodingConfig:
     rescore: Optional[str] = None
     rescore_weight: Optional[float] = None
     ctc_weight: Optional[float] = None
+    # attention_beam only: length normalisation exponent of the ended hypotheses' scores,
+    # end detection's window (label lengths) and margin (log-score, <= 0); None: the
+    # search's defaults (1.0, 3, -10.0)
+    length_norm: Optional[float] = None
+    end_window: Optional[int] = None
+    end_margin: Optional[float] = None
     # how each other head decodes when asked for by name (``--head ctc`` of a model whose
     # default head is the transducer): the same fields, for that head (its ``head`` unused);
     # a head not named here starts from its own search's defaults

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from asr.config import ExperimentConfig
+from asr.search.attention import refuse_beam_only_options
 from asr.text import Tokenizer, normalize_text
 
 
@@ -58,6 +59,14 @@ def load_neural_lm(path: str | Path, tokenizer: Tokenizer):
     return lm
 
 
+def _needs_nbest(rescoring: str, nbest: Optional[int]) -> None:
+    """Refuse a second pass (``rescoring`` says which) that would have no N-best list to
+    re-rank: with ``nbest`` < 2 it would change nothing, yet be reported as used."""
+    if (nbest or 1) < 2:
+        raise ValueError(f"{rescoring} needs an N-best list: give nbest > 1 (--nbest), "
+                         f"not {nbest}")
+
+
 def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_path: str | Path,
                      plain: bool = False, head: Optional[str] = None, method: Optional[str] = None,
                      beam: Optional[int] = None, vocab: Optional[Sequence[str]] = None,
@@ -69,19 +78,24 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
                      rescore: Optional[str] = None, rescore_weight: Optional[float] = None,
                      nbest: Optional[int] = None, token_min_logp: Optional[float] = None,
                      beam_prune_logp: Optional[float] = None, rescore_lm: Optional[str] = None,
-                     rescore_lm_weight: Optional[float] = None) -> Dict:
+                     rescore_lm_weight: Optional[float] = None,
+                     length_norm: Optional[float] = None, end_window: Optional[int] = None,
+                     end_margin: Optional[float] = None) -> Dict:
     """``head``, ``method`` and search options: each given value, else the model's saved
     default (none of them with ``plain``; for a ``head`` other than the saved default head,
     that head's entry in ``other_heads``, if any).
     A relative saved ``lm_texts`` is found beside the checkpoint ``model_path``; ``no_lm``
     drops the saved LM. ``hotwords``: phrases
     boosted by ``hotword_boost`` per token (through the LM-fusion interface); ``ctc_weight``:
-    joint CTC/attention decoding; ``rescore``: an attention head re-ranking the N-best
-    list (``nbest`` hypotheses) with ``rescore_weight`` (these four also saved; a weight of
-    0 keeps the first pass's ranking); ``rescore_lm``: a neural LM file
+    joint CTC/attention decoding (``attention_beam`` only; refused for another search);
+    ``rescore``: an attention head re-ranking the N-best
+    list (``nbest`` hypotheses, > 1) with ``rescore_weight`` (these four also saved; a
+    weight of 0 keeps the first pass's ranking); ``rescore_lm``: a neural LM file
     (``python -m asr lm``) re-ranking the N-best list with ``rescore_lm_weight`` (needs
     ``nbest`` > 1); ``token_min_logp`` and ``beam_prune_logp``: the CTC prefix beam's
-    pruning."""
+    pruning; ``length_norm``, ``end_window`` and ``end_margin``: the attention beam's
+    length normalisation and end detection (``attention_beam`` only, like ``ctc_weight``;
+    all three also saved, None there: the search's defaults)."""
     from asr.evaluate import vocab_search
 
     saved = cfg.decoding if not plain else type(cfg.decoding)()
@@ -126,16 +140,18 @@ def decoding_options(model, tokenizer: Tokenizer, cfg: ExperimentConfig, model_p
         phrases = [p for p in dict.fromkeys(normalize_text(t) for t in hotwords) if p]
         options = with_biasing(options, [tokenizer.encode(p) for p in phrases], hotword_boost)
     given = {"ctc_weight": ctc_weight, "rescore": rescore, "rescore_weight": rescore_weight,
-             "nbest": nbest, "token_min_logp": token_min_logp, "beam_prune_logp": beam_prune_logp}
+             "nbest": nbest, "token_min_logp": token_min_logp, "beam_prune_logp": beam_prune_logp,
+             "length_norm": length_norm, "end_window": end_window, "end_margin": end_margin}
     for key, value in given.items():
         value = value if value is not None else getattr(saved, key)
         if value is not None:
             options[key] = value
-    nbest = options.get("nbest")
+    refuse_beam_only_options(model.search_method(head, method), options)
+    if options.get("rescore"):
+        _needs_nbest(f"rescoring with the head {options['rescore']!r} (--rescore)",
+                     options.get("nbest"))
     if rescore_lm:
-        if (nbest or 1) < 2:
-            raise ValueError(f"rescoring with the LM {rescore_lm} needs an N-best list: "
-                             f"give nbest > 1 (--nbest), not {nbest}")
+        _needs_nbest(f"rescoring with the LM {rescore_lm}", options.get("nbest"))
         options.update(rescore_lm=load_neural_lm(rescore_lm, tokenizer),
                        rescore_lm_weight=0.5 if rescore_lm_weight is None else rescore_lm_weight)
     return {"head": head, "method": method, **options}
@@ -150,8 +166,9 @@ def with_saved_decoding(cfg: ExperimentConfig, model, out_path: str | Path,
     ``head`` becomes the model's default head and the former default's decoding moves to
     ``other_heads``. An LM text in the checkpoint's folder is saved by name (it travels
     with the checkpoint), any other as an absolute path; a missing file, an unknown head, a
-    search the head lacks or a rescoring head that is not an attention head is refused,
-    naming it."""
+    search the head lacks, an option of another search (``ctc_weight``, ``length_norm``,
+    ``end_window``, ``end_margin`` without ``attention_beam``) or a rescoring head that is not an attention head is refused,
+    naming it, and so is a rescoring head without ``nbest`` > 1."""
     import dataclasses
 
     decoding = cfg.decoding
@@ -163,8 +180,11 @@ def with_saved_decoding(cfg: ExperimentConfig, model, out_path: str | Path,
     if method and method not in model.heads[head].search_methods:
         raise ValueError(f"search {method!r}: head {head!r} decodes with "
                          f"{model.heads[head].search_methods}")
+    refuse_beam_only_options(model.search_method(head, method), fields)
     if fields.get("rescore"):
         model.rescoring_head(fields["rescore"])
+        _needs_nbest(f"rescoring with the head {fields['rescore']!r} (--rescore)",
+                     fields.get("nbest"))
     if fields.get("lm_texts"):
         lm = Path(fields["lm_texts"]).resolve()
         if not lm.is_file():

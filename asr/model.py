@@ -15,6 +15,7 @@ from asr.encoders import build_encoder
 from asr.features import FeatureExtractor, dct_basis
 from asr.heads.ctc import CTCHead
 from asr.registry import HEADS
+from asr.search.attention import refuse_beam_only_options
 from asr.search.rescore import rescore_nbest, rescore_nbest_lm
 from asr.search.types import Hypothesis, SearchResult
 
@@ -180,6 +181,14 @@ class ASRModel(nn.Module):
             raise ValueError(f"rescore {name!r}: needs an attention head among {list(self.heads)}")
         return head
 
+    def search_method(self, head: Optional[str] = None, method: Optional[str] = None) -> str:
+        """The search :meth:`decode` runs for ``head`` (default: the first): ``method``, else
+        the head's first search; a ValueError names an unknown head."""
+        name = head or next(iter(self.heads))
+        if name not in self.heads:
+            raise ValueError(f"model has heads {list(self.heads)}, not {name!r}")
+        return method or self.heads[name].search_methods[0]
+
     def decode(self, waves: torch.Tensor, wave_lens: torch.Tensor, head: Optional[str] = None,
                method: Optional[str] = None, warps: Optional[Sequence[float]] = None,
                rescore: Optional[str] = None, rescore_weight: float = 0.5,
@@ -191,8 +200,13 @@ class ASRModel(nn.Module):
         (:func:`asr.search.rescore.rescore_nbest` with ``rescore_weight``; ask the search
         for ``nbest`` > 1). ``rescore_lm``: a token LM (``asr.neural_lm.LSTMLM``) that
         then re-ranks it by first-pass score + ``rescore_lm_weight`` * LM log-prob
-        (:func:`asr.search.rescore.rescore_nbest_lm`). A ``ctc_weight`` option of an attention search gets the CTC
-        head's log-probabilities on the same encoder output (joint CTC/attention decoding).
+        (:func:`asr.search.rescore.rescore_nbest_lm`; both divide their log-prob by the
+        first pass's length normalisation, ``Hypothesis.norm``, as ``attention_beam``'s
+        scores are). A ``ctc_weight`` option of the
+        ``attention_beam`` search gets the CTC head's log-probabilities on the same encoder
+        output (joint CTC/attention decoding); it and the other options only that search
+        reads are refused for any other search
+        (:func:`asr.search.attention.refuse_beam_only_options`).
 
         ``warps``: test-time vocal tract length normalisation. The audio is decoded once
         per frequency-warp factor (e.g. 0.88 ... 1.12) and each utterance keeps the warp
@@ -201,10 +215,9 @@ class ASRModel(nn.Module):
         The n-best lists are merged (one entry per token sequence, its best score).
         """
         name = head or next(iter(self.heads))
-        if name not in self.heads:
-            raise ValueError(f"model has heads {list(self.heads)}, not {name!r}")
+        method = self.search_method(name, method)
+        refuse_beam_only_options(method, options)
         h = self.heads[name]
-        method = method or h.search_methods[0]
         second = self.rescoring_head(rescore) if rescore is not None else None
         if options.get("ctc_weight"):
             ctc = next((m for m in self.heads.values() if isinstance(m, CTCHead)), None)

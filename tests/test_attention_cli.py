@@ -178,3 +178,121 @@ def test_set_decoding_saves_each_heads_defaults(tmp_path, tone_corpus, two_heads
         assert main(["set-decoding", "--model", str(out), "--out", str(tmp_path / "x.pt")] + flags) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_rescoring_head_without_an_nbest_list_is_refused(tmp_path, tone_corpus, two_heads, capsys):
+    """`--rescore HEAD` with nbest < 2 would re-rank a one-hypothesis list (nothing) yet be
+    reported as used: refused, like --rescore-lm, whether given, saved or being saved."""
+    import dataclasses
+
+    from asr.decoding import decoding_options
+
+    model, tok, cfg = two_heads
+    path = save_checkpoint(tmp_path / "model.pt", cfg, tok, model)
+    for nbest in (None, 1):
+        with pytest.raises(ValueError, match=rf"rescoring with the head 'attention' \(--rescore\) "
+                                             rf"needs an N-best list: give nbest > 1 \(--nbest\), not {nbest}"):
+            decoding_options(model, tok, cfg, path, head="ctc", rescore="attention", nbest=nbest)
+    opts = decoding_options(model, tok, cfg, path, head="ctc", rescore="attention", nbest=2)
+    assert (opts["rescore"], opts["nbest"]) == ("attention", 2)
+    saved = dataclasses.replace(cfg, decoding=dataclasses.replace(cfg.decoding, rescore="attention",
+                                                                    nbest=4))
+    assert decoding_options(model, tok, saved, path)["nbest"] == 4
+    with pytest.raises(ValueError, match="--rescore"):  # the saved rescoring, nbest given as 1
+        decoding_options(model, tok, saved, path, nbest=1)
+    common = ["--model", str(path), "--head", "ctc", "--search", "ctc_prefix_beam", "--rescore",
+              "attention"]
+    assert main(["evaluate", "--corpus", "manifest", "--data", str(tone_corpus), "--threads", "1"]
+                + common) == 2
+    assert "needs an N-best list" in capsys.readouterr().err
+    assert main(["set-decoding", "--out", str(tmp_path / "x.pt")] + common + ["--nbest", "1"]) == 2
+    assert "needs an N-best list" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_ctc_weight_is_refused_for_searches_other_than_attention_beam(tmp_path, tone_corpus,
+                                                                       two_heads, capsys):
+    """Every search swallows unknown options, so ctc_weight with another search than
+    attention_beam (the attention head's default greedy one, a CTC search) was dropped
+    unread; it is refused, naming the option and the search, when decoding, when resolving
+    the CLI's options and when saving them."""
+    from asr.decoding import decoding_options
+
+    model, tok, cfg = two_heads
+    ds = UtteranceDataset(read_manifest(tone_corpus), tok.encode, cfg.sample_rate)
+    batch = collate([ds[i] for i in range(2)])
+    for head, method, search in (("attention", None, "attention_greedy"),
+                                 ("attention", "attention_greedy", "attention_greedy"),
+                                 ("ctc", "ctc_prefix_beam", "ctc_prefix_beam")):
+        message = rf"ctc_weight \(--ctc-weight\): only the attention_beam search uses it, not '{search}'"
+        with pytest.raises(ValueError, match=message):
+            model.decode(batch.waves, batch.wave_lens, head=head, method=method, ctc_weight=0.4)
+        with pytest.raises(ValueError, match=message):
+            decoding_options(model, tok, cfg, tmp_path / "m.pt", head=head, method=method,
+                             ctc_weight=0.4)
+    assert model.decode(batch.waves, batch.wave_lens, head="attention", method="attention_beam",
+                        ctc_weight=0.4)
+    path = save_checkpoint(tmp_path / "model.pt", cfg, tok, model)
+    assert main(["evaluate", "--model", str(path), "--corpus", "manifest", "--data",
+                 str(tone_corpus), "--threads", "1", "--head", "attention", "--ctc-weight", "0.3"]) == 2
+    assert "not 'attention_greedy'" in capsys.readouterr().err
+    assert main(["set-decoding", "--model", str(path), "--out", str(tmp_path / "x.pt"), "--head",
+                 "attention", "--ctc-weight", "0.3"]) == 2
+    assert "only the attention_beam search uses it" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_attention_beam_length_norm_and_end_detection_options(tmp_path, tone_corpus, two_heads,
+                                                              capsys):
+    """attention_beam's length_norm, end_window and end_margin: None in the saved decoding
+    (the search's own defaults, so older checkpoints decode as before), given on the CLI or
+    saved with set-decoding they reach the search; refused with another search, and bad
+    values are refused naming the option."""
+    from asr.checkpoint import load_model
+    from asr.config import DecodingConfig
+    from asr.decoding import decoding_options
+
+    assert (DecodingConfig().length_norm, DecodingConfig().end_window, DecodingConfig().end_margin) == (None,) * 3
+    model, tok, cfg = two_heads
+    path = save_checkpoint(tmp_path / "model.pt", cfg, tok, model)
+    new = {"length_norm": 0.0, "end_window": 5, "end_margin": -4.0}
+    opts = decoding_options(model, tok, cfg, path, head="attention", method="attention_beam", beam=3)
+    assert not set(new) & set(opts)  # not given, not saved: the search's defaults
+    opts = decoding_options(model, tok, cfg, path, head="attention", method="attention_beam", beam=3,
+                            **new)
+    assert {k: opts[k] for k in new} == new
+    ds = UtteranceDataset(read_manifest(tone_corpus), tok.encode, cfg.sample_rate)
+    batch = collate([ds[i] for i in range(4)])
+    enc, enc_lens = model.encode(batch.waves, batch.wave_lens)
+    direct = attention_beam(model.heads["attention"], enc, enc_lens, beam=3, **new)
+    assert model.decode(batch.waves, batch.wave_lens, **opts) == direct
+    assert direct != attention_beam(model.heads["attention"], enc, enc_lens, beam=3)  # normalised
+
+    common = ["--model", str(path), "--head", "attention", "--search", "attention_beam", "--beam", "3"]
+    flags = ["--length-norm", "0", "--end-window", "5", "--end-margin", "-4"]
+    assert main(["evaluate", "--corpus", "manifest", "--data", str(tone_corpus), "--threads", "1"]
+                + common + flags) == 0
+    decoding = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["decoding"]
+    assert {k: decoding[k] for k in new} == new
+    out = tmp_path / "saved.pt"
+    assert main(["set-decoding", "--out", str(out)] + common + flags) == 0
+    capsys.readouterr()
+    _, _, saved = load_model(out)
+    opts = decoding_options(model, tok, saved, out, head="attention")
+    assert {k: opts[k] for k in new} == new
+    assert decoding_options(model, tok, saved, out, head="attention", end_window=2)["end_window"] == 2
+
+    for option, flag, value in (("length_norm", "--length-norm", "0.5"),
+                                ("end_window", "--end-window", "2"),
+                                ("end_margin", "--end-margin", "-5")):
+        for cmd in (["evaluate", "--corpus", "manifest", "--data", str(tone_corpus)],
+                    ["set-decoding", "--out", str(tmp_path / "x.pt")]):
+            assert main(cmd + ["--model", str(path), "--head", "ctc", "--search", "ctc_prefix_beam",
+                               flag, value]) == 2
+            assert f"{option} ({flag}): only the attention_beam search uses it" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+    for flag, value, message in (("--length-norm", "-1", "length_norm must be >= 0"),
+                                 ("--end-window", "0", "end_window must be >= 1"),
+                                 ("--end-margin", "2", "end_margin must be <= 0")):
+        assert main(["transcribe"] + common + [flag, value, str(read_manifest(tone_corpus)[0].audio)]) == 2
+        assert message in capsys.readouterr().err

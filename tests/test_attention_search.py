@@ -1,5 +1,6 @@
 """Attention searches: beam 1 is greedy, a wide beam finds the exact best sequence, shallow
-fusion, end detection, joint CTC/attention scores, and N-best rescoring."""
+fusion, end detection, joint CTC/attention scores, and N-best rescoring (of an attention
+beam's length-normalised N-best too)."""
 import itertools
 import math
 
@@ -11,7 +12,7 @@ from asr.heads.attention import AttentionConfig, AttentionHead
 from asr.lm import NgramLM
 from asr.search.attention import _Hyp, attention_beam, attention_greedy, end_detected
 from asr.search.ctc_prefix_score import CTCPrefixScorer
-from asr.search.rescore import rescore_nbest
+from asr.search.rescore import rescore_nbest, rescore_nbest_lm
 from asr.search.types import Hypothesis, SearchResult
 
 
@@ -172,3 +173,48 @@ def test_rescoring_returns_the_best_combined_score():
             assert sorted(map(tuple, (h.tokens for h in res.nbest))) == sorted(combined)
             if weight == 0.0:  # the first pass's order
                 assert [h.tokens for h in res.nbest] == [h.tokens for h in first.nbest]
+
+
+class PerLabelLM(torch.nn.Module):
+    """A token LM indifferent to the words: log-prob -0.5 for every label and the end."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def sequence_log_probs(self, tokens, lens):
+        """tokens (N, U), lens (N,) -> (N,) log P(tokens, end)."""
+        return -0.5 * (lens + 1).double()
+
+
+@torch.no_grad()
+def test_rescoring_an_attention_beam_nbest_adds_like_to_like():
+    """attention_beam ranks by log-score / (|y| + 1) ** length_norm and says so in each
+    hypothesis's norm; a second pass divides its whole-sequence log-prob by the same norm.
+    So an LM giving every label the same log-prob shifts every score alike and keeps the
+    ranking, and the attention head re-scoring its own N-best changes nothing; adding the
+    unnormalised log-probs instead favours the shortest hypothesis (checked here)."""
+    head = sharp_head("lstm")
+    enc, enc_lens = torch.randn(1, 10, 8), torch.tensor([10])
+    first = attention_beam(head, enc, enc_lens, beam=4, nbest=4)
+    hyps = first[0].nbest
+    assert len({len(h.tokens) for h in hyps}) == 4  # four lengths: the scales differ
+    for h in hyps:
+        assert h.norm == len(h.tokens) + 1  # length_norm 1
+        raw = head.sequence_log_probs(enc, enc_lens, torch.tensor([h.tokens]), torch.tensor([len(h.tokens)]))
+        assert h.score * h.norm == pytest.approx(float(raw), abs=1e-4)  # the log-score
+
+    lm, weight = PerLabelLM(), 1.0
+    mixed = sorted(hyps, key=lambda h: -(h.score + weight * -0.5 * (len(h.tokens) + 1)))
+    assert mixed[0].tokens != hyps[0].tokens  # unnormalised, the LM term would decide
+    by_lm = rescore_nbest_lm(lm, first, weight)[0].nbest
+    assert [h.tokens for h in by_lm] == [h.tokens for h in hyps]
+    assert [h.score for h in by_lm] == pytest.approx([h.score - 0.5 * weight for h in hyps])
+    assert [h.norm for h in by_lm] == [h.norm for h in hyps]
+    for w in (0.5, 1.0):
+        by_head = rescore_nbest(head, enc, enc_lens, first, w)
+        assert [h.tokens for h in by_head[0].nbest] == [h.tokens for h in hyps]
+        assert [h.score for h in by_head[0].nbest] == pytest.approx([h.score for h in hyps], abs=1e-4)
+        # chained (ASRModel.decode: the head, then the LM): the norm is kept between them
+        chained = rescore_nbest_lm(lm, by_head, weight)[0].nbest
+        assert [h.tokens for h in chained] == [h.tokens for h in hyps]

@@ -103,20 +103,28 @@ def test_prefix_beam_times_strictly_increase(seed):
 
 
 def test_prefix_beam_keeps_only_the_live_beam_on_a_long_input():
-    """Its memory stays flat as the utterance grows: after every chunk of a 3,000-frame
-    input the search holds scores, times and best emissions for at most ``beam`` prefixes
-    (it kept every prefix ever proposed: ~beam x V more per frame, ~400k entries here)."""
+    """Its memory stays flat as the utterance grows: after every frame of a 3,000-frame
+    input, read in one ``advance`` as offline decoding does, the search holds scores, times
+    and best emissions for at most ``beam`` prefixes (it kept every prefix ever proposed:
+    ~beam x V more per frame, ~400k entries here)."""
     from asr.search.ctc_state import PrefixBeam
 
     torch.manual_seed(0)
-    V, beam = 12, 16
-    logits = torch.randn(3000, V).mul(2)
+    V, beam, T = 12, 16, 3000
+    logits = torch.randn(T, V).mul(2)
     logits[:, 0] += 3.0  # mostly blank, as speech is
     search = PrefixBeam(beam=beam)
-    for chunk in logits.log_softmax(-1).split(100):
-        search.advance(chunk)
+    read_frame, frames = search._frame, []
+
+    def checked(row, t):  # the live state after each frame, not only after the chunk
+        read_frame(row, t)
         held = (len(search.beams), len(search.extra), len(search.times), len(search.emit_best))
-        assert max(held) <= beam, held
+        assert max(held) <= beam, (t, held)
+        frames.append(t)
+
+    search._frame = checked
+    search.advance(logits.log_softmax(-1))
+    assert frames == list(range(T))
     assert len(search.result(nbest=1).best.tokens) > 100  # the search did follow the speech
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Protocol, Tuple
+from typing import Callable, List, Mapping, Optional, Protocol, Tuple
 
 import torch
 from torch import Tensor
@@ -30,7 +30,22 @@ from asr.search.types import Hypothesis, SearchResult
 
 LMScore = Callable[[Tuple[int, ...], int], float]
 
-__all__ = ["AttentionModel", "attention_greedy", "attention_beam", "end_detected"]
+__all__ = ["AttentionModel", "attention_greedy", "attention_beam", "end_detected",
+           "BEAM_ONLY_OPTIONS", "refuse_beam_only_options"]
+
+# Decoding options that only attention_beam reads; every other search would take them
+# (searches swallow unknown keywords) and ignore them.
+BEAM_ONLY_OPTIONS = ("ctc_weight", "length_norm", "end_window", "end_margin")
+
+
+def refuse_beam_only_options(method: Optional[str], options: Mapping[str, object]) -> None:
+    """A ValueError naming each of :data:`BEAM_ONLY_OPTIONS` set (not None) in
+    ``options`` when the search ``method`` is not ``attention_beam``, which would ignore it."""
+    given = [k for k in BEAM_ONLY_OPTIONS if options.get(k) is not None]
+    if given and method != "attention_beam":
+        named = ", ".join(f"{k} (--{k.replace('_', '-')})" for k in given)
+        raise ValueError(f"{named}: only the attention_beam search uses it, not {method!r} "
+                         "(give --search attention_beam with an attention head, or drop it)")
 
 
 class AttentionModel(Protocol):
@@ -146,7 +161,8 @@ def attention_beam(head: AttentionModel, enc: Tensor, enc_lens: Tensor, beam: in
     Score of a hypothesis ``y``: ``(1 - ctc_weight) log P_att(y, eos | x) + ctc_weight
     log P_ctc(y | x) + lm_weight log P_lm(y, end) + length_bonus |y|``; the ended ones
     are ranked by that score over ``(|y| + 1) ** length_norm`` (0: no normalisation), and
-    the returned scores are these ranking scores.
+    the returned scores are these ranking scores, each hypothesis's divisor in its ``norm``
+    (an N-best rescoring divides its log-prob by it as well: ``asr.search.rescore``).
 
     Args:
         head: attention head (see :class:`AttentionModel`).
@@ -154,13 +170,14 @@ def attention_beam(head: AttentionModel, enc: Tensor, enc_lens: Tensor, beam: in
         enc_lens: ``(B,)`` frames per utterance.
         beam: hypotheses kept per step.
         nbest: hypotheses returned per utterance, best first.
-        length_norm: exponent of the length normalisation.
+        length_norm: exponent of the length normalisation (>= 0).
         lm_score: optional ``lm_score(prefix, token) -> log-prob`` (shallow fusion).
         lm_weight, length_bonus: its weight, and a bonus per label.
         ctc_log_probs: ``(B, T, V)`` log-probabilities of a CTC head on the same encoder
             output (blank = ``head.eos`` = 0), for joint decoding.
         ctc_weight: weight of the CTC prefix scores (needs ``ctc_log_probs``).
-        end_window, end_margin: end detection (see :func:`end_detected`).
+        end_window, end_margin: end detection (see :func:`end_detected`; a window of at
+            least 1 label length, a margin <= 0).
         lm: alias of ``lm_score`` (the keyword the CTC prefix beam search uses).
 
     Returns:
@@ -173,6 +190,13 @@ def attention_beam(head: AttentionModel, enc: Tensor, enc_lens: Tensor, beam: in
         raise ValueError("ctc_weight needs ctc_log_probs (a CTC head's output)")
     if not 0.0 <= ctc_weight <= 1.0:
         raise ValueError(f"ctc_weight must lie in [0, 1], got {ctc_weight}")
+    if length_norm < 0:
+        raise ValueError(f"length_norm must be >= 0 (0: no normalisation), got {length_norm}")
+    if end_window < 1:
+        raise ValueError(f"end_window must be >= 1 (label lengths), got {end_window}")
+    if end_margin > 0:
+        raise ValueError(f"end_margin must be <= 0 (a log-score below the best ended "
+                         f"hypothesis), got {end_margin}")
     att_weight = 1.0 - ctc_weight
     lm_end = getattr(lm_score, "final", None) if use_lm else None
     eos = head.eos
@@ -245,8 +269,8 @@ def attention_beam(head: AttentionModel, enc: Tensor, enc_lens: Tensor, beam: in
                 ctc_states = torch.stack(ctc_rows)
             if not running or end_detected(ended, length, end_window, end_margin):
                 break
-        ranked = sorted(((h.score / (len(h.tokens) + 1) ** length_norm, h) for h in ended),
-                        key=lambda sh: -sh[0])
-        hyps = [Hypothesis(list(h.tokens), s, list(h.times)) for s, h in ranked[:nbest]]
+        norms = [(len(h.tokens) + 1) ** length_norm for h in ended]
+        ranked = sorted(((h.score / z, z, h) for h, z in zip(ended, norms)), key=lambda s: -s[0])
+        hyps = [Hypothesis(list(h.tokens), s, list(h.times), norm=z) for s, z, h in ranked[:nbest]]
         results.append(SearchResult(hyps or [Hypothesis([], -math.inf, [])]))
     return results

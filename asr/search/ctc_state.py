@@ -77,71 +77,74 @@ class PrefixBeam:
 
     def advance(self, lp: torch.Tensor) -> None:
         """lp: (T, V) log-probabilities of the next T frames (torch or numpy)."""
-        beam, blank, token_prune = self.beam, self.blank, self.token_prune
+        rows = lp.tolist()  # float32 -> Python floats, exactly
+        for t, row in enumerate(rows, start=self.frames):
+            self._frame(row, t)
+        self.frames += len(rows)
+
+    def _frame(self, row: List[float], t: int) -> None:
+        """Read frame ``t``, its (V,) log-probabilities ``row``: extend the beam, keep its
+        ``beam`` best prefixes and forget every other one (scores, fused extra, times, best
+        emissions), so memory stays O(beam) per frame, not O(frames x beam x V)."""
+        blank, token_prune, V = self.blank, self.token_prune, len(row)
         lm, lm_weight, length_bonus = self.lm, self.lm_weight, self.length_bonus
         beams, extra, times, emit_best = self.beams, self.extra, self.times, self.emit_best
-        V = lp.shape[1]
-        rows = lp.tolist()  # float32 -> Python floats, exactly
         min_logp, beam_prune = self.token_min_logp, self.beam_prune_logp
-        for t, row in enumerate(rows, start=self.frames):
-            if token_prune and token_prune < V:
-                cand = sorted(range(V), key=row.__getitem__, reverse=True)[:token_prune]
-            else:
-                cand = range(V)
-            if min_logp is not None:
-                floor = min(min_logp, max(row))  # the frame's best token stays
-                cand = [tok for tok in cand if row[tok] >= floor]
-            if token_prune or min_logp is not None:
-                cand = list(cand)
-                if blank not in cand:
-                    cand.append(blank)
-            nxt: Dict[Tuple[int, ...], List[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
-            # times set at frame t take effect after it: an extension at t follows its prefix's
-            # alignments up to t - 1, never a token that the prefix itself re-timed to t
-            retimed: Dict[Tuple[int, ...], Tuple[int, ...]] = {}
-            for prefix, (pb, pnb) in beams.items():
-                total = _logaddexp(pb, pnb)
-                last = prefix[-1] if prefix else None
-                for tok in cand:
-                    p = row[tok]
-                    if tok == blank:
-                        e = nxt[prefix]
-                        e[0] = _logaddexp(e[0], total + p)
-                        continue
-                    if tok == last:
-                        # repeat without blank in between stays on the same prefix
-                        e = nxt[prefix]
-                        e[1] = _logaddexp(e[1], pnb + p)
-                        new_p = pb + p
-                    else:
-                        new_p = total + p
-                    new = prefix + (tok,)
-                    if new not in extra:
-                        bonus = length_bonus
-                        if lm is not None and lm_weight != 0.0:
-                            bonus += lm_weight * lm(prefix, tok)
-                        extra[new] = extra[prefix] + bonus
-                    if extra[new] == NEG_INF or new_p == NEG_INF:
-                        continue  # the LM forbids it (a word not in its lexicon), or no path does
-                    if new_p > emit_best.get(new, NEG_INF):
-                        emit_best[new] = new_p
-                        retimed[new] = times[prefix] + (t,)
-                    e = nxt[new]
-                    e[1] = _logaddexp(e[1], new_p)
-            times.update(retimed)
-            scored = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]) + extra[kv[0]],
-                            reverse=True)[:beam]
-            if beam_prune is not None and scored:
-                best = _logaddexp(*scored[0][1]) + extra[scored[0][0]]
-                scored = [kv for kv in scored if _logaddexp(*kv[1]) + extra[kv[0]] >= best - beam_prune]
-            beams = dict(scored)
-            # forget every prefix that left the beam: memory stays O(beam), not
-            # O(frames x beam x V)
-            extra = {p: extra[p] for p in beams}
-            times = {p: times[p] for p in beams}
-            emit_best = {p: emit_best[p] for p in beams if p in emit_best}
-        self.beams, self.extra, self.times, self.emit_best = beams, extra, times, emit_best
-        self.frames += len(rows)
+        if token_prune and token_prune < V:
+            cand = sorted(range(V), key=row.__getitem__, reverse=True)[:token_prune]
+        else:
+            cand = range(V)
+        if min_logp is not None:
+            floor = min(min_logp, max(row))  # the frame's best token stays
+            cand = [tok for tok in cand if row[tok] >= floor]
+        if token_prune or min_logp is not None:
+            cand = list(cand)
+            if blank not in cand:
+                cand.append(blank)
+        nxt: Dict[Tuple[int, ...], List[float]] = defaultdict(lambda: [NEG_INF, NEG_INF])
+        # times set at frame t take effect after it: an extension at t follows its prefix's
+        # alignments up to t - 1, never a token that the prefix itself re-timed to t
+        retimed: Dict[Tuple[int, ...], Tuple[int, ...]] = {}
+        for prefix, (pb, pnb) in beams.items():
+            total = _logaddexp(pb, pnb)
+            last = prefix[-1] if prefix else None
+            for tok in cand:
+                p = row[tok]
+                if tok == blank:
+                    e = nxt[prefix]
+                    e[0] = _logaddexp(e[0], total + p)
+                    continue
+                if tok == last:
+                    # repeat without blank in between stays on the same prefix
+                    e = nxt[prefix]
+                    e[1] = _logaddexp(e[1], pnb + p)
+                    new_p = pb + p
+                else:
+                    new_p = total + p
+                new = prefix + (tok,)
+                if new not in extra:
+                    bonus = length_bonus
+                    if lm is not None and lm_weight != 0.0:
+                        bonus += lm_weight * lm(prefix, tok)
+                    extra[new] = extra[prefix] + bonus
+                if extra[new] == NEG_INF or new_p == NEG_INF:
+                    continue  # the LM forbids it (a word not in its lexicon), or no path does
+                if new_p > emit_best.get(new, NEG_INF):
+                    emit_best[new] = new_p
+                    retimed[new] = times[prefix] + (t,)
+                e = nxt[new]
+                e[1] = _logaddexp(e[1], new_p)
+        times.update(retimed)
+        scored = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]) + extra[kv[0]],
+                        reverse=True)[: self.beam]
+        if beam_prune is not None and scored:
+            best = _logaddexp(*scored[0][1]) + extra[scored[0][0]]
+            scored = [kv for kv in scored if _logaddexp(*kv[1]) + extra[kv[0]] >= best - beam_prune]
+        self.beams = dict(scored)
+        # forget every prefix that left the beam
+        self.extra = {p: extra[p] for p in self.beams}
+        self.times = {p: times[p] for p in self.beams}
+        self.emit_best = {p: emit_best[p] for p in self.beams if p in emit_best}
 
     def result(self, nbest: int = 1, final: bool = False) -> SearchResult:
         """The ``nbest`` best prefixes so far; ``final``: the utterance ended here."""
