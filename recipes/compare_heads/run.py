@@ -154,7 +154,8 @@ def train_variant(cfg: CompareConfig, name: str, corpus: Corpus, out: Path) -> D
     record = {"variant": name, "encoder": cfg.variants[name], "steps": result.steps,
               "train_minutes": round(result.train_seconds / 60, 2),
               "wall_minutes_this_run": round((time.time() - t0) / 60, 2),
-              # the budget is wall time: on a loaded machine this shows the compute it bought
+              # with a step budget (max_steps) the CPU minutes show what the steps cost; with
+              # a time budget (max_minutes), the compute it bought on a loaded machine
               "cpu_minutes_this_run": round((time.process_time() - cpu0) / 60, 2),
               "utterances_trained_this_run": result.utterances,
               "max_minutes": vcfg.train.max_minutes,
