@@ -154,6 +154,16 @@ def hours_needed(rate: float, factor: float = MIN_HOURS_FACTOR) -> float:
     return factor / rate
 
 
+def rate_unobservable(hours: float, rate: float, factor: float = MIN_HOURS_FACTOR) -> str:
+    """Why ``hours`` of negative audio cannot show ``rate`` false alarms per hour by the
+    reporting rule (:func:`hours_needed`), or "" when they can. The one test of the rule:
+    :func:`detection_summary` and :func:`kws.wakeword.observability` both ask it."""
+    need = hours_needed(rate, factor)
+    if hours + 1e-9 >= need:
+        return ""
+    return f"needs >= {need:g} h of negative audio ({factor:g} / {rate:g} FA/h), {hours:.3f} h given"
+
+
 @dataclass
 class DetectionEvalConfig:
     """How :func:`detection_report` builds its trials.
@@ -417,15 +427,11 @@ def detection_summary(pos_max: Sequence[float], streams: Sequence[Dict], det: Di
     out: Dict = {}
     for rate, key in ((0.5, "0.5"), (1.0, "1")):
         at = frr_at_fa(curve, rate)
-        need = hours_needed(rate, min_hours_factor)
         name = f"frr_at_{key}_fa_per_hour"
-        if hours + 1e-9 >= need:
-            out[name] = at["frr"]
-        else:
-            out[name] = None
-            out[name + "_unreported"] = (
-                f"needs >= {need:g} h of negative audio ({min_hours_factor:g} / {rate:g} FA/h), "
-                f"{hours:.3f} h given")
+        why = rate_unobservable(hours, rate, min_hours_factor)
+        out[name] = None if why else at["frr"]
+        if why:
+            out[name + "_unreported"] = why
         out[f"threshold_at_{key}_fa_per_hour"] = at["threshold"]
     zero = frr_at_fa(curve, 0.0)
     out.update({

@@ -156,16 +156,30 @@ def evaluate_heldout(model_path: str | Path, positives_dir: str | Path, negative
     return out
 
 
+def observability(hours: float, rate: float) -> Dict:
+    """Whether ``hours`` of held-out negatives can show ``rate`` false alarms per hour, by
+    the reporting rule of ``python -m kws evaluate-detection`` (:func:`kws.evaluate.rate_unobservable`,
+    default factor: 0.5 FA/h needs 3 h): ``rate_observable``, ``hours_needed`` and a ``note``
+    saying what the figure is when the rate is not observable."""
+    from kws.evaluate import hours_needed, rate_unobservable
+
+    why = rate_unobservable(hours, rate)
+    allowed = int(math.floor(rate * hours + 1e-9))
+    return {"rate_observable": not why, "hours_needed": hours_needed(rate),
+            "note": "" if not why else
+            f"{rate:g} FA/h cannot be observed on the held-out negatives: {why}; the figure is the FRR "
+            f"at the threshold allowing {allowed} false alarm(s) in those hours, not a measured rate"}
+
+
 def _at_target(r: Dict, target_fa_per_hour: float) -> Dict:
     """The operating point of one evaluation (:func:`kws.evaluate.detection_summary` output
-    with ``_curve`` and ``_positive_max``) at the target rate."""
+    with ``_curve`` and ``_positive_max``) at the target rate, with its :func:`observability`."""
     from kws.metrics import frr_at_fa
 
     curve = r.pop("_curve")
     pos_max = r.pop("_positive_max")
     at = frr_at_fa(curve, target_fa_per_hour)
     hours = r["negative_hours"]
-    observable = hours * target_fa_per_hour >= 1.0
     out = {
         "frr": at["frr"], "threshold": at["threshold"], "false_alarms_at_threshold": at["false_alarms"],
         "target_fa_per_hour": target_fa_per_hour, "negative_hours": hours,
@@ -174,11 +188,7 @@ def _at_target(r: Dict, target_fa_per_hour: float) -> Dict:
         "frr_at_1_fa_per_hour": r["frr_at_1_fa_per_hour"],
         "mean_positive_score": float(sum(pos_max) / max(1, len(pos_max))),
         "skipped": r["skipped"],
-        "rate_observable": observable,
-        "note": ("" if observable else
-                 f"only {hours:.3f} h of held-out negatives: one false alarm is "
-                 f"{1 / max(hours, 1e-9):.2f} FA/h, so {target_fa_per_hour} FA/h cannot be observed; "
-                 "the figure is the FRR at zero false alarms"),
+        **observability(hours, target_fa_per_hour),
     }
     return out
 
@@ -367,8 +377,7 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
         "threshold": res_int8["threshold"],
         "negative_hours": res_int8["negative_hours"],
         "positives": res_int8["positives"],
-        "rate_observable": res_int8["rate_observable"],
-        "note": res_int8["note"],
+        **observability(res_int8["negative_hours"], cfg.target_fa_per_hour),
         "int8": res_int8, "fp32": res_fp32,
         # held-out real recordings of the phrase (--real-positives), int8, same negatives and threshold rule
         "real_positives": res_int8.get("real_positives"),

@@ -102,6 +102,53 @@ def test_noise_recordings_are_cut_in_time_and_the_end_is_held_out(tmp_path):
     np.testing.assert_allclose(held_wave, wave[3 * SR:], atol=1e-4)  # the last quarter, not heard in training
 
 
+def test_observability_is_the_rule_of_evaluate_detection():
+    """0.5 FA/h needs 3 h of held-out negatives (kws.evaluate.hours_needed), not just
+    room for one false alarm: 2.2 h (the shipped jarvis/alexa runs) cannot show it."""
+    from kws.evaluate import detection_summary
+    from kws.metrics import det_curve
+    from kws.wakeword import _at_target, observability
+
+    det = {"hop_s": 0.1, "refractory_s": 0.0, "threshold": 0.75}
+    pos = [0.95, 0.9, 0.8, 0.6, 0.2]
+    for hours in (0.01, 1.0, 2.2, 2.999, 3.0, 3.16, 5.0):
+        stream = {"scores": np.array([0.1, 0.85, 0.1]), "seconds": hours * 3600, "files": 1}
+        summary = detection_summary(pos, [stream], det)
+        obs = observability(hours, 0.5)
+        assert obs["rate_observable"] == (summary["frr_at_0.5_fa_per_hour"] is not None), hours
+        assert obs["hours_needed"] == pytest.approx(3.0)
+        r = dict(summary, skipped=[], _positive_max=pos,
+                 _curve=det_curve(np.array(pos), [stream["scores"]], hours, 0))
+        at = _at_target(r, 0.5)
+        assert at["rate_observable"] == obs["rate_observable"] and at["note"] == obs["note"]
+    short = observability(2.2, 0.5)
+    assert short["rate_observable"] is False
+    assert "cannot be observed" in short["note"] and "needs >= 3 h" in short["note"]
+    assert "allowing 1 false alarm(s)" in short["note"]  # what the figure is instead
+    assert observability(3.16, 0.5) == {"rate_observable": True, "hours_needed": 3.0, "note": ""}
+
+
+def test_shipped_results_files_follow_the_observability_rule():
+    """recipes/wake_word/results_*.json: every rate_observable agrees with the hours recorded
+    beside it (python -m recipes.wake_word.refresh_observability --check)."""
+    from recipes.wake_word.refresh_observability import refresh
+
+    files = sorted((ROOT / "recipes" / "wake_word").glob("results_*.json"))
+    checked = 0
+    for f in files:
+        data = json.loads(f.read_text())
+        assert refresh(data) == data, f"{f.name}: observability fields disagree with its hours"
+        checked += json.dumps(data).count('"rate_observable"')
+    assert checked >= 8  # jarvis, alexa (2 each), computer v2 (4)
+    jarvis = json.loads((ROOT / "recipes" / "wake_word" / "results_jarvis.json").read_text())
+    assert jarvis["negative_hours"] < 3 and jarvis["rate_observable"] is False
+    stale = refresh({"a": [{"rate_observable": True, "note": "", "negative_hours": 2.2,
+                            "target_fa_per_hour": 0.5, "frr": 0.0}]})
+    assert stale["a"][0]["rate_observable"] is False and stale["a"][0]["frr"] == 0.0
+    with pytest.raises(ValueError, match="negative_hours"):
+        refresh({"rate_observable": True, "target_fa_per_hour": 0.5})
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     if shutil.which("espeak-ng") is None:
