@@ -3,7 +3,8 @@ public layouts) and of user folders, a speaker-disjoint held-out slice, and load
 reports and skips bad files.
 
 Corpora read under a root (``../shared/corpora``): ``speechocean762`` (Kaldi ``wav.scp``),
-``an4`` (``etc/an4_train.fileids``), ``ljspeech`` (``wavs/``), ``speech_commands`` (every
+``an4`` (``etc/an4_train.fileids``), ``ljspeech`` (``wavs/``; one reader, so one speaker),
+``speech_commands`` (every
 word folder; not ``_background_noise_`` or ``_silence_``, which are noise) and
 ``mycroft_precise`` (``not-wake-words/en``). An utterance whose transcript contains the
 wake phrase is left out.
@@ -89,11 +90,15 @@ def _an4(root: Path) -> List[NegativeFile]:
     return out
 
 
+LJSPEECH_SPEAKER = "LJ"  # LJSpeech has one reader: every file carries her id
+
+
 def _ljspeech(root: Path) -> List[NegativeFile]:
     meta = root / "metadata.csv"
     texts = {row.id: row.normalized for row in read_metadata(meta)} if meta.is_file() else {}
-    # one reader: the split unit is the file
-    return [NegativeFile(str(p), "ljspeech", p.stem, texts.get(p.stem, "")) for p in list_audio(root / "wavs")]
+    # one reader, one speaker id: the whole corpus lands on one side of the held-out split
+    return [NegativeFile(str(p), "ljspeech", LJSPEECH_SPEAKER, texts.get(p.stem, ""))
+            for p in list_audio(root / "wavs")]
 
 
 def _speech_commands(root: Path) -> List[NegativeFile]:

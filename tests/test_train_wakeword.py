@@ -90,6 +90,29 @@ def test_negative_speakers_on_both_sides_are_an_error():
         check_speakers_disjoint(train, held + [NegativeFile("a/3.wav", "an4", "fash")])
 
 
+def test_ljspeech_is_one_speaker_on_one_side_of_the_held_out_split(tmp_path):
+    """One reader: every LJSpeech file carries one speaker id, so the held-out split never
+    puts some of her files in training and others in the "unseen speaker" evaluation."""
+    from kws.negatives import corpus_files, split_held_out
+
+    wavs = tmp_path / "ljspeech" / "wavs"
+    wavs.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = [f"LJ001-{i:04d}" for i in range(1, 25)]
+    for i in ids:
+        sf.write(wavs / f"{i}.flac", (0.1 * rng.standard_normal(SR // 10)).astype(np.float32), SR)
+    (tmp_path / "ljspeech" / "metadata.csv").write_text(
+        "".join(f"{i}|text {i}|text {i}\n" for i in ids), encoding="utf-8")
+    files = corpus_files(tmp_path, ["ljspeech"])
+    assert len(files) == 24 and len({f.speaker for f in files}) == 1
+    for percent in (10.0, 50.0, 70.0, 80.0, 90.0):
+        train, held = split_held_out(files, percent)
+        assert not train or not held, percent  # the whole corpus on one side
+        check_speakers_disjoint(train, held)
+    with pytest.raises(SpeakerLeakError, match="ljspeech/"):  # and a split by file is caught
+        check_speakers_disjoint(files[:10], files[10:])
+
+
 def test_noise_recordings_are_cut_in_time_and_the_end_is_held_out(tmp_path):
     rng = np.random.default_rng(0)
     wave = (0.1 * rng.standard_normal(4 * SR)).astype(np.float32)
