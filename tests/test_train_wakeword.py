@@ -151,6 +151,29 @@ def test_observability_is_the_rule_of_evaluate_detection():
     assert observability(3.16, 0.5) == {"rate_observable": True, "hours_needed": 3.0, "note": ""}
 
 
+def test_default_run_holds_out_enough_hours_to_observe_half_a_false_alarm_per_hour():
+    """The train-wakeword defaults (data.held_out_percent, data.max_heldout_hours) hold out
+    the 3 h that 0.5 FA/h needs when the data allows: checked on the shared corpora."""
+    from kws.config import WakeWordConfig
+    from kws.evaluate import hours_needed
+    from kws.negatives import corpus_files, split_held_out
+
+    cfg = WakeWordConfig()
+    need = hours_needed(cfg.target_fa_per_hour)
+    assert cfg.data.max_heldout_hours >= need
+    shared = ROOT.parent / "shared" / "corpora"
+    if not shared.is_dir():
+        pytest.skip(f"{shared}: no shared corpora")
+    files = corpus_files(shared, cfg.data.corpus_names, "jarvis")
+    train, held = split_held_out(files, cfg.data.held_out_percent)
+    check_speakers_disjoint(train, held)
+    loaded, skipped = load_negatives(held, SR, cfg.data.max_heldout_hours, cfg.seed, keep_audio=False)
+    hours = sum(ln.seconds for ln in loaded) / 3600
+    assert hours >= need, (hours, skipped[:3])
+    train_hours = sum(ln.seconds for ln in load_negatives(train, SR, None, keep_audio=False)[0]) / 3600
+    assert train_hours >= cfg.data.max_train_hours  # the training side still fills its hour
+
+
 def test_shipped_results_files_follow_the_observability_rule():
     """recipes/wake_word/results_*.json: every rate_observable agrees with the hours recorded
     beside it (python -m recipes.wake_word.refresh_observability --check)."""
