@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="", help="folder for det.png and detection.json")
     d.add_argument("--mode", default="auto", choices=["auto", "windowed", "streaming"],
                    help="windowed: the model on the last 1 s every hop; streaming: recurrent state "
-                        "carried from hop to hop (models exported with --streaming)")
+                        "carried from hop to hop (models exported with --streaming); auto: streaming "
+                        "when the model can; the JSON's mode is the one used, mode_requested this")
     d.add_argument("--context-s", type=float, default=1.0, help="negative audio streamed before each positive")
     d.add_argument("--min-hours-factor", type=float, default=1.5,
                    help="report FRR at r FA/h only with >= k / r hours of negatives "

@@ -177,7 +177,8 @@ class DetectionEvalConfig:
     min_hours_factor: k of the reporting rule, see :func:`hours_needed`.
     silence_peak: a file whose peak absolute sample is below this is "silent" and skipped.
     mode: the stream's ``mode`` (:meth:`kws.edge.KWSModel.stream`): "auto", "windowed"
-        or "streaming".
+        or "streaming"; the report's ``mode`` is the one used (:meth:`kws.edge.KWSModel.stream_mode`),
+        ``mode_requested`` this.
     """
 
     snrs: Tuple[float, ...] = (5.0,)
@@ -323,7 +324,8 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
         out_dir: if given, ``det.png`` (FRR against FA/h, log axis, one curve per
             condition) and ``detection.json`` (this result) are written there.
     Returns:
-        JSON-ready dict: ``positives``, ``negative_hours``, ``negative_files``,
+        JSON-ready dict: ``mode`` (the stream kind used, "windowed" or "streaming") and
+        ``mode_requested``, ``positives``, ``negative_hours``, ``negative_files``,
         ``negatives_by_dir``, ``skipped``, ``hours_needed`` (per rate, the reporting rule
         of :func:`hours_needed`), ``conditions`` (``clean``, ``snr_<x>``: each the fields
         of :func:`detection_summary`), and at the top level the clean condition's
@@ -357,7 +359,8 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
         conditions[name] = r
     clean = conditions["clean"]
     hours = clean["negative_hours"]
-    res = {"model": str(model.path), "mode": cfg.mode, "positives": clean["positives"],
+    res = {"model": str(model.path), "mode": model.stream_mode(cfg.mode), "mode_requested": cfg.mode,
+           "positives": clean["positives"],
            "negative_hours": hours, "negative_files": clean["negative_files"],
            "negatives_by_dir": {st: {"files": v["files"], "hours": v["hours"]}
                                 for st, v in clean["by_dir"].items()},
