@@ -5,7 +5,8 @@
     python -m kws export --checkpoint DIR --out M.onnx [--int8 M_int8.onnx] [--streaming]
     python -m kws evaluate --model M.onnx --corpus speech_commands --data DIR
     python -m kws evaluate-detection --model M(.onnx|checkpoint) --positives DIR... --negatives DIR...
-        [--noise DIR...] [--snr 5] [--out DIR]
+        [--noise DIR...] [--snr 5] [--out DIR]   (noise: ../shared/corpora/speech_commands/_background_noise_
+        when found, else generated)
     python -m kws detect FILE|- [--model M.onnx] [--mic]
     python -m kws train-wakeword --phrase "hey jarvis" --out DIR [--minutes 45] [--negatives DIR...]
 
@@ -93,10 +94,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_detection(args: argparse.Namespace) -> int:
-    from kws.evaluate import DetectionEvalConfig, detection_report
+    from kws.evaluate import DetectionEvalConfig, default_noise_dirs, detection_report
 
     model = _load_edge_model(args.model, args.threads, args.out)
-    cfg = DetectionEvalConfig(snrs=tuple(args.snr), noise_dirs=tuple(args.noise), seed=args.seed,
+    noise = default_noise_dirs() if args.noise is None else args.noise
+    cfg = DetectionEvalConfig(snrs=tuple(args.snr), noise_dirs=tuple(noise), seed=args.seed,
                               context_s=args.context_s, min_hours_factor=args.min_hours_factor,
                               mode=args.mode)
     res = detection_report(model, args.positives, args.negatives, cfg, out_dir=args.out or None)
@@ -232,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folders of audio without the keyword; each streamed as one continuous stream")
     d.add_argument("--snr", type=float, nargs="*", default=[5.0],
                    help="noisy conditions beside clean, dB (default 5; none: clean only)")
-    d.add_argument("--noise", nargs="*", default=[],
-                   help="real noise folders, e.g. speech_commands/_background_noise_ (default: generated)")
+    d.add_argument("--noise", nargs="*", default=None,
+                   help="real noise folders for the --snr conditions (default: Speech Commands "
+                        "_background_noise_ under ../shared/corpora beside the repository or the working "
+                        "directory, when found; if none is found, or '--noise' is given with no folder, "
+                        "generated white/pink/brown noise, and the JSON says \"noise\": \"generated\")")
     d.add_argument("--out", default="", help="folder for det.png and detection.json")
     d.add_argument("--mode", default="auto", choices=["auto", "windowed", "streaming"],
                    help="windowed: the model on the last 1 s every hop; streaming: recurrent state "

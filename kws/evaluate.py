@@ -25,7 +25,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from kws.layout import hash_split, list_audio, scan_speech_commands
+from kws.layout import BACKGROUND_NOISE, SHARED_CORPORA, hash_split, list_audio, scan_speech_commands
 from kws.detector import count_firings, smooth_scores
 from kws.edge import EdgeError, KWSModel, read_audio
 from kws.metrics import classification_report, det_curve, frr_at_fa, plot_confusion, plot_det
@@ -81,6 +81,23 @@ def active_power(wave: np.ndarray, sample_rate: int = 16000, floor_db: float = 3
     e = (wave[: n * frame].reshape(n, frame) ** 2).mean(axis=1)
     keep = e >= e.max() * 10 ** (-floor_db / 10)
     return float(e[keep].mean() + 1e-12)
+
+
+def default_noise_dirs(roots: Optional[Sequence[str | Path]] = None) -> List[str]:
+    """``evaluate-detection``'s noise when ``--noise`` is not given: the Speech Commands
+    ``_background_noise_`` recordings (:data:`kws.layout.BACKGROUND_NOISE`) under the first
+    of ``roots`` that has them; by default the shared corpora (:data:`kws.layout.SHARED_CORPORA`,
+    ``../shared/corpora``) relative to the repository, then to the working directory.
+    [] when none has audio: the noisy conditions then mix generated noise, and the report
+    says ``"noise": "generated"``."""
+    if roots is None:
+        repo = Path(__file__).resolve().parent.parent
+        roots = [repo / SHARED_CORPORA, Path.cwd() / SHARED_CORPORA]
+    for root in roots:
+        d = Path(root) / BACKGROUND_NOISE
+        if d.is_dir() and list_audio(d):
+            return [str(d.resolve())]
+    return []
 
 
 class NumpyNoise:
@@ -169,7 +186,8 @@ class DetectionEvalConfig:
     """How :func:`detection_report` builds its trials.
 
     snrs: noisy conditions (dB) evaluated beside the clean one; noise from ``noise_dirs``
-        (real recordings; generated white/pink/brown noise when empty).
+        (real recordings; generated white/pink/brown noise when empty, reported as
+        ``"noise": "generated"``; the command line defaults to :func:`default_noise_dirs`).
     context_s / tail_s: each positive clip is streamed after ``context_s`` of negative
         audio (taken in turn from the negative files, so the detector's window and
         smoothing are warm, as in serving) and before ``tail_s`` of silence; its score is
@@ -326,7 +344,8 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
     Returns:
         JSON-ready dict: ``mode`` (the stream kind used, "windowed" or "streaming") and
         ``mode_requested``, ``positives``, ``negative_hours``, ``negative_files``,
-        ``negatives_by_dir``, ``skipped``, ``hours_needed`` (per rate, the reporting rule
+        ``negatives_by_dir``, ``skipped``, ``noise`` (the noise folders of the SNR
+        conditions, or "generated"), ``hours_needed`` (per rate, the reporting rule
         of :func:`hours_needed`), ``conditions`` (``clean``, ``snr_<x>``: each the fields
         of :func:`detection_summary`), and at the top level the clean condition's
         ``frr_at_0.5_fa_per_hour`` and ``frr_at_1_fa_per_hour`` (null when the negative
@@ -337,6 +356,9 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
     and adds corpora never used in training).
     """
     cfg = cfg or DetectionEvalConfig()
+    if cfg.snrs and not cfg.noise_dirs:
+        log.warning("no real noise given: the %s dB SNR condition(s) mix generated white/pink/brown "
+                    "noise (reported as \"noise\": \"generated\")", ", ".join(f"{x:g}" for x in cfg.snrs))
     skipped: Dict[str, str] = {}
     pos_waves, contexts, neg_sets = _load_trials(model, positives, negatives, cfg, skipped)
 
@@ -368,7 +390,7 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
            "hours_needed": {"0.5": hours_needed(0.5, cfg.min_hours_factor),
                             "1": hours_needed(1.0, cfg.min_hours_factor)},
            "min_hours_factor": cfg.min_hours_factor, "context_s": cfg.context_s,
-           "noise": list(cfg.noise_dirs) or "generated white/pink/brown",
+           "noise": list(cfg.noise_dirs) or "generated",
            "threshold": clean["threshold"]}
     for key in ("frr_at_0.5_fa_per_hour", "frr_at_1_fa_per_hour"):
         res[key] = clean[key]

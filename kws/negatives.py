@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from asr.audio import AudioError, audio_info, load_audio
 from asr.metadata import read_metadata
-from kws.layout import hash_split, list_audio, speaker_of
+from kws.layout import BACKGROUND_NOISE, hash_split, list_audio, speaker_of
 from kws.phrases import contains_phrase
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def folder_files(folder: str | Path) -> List[NegativeFile]:
 
 def noise_files(root: str | Path) -> List[str]:
     """Speech Commands ``_background_noise_`` recordings under the corpora root."""
-    d = Path(root) / "speech_commands" / "_background_noise_"
+    d = Path(root) / BACKGROUND_NOISE
     return [str(p) for p in list_audio(d)] if d.is_dir() else []
 
 

@@ -151,6 +151,46 @@ def test_cli_evaluate_detection_keys_and_counts(trained, tmp_path):
     assert res0["frr_at_1_fa_per_hour"] == pytest.approx(clean["frr_at_zero_false_alarms"], abs=1 / 6)
 
 
+def test_evaluate_detection_noise_defaults_to_real_background_noise(trained, tmp_path, monkeypatch, capsys,
+                                                                     caplog):
+    """Without --noise the 5 dB condition mixes Speech Commands _background_noise_ from the
+    shared corpora when found; with no real noise it uses generated noise and says so."""
+    import kws.evaluate as ev
+    from kws.__main__ import main
+    from kws.layout import BACKGROUND_NOISE, SHARED_CORPORA
+
+    rng = np.random.default_rng(8)
+    roots = [tmp_path / "none", tmp_path / "corpora"]
+    noise = tmp_path / "corpora" / BACKGROUND_NOISE
+    noise.mkdir(parents=True)
+    assert ev.default_noise_dirs(roots) == []  # a folder without audio is not noise
+    sf.write(noise / "hum.wav", (0.05 * np.sin(np.arange(3 * SR) * 0.05)).astype(np.float32), SR)
+    assert ev.default_noise_dirs(roots) == [str(noise.resolve())]
+    shared = (ROOT / SHARED_CORPORA / BACKGROUND_NOISE).resolve()
+    if shared.is_dir():  # by default: ../shared/corpora beside the repository
+        assert ev.default_noise_dirs() == [str(shared)]
+    pos, neg = tmp_path / "pos", tmp_path / "neg"
+    pos.mkdir(), neg.mkdir()
+    for i in range(2):
+        sf.write(pos / f"p{i}.wav", _word(500.0, rng), SR)
+        sf.write(neg / f"n{i}.wav", _word(3500.0, rng), SR)
+
+    def run(*extra):
+        args = ["evaluate-detection", "--model", str(trained["fp32"]), "--positives", str(pos),
+                "--negatives", str(neg), "--snr", "5", *extra]
+        assert main(args) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    monkeypatch.setattr(ev, "default_noise_dirs", lambda roots=None: [str(noise)])
+    assert run()["noise"] == [str(noise)]  # found: real noise, named
+    assert run("--noise")["noise"] == "generated"  # '--noise' with no folder: generated, said so
+    monkeypatch.setattr(ev, "default_noise_dirs", lambda roots=None: [])
+    caplog.clear()
+    res = run()
+    assert res["noise"] == "generated" and "snr_5" in res["conditions"]
+    assert "generated" in caplog.text
+
+
 def test_evaluate_detection_takes_a_checkpoint(trained, tmp_path):
     """--model may be a checkpoint: exported to ONNX first (in-process here: the CLI's
     model loader, without a second torch start-up)."""
