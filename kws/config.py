@@ -245,6 +245,8 @@ class WakeWordConfig:
     voices: List[str] = field(default_factory=list)  # [] = every installed voice
     hold_out_voices: List[str] = field(default_factory=list)  # [] = kws.voices.DEFAULT_HOLD_OUT
     target_fa_per_hour: float = 0.5
+    eval_snrs: List[float] = field(default_factory=lambda: [5.0])  # noisy evaluation conditions (dB)
+    # beside clean, with the held-out noise (<out>/heldout/noise; generated when there is none)
     evaluate_fp32: bool = False  # also evaluate model.onnx (the int8 model is always evaluated)
     seed: int = 0
     synth: WakeWordSynthConfig = field(default_factory=WakeWordSynthConfig)

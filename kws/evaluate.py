@@ -310,20 +310,23 @@ def _load_trials(model: KWSModel, positives: Sequence[str], negatives: Sequence[
 
 
 def positive_scores(model: KWSModel, positives: Sequence[str], negatives: Sequence[str],
-                    skipped: Optional[Dict[str, str]] = None) -> List[float]:
-    """The best score in each positive trial, clean, each after its context of negative
-    audio as in :func:`evaluate_detection`, without streaming the negatives: another
-    positive set scored against negative streams already scored (``_streams``), e.g. with
-    :func:`detection_summary`. Unreadable or silent files go to ``skipped``."""
-    cfg = DetectionEvalConfig()
+                    skipped: Optional[Dict[str, str]] = None, snr_db: Optional[float] = None,
+                    cfg: Optional[DetectionEvalConfig] = None) -> List[float]:
+    """The best score in each positive trial, each after its context of negative audio as
+    in :func:`detection_report` (clean, or with ``cfg``'s noise at ``snr_db``), without
+    streaming the negatives: another positive set scored against negative streams already
+    scored (``_streams`` of :func:`evaluate_detection`, or ``raw`` of :func:`detection_report`),
+    e.g. with :func:`detection_summary`. Unreadable or silent files go to ``skipped``."""
+    cfg = cfg or DetectionEvalConfig()
     skipped = {} if skipped is None else skipped
     waves, contexts, _ = _load_trials(model, positives, negatives, cfg, skipped)
-    pos_max, _ = _condition(model, waves, contexts, [], None, cfg, skipped)
+    pos_max, _ = _condition(model, waves, contexts, [], snr_db, cfg, skipped)
     return pos_max
 
 
 def detection_report(model: KWSModel, positives: Sequence[str], negatives: Sequence[str],
-                     cfg: Optional[DetectionEvalConfig] = None, out_dir: Optional[str] = None) -> Dict:
+                     cfg: Optional[DetectionEvalConfig] = None, out_dir: Optional[str] = None,
+                     raw: Optional[Dict[str, Dict]] = None) -> Dict:
     """Wake-word detection evaluation: FRR at 0.5 and 1 false alarms per hour, clean and at
     each SNR in ``cfg.snrs``, with the DET curves.
 
@@ -341,6 +344,9 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
         cfg: conditions and trial construction (defaults: clean and 5 dB SNR).
         out_dir: if given, ``det.png`` (FRR against FA/h, log axis, one curve per
             condition) and ``detection.json`` (this result) are written there.
+        raw: if a dict, filled per condition name (``clean``, ``snr_<x>``) with the
+            material for other operating points and other positive sets: ``_curve``,
+            ``_positive_max`` and ``_streams`` (as :func:`evaluate_detection` gives them).
     Returns:
         JSON-ready dict: ``mode`` (the stream kind used, "windowed" or "streaming") and
         ``mode_requested``, ``positives``, ``negative_hours``, ``negative_files``,
@@ -368,7 +374,9 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
         name = "clean" if snr is None else f"snr_{snr:g}"
         pos_max, streams = _condition(model, pos_waves, contexts, neg_sets, snr, cfg, skipped)
         r = detection_summary(pos_max, streams, model.detector_config, cfg.min_hours_factor)
-        curves["clean" if snr is None else f"{snr:g} dB SNR"] = r.pop("_curve")
+        curve = curves["clean" if snr is None else f"{snr:g} dB SNR"] = r.pop("_curve")
+        if raw is not None:
+            raw[name] = {"_curve": curve, "_positive_max": pos_max, "_streams": streams}
         r["snr_db"] = snr
         r["by_dir"] = {st["dir"]: {"files": st["files"], "hours": round(st["seconds"] / 3600, 4),
                                    "max_score": float(st["scores"].max()) if st["scores"].size else None,

@@ -1,7 +1,7 @@
 """Custom wake words from text (``python -m kws train-wakeword``): near-miss phrases, the
 voice hold-out, bad negative files, and a tiny end-to-end run (two espeak-ng voices, one
-held out; seconds of negative speech in a tmp dir; 5 short epochs of 640 examples; the
-whole file took 7.8 min on the shared machine at a load average of about 22)."""
+held out; seconds of negative speech and a real-noise recording in a tmp dir; 5 short epochs of
+640 examples; the whole file took 7.8 min on the shared machine at a load average of about 22)."""
 import json
 import random
 import shutil
@@ -216,9 +216,14 @@ def run(tmp_path_factory):
         shutil.copy(p, real / f"rp{i:02d}.wav")
     texts = tmp / "texts.csv"
     texts.write_text("".join(f"T{i}|{s}|{s}\n" for i, s in enumerate(SENTENCES)))
+    corpora = tmp / "corpora"  # a corpora root with real-noise recordings only (no speech corpus)
+    noise = corpora / "speech_commands" / "_background_noise_"
+    noise.mkdir(parents=True)
+    hum = 0.05 * np.sin(2 * np.pi * 120 * np.arange(4 * SR) / SR) + 0.02 * np.random.default_rng(1).standard_normal(4 * SR)
+    sf.write(noise / "hum.wav", hum.astype(np.float32), SR)
     out = tmp / "out"
     cmd = [sys.executable, "-m", "kws", "train-wakeword", "--phrase", "jarvis", "--out", str(out),
-           "--minutes", "8", "--corpora", "none", "--negatives", str(neg), "--texts", str(texts), "--real-positives", str(real),
+           "--minutes", "8", "--corpora", str(corpora), "--negatives", str(neg), "--texts", str(texts), "--real-positives", str(real),
            "--voices", "espeak:en-us", "espeak:en-us+f2", "--hold-out-voices", "espeak:en-us+f2",
            "--positives", "60", "--heldout-positives", "12", "--sentences", "8", "--near-misses", "6",
            "-o", "eval_reserve_minutes=0.5", "-o", "synth.near_miss_renderings=3",
@@ -253,6 +258,31 @@ def test_end_to_end_writes_both_models_config_and_results(run):
         min(max(res["threshold"], 0.5), 0.999), abs=1e-4)
     last = json.loads(run["stdout"].strip().splitlines()[-1])
     assert last["phrase"] == "jarvis" and last["out"] == str(out)
+
+
+@pytest.mark.timeout(900)  # the shared run: minutes on a loaded machine
+def test_heldout_evaluation_is_clean_and_5_db_of_held_out_real_noise_with_det_plot(run):
+    """evaluate_heldout is kws.evaluate.detection_report: clean and 5 dB SNR of the held-out
+    part of the real noise, det.png and detection.json in --out."""
+    out = run["out"]
+    res = json.loads((out / "results.json").read_text())
+    held_noise = str(out / "heldout" / "noise")
+    assert res["noise"] == [held_noise] and res["int8"]["noise"] == [held_noise]  # real, not generated
+    assert [Path(p).name for p in res["heldout_noise_files"]] == ["hum_last25pct.flac"]
+    assert set(res["frr_at_target_fa_per_hour_by_condition"]) == {"clean", "snr_5"}
+    assert res["frr_at_target_fa_per_hour_by_condition"]["clean"] == res["frr_at_target_fa_per_hour"]
+    for part in (res["int8"], res["real_positives"]):
+        assert set(part["conditions"]) == {"clean", "snr_5"}
+        noisy = part["conditions"]["snr_5"]
+        assert 0.0 <= noisy["frr"] <= 1.0 and noisy["negative_hours"] == part["negative_hours"]
+        assert noisy["positives"] == part["positives"] and noisy["rate_observable"] is False
+    assert res["det_plot"] == str(out / "det.png") and (out / "det.png").stat().st_size > 1000
+    det = json.loads((out / "detection.json").read_text())
+    assert det["noise"] == [held_noise] and set(det["conditions"]) == {"clean", "snr_5"}
+    assert det["positives"] == res["positives"] == 12
+    assert det["negative_hours"] == pytest.approx(res["negative_hours"], abs=1e-4)
+    # the noise changes the scores: the 5 dB trials are not the clean ones again
+    assert det["conditions"]["snr_5"]["positive_scores"] != det["conditions"]["clean"]["positive_scores"]
 
 
 @pytest.mark.timeout(900)  # the shared run: minutes on a loaded machine
