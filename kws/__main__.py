@@ -30,11 +30,11 @@ def _print_json(obj: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import os
-    import random
 
     from asr.distributed import process_group_of_the_run
     from kws.config import load_kws_config
-    from kws.data import NoiseBank, list_audio, load_clips, load_or_skip, read_manifest
+    from kws.data import NoiseBank, list_audio, load_clips, read_manifest
+    from kws.negatives import folder_files, load_negatives
     from kws.train import train
 
     cfg = load_kws_config(args.config, args.override)
@@ -43,16 +43,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     val_clips = load_clips(read_manifest(args.val), index, cfg.features.sample_rate, desc="val") if args.val else []
     noise_files = [p for d in args.noise for p in list_audio(d)]
     noise = NoiseBank.from_files(noise_files, cfg.features.sample_rate, cfg.augment.colored_noise_prob)
-    streams = []
-    if args.negatives_stream:
+    streams, skipped = [], []
+    if args.negatives_stream:  # the wake-word negatives' rule: corrupt or silent files reported, skipped
         import torch
 
-        waves = [w for d in args.negatives_stream for p in list_audio(d)
-                 if (w := load_or_skip(p, cfg.features.sample_rate)) is not None]
-        random.Random(0).shuffle(waves)
-        streams = [torch.cat(waves)] if waves else []
+        files = [f for d in args.negatives_stream for f in folder_files(d)]
+        loaded, skipped = load_negatives(files, cfg.features.sample_rate, desc="negative stream")
+        streams = [torch.cat([ln.wave for ln in loaded])] if loaded else []
     with process_group_of_the_run():
         summary = train(cfg, train_clips, val_clips, args.out, noise, streams)
+    if args.negatives_stream:
+        summary = {**summary, "skipped_negative_stream": skipped}
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         _print_json(summary)
     return 0
@@ -202,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.add_argument("--noise", nargs="*", default=[], help="noise audio directories")
     t.add_argument("--negatives-stream", nargs="*", default=[],
-                   help="negative audio directories mined for hard negatives")
+                   help="negative audio directories mined for hard negatives (corrupt or silent files are "
+                        "reported and skipped: skipped_negative_stream)")
     t.add_argument("-o", "--override", action="append", default=[], help="section.key=value")
     t.set_defaults(func=cmd_train)
 
