@@ -5,7 +5,8 @@
     python -m kws export --checkpoint DIR --out M.onnx [--int8 M_int8.onnx] [--streaming]
     python -m kws evaluate --model M.onnx --corpus speech_commands --data DIR
     python -m kws evaluate-detection --model M(.onnx|checkpoint) --positives DIR... --negatives DIR...
-        [--noise DIR...] [--snr 5] [--out DIR]
+        [--noise DIR...] [--snr 5] [--out DIR]   (noise: ../shared/corpora/speech_commands/_background_noise_
+        when found, else generated)
     python -m kws detect FILE|- [--model M.onnx] [--mic]
     python -m kws train-wakeword --phrase "hey jarvis" --out DIR [--minutes 45] [--negatives DIR...]
 
@@ -29,11 +30,11 @@ def _print_json(obj: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import os
-    import random
 
     from asr.distributed import process_group_of_the_run
     from kws.config import load_kws_config
-    from kws.data import NoiseBank, list_audio, load_clips, load_or_skip, read_manifest
+    from kws.data import NoiseBank, list_audio, load_clips, read_manifest
+    from kws.negatives import folder_files, load_negatives
     from kws.train import train
 
     cfg = load_kws_config(args.config, args.override)
@@ -42,16 +43,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     val_clips = load_clips(read_manifest(args.val), index, cfg.features.sample_rate, desc="val") if args.val else []
     noise_files = [p for d in args.noise for p in list_audio(d)]
     noise = NoiseBank.from_files(noise_files, cfg.features.sample_rate, cfg.augment.colored_noise_prob)
-    streams = []
-    if args.negatives_stream:
+    streams, skipped = [], []
+    if args.negatives_stream:  # the wake-word negatives' rule: corrupt or silent files reported, skipped
         import torch
 
-        waves = [w for d in args.negatives_stream for p in list_audio(d)
-                 if (w := load_or_skip(p, cfg.features.sample_rate)) is not None]
-        random.Random(0).shuffle(waves)
-        streams = [torch.cat(waves)] if waves else []
+        files = [f for d in args.negatives_stream for f in folder_files(d)]
+        loaded, skipped = load_negatives(files, cfg.features.sample_rate, desc="negative stream")
+        streams = [torch.cat([ln.wave for ln in loaded])] if loaded else []
     with process_group_of_the_run():
         summary = train(cfg, train_clips, val_clips, args.out, noise, streams)
+    if args.negatives_stream:
+        summary = {**summary, "skipped_negative_stream": skipped}
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         _print_json(summary)
     return 0
@@ -93,10 +95,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_detection(args: argparse.Namespace) -> int:
-    from kws.evaluate import DetectionEvalConfig, detection_report
+    from kws.evaluate import DetectionEvalConfig, default_noise_dirs, detection_report
 
     model = _load_edge_model(args.model, args.threads, args.out)
-    cfg = DetectionEvalConfig(snrs=tuple(args.snr), noise_dirs=tuple(args.noise), seed=args.seed,
+    noise = default_noise_dirs() if args.noise is None else args.noise
+    cfg = DetectionEvalConfig(snrs=tuple(args.snr), noise_dirs=tuple(noise), seed=args.seed,
                               context_s=args.context_s, min_hours_factor=args.min_hours_factor,
                               mode=args.mode)
     res = detection_report(model, args.positives, args.negatives, cfg, out_dir=args.out or None)
@@ -182,7 +185,8 @@ def cmd_train_wakeword(args: argparse.Namespace) -> int:
     cfg = wakeword_config_from_dict(apply_overrides(data, args.override))
     res = train_wakeword(cfg, args.out)
     _print_json({k: res[k] for k in ("phrase", "frr_at_target_fa_per_hour", "target_fa_per_hour", "threshold",
-                                     "negative_hours", "positives", "rate_observable", "int8_bytes")}
+                                     "negative_hours", "positives", "rate_observable",
+                                     "frr_at_target_fa_per_hour_by_condition", "noise", "int8_bytes")}
                 | {"minutes": res["minutes"]["total"], "out": args.out})
     return 0
 
@@ -199,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.add_argument("--noise", nargs="*", default=[], help="noise audio directories")
     t.add_argument("--negatives-stream", nargs="*", default=[],
-                   help="negative audio directories mined for hard negatives")
+                   help="negative audio directories mined for hard negatives (corrupt or silent files are "
+                        "reported and skipped: skipped_negative_stream)")
     t.add_argument("-o", "--override", action="append", default=[], help="section.key=value")
     t.set_defaults(func=cmd_train)
 
@@ -232,12 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folders of audio without the keyword; each streamed as one continuous stream")
     d.add_argument("--snr", type=float, nargs="*", default=[5.0],
                    help="noisy conditions beside clean, dB (default 5; none: clean only)")
-    d.add_argument("--noise", nargs="*", default=[],
-                   help="real noise folders, e.g. speech_commands/_background_noise_ (default: generated)")
+    d.add_argument("--noise", nargs="*", default=None,
+                   help="real noise folders for the --snr conditions (default: Speech Commands "
+                        "_background_noise_ under ../shared/corpora beside the repository or the working "
+                        "directory, when found; if none is found, or '--noise' is given with no folder, "
+                        "generated white/pink/brown noise, and the JSON says \"noise\": \"generated\")")
     d.add_argument("--out", default="", help="folder for det.png and detection.json")
     d.add_argument("--mode", default="auto", choices=["auto", "windowed", "streaming"],
                    help="windowed: the model on the last 1 s every hop; streaming: recurrent state "
-                        "carried from hop to hop (models exported with --streaming)")
+                        "carried from hop to hop (models exported with --streaming); auto: streaming "
+                        "when the model can; the JSON's mode is the one used, mode_requested this")
     d.add_argument("--context-s", type=float, default=1.0, help="negative audio streamed before each positive")
     d.add_argument("--min-hours-factor", type=float, default=1.5,
                    help="report FRR at r FA/h only with >= k / r hours of negatives "
@@ -248,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("train-wakeword", help="a detector for any phrase, from synthetic speech")
     w.add_argument("--phrase", required=True)
-    w.add_argument("--out", required=True, help="writes model.onnx, model_int8.onnx, config.yaml, results.json")
+    w.add_argument("--out", required=True, help="writes model.onnx, model_int8.onnx, config.yaml, results.json, "
+                   "det.png and detection.json (held-out evaluation, clean and 5 dB SNR)")
     w.add_argument("--minutes", type=float, default=45.0, help="budget for the whole run")
     w.add_argument("--negatives", nargs="*", default=[], help="more folders of negative audio")
     w.add_argument("--real-positives", nargs="*", default=[],

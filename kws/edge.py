@@ -160,17 +160,23 @@ class KWSModel:
         return self.predict(feats)
 
     # ---------------------------------------------------------------- streams
-    def stream(self, threshold: Optional[float] = None, smooth_hops: Optional[int] = None,
-               refractory_s: Optional[float] = None, record: bool = False, mode: str = "auto"):
-        """A per-input stream. ``mode``: "windowed" (:class:`KeywordStream`: the model on
-        the last window every hop), "streaming" (:class:`StatefulKeywordStream`: the
-        recurrent state carried from hop to hop; streaming-step models only) or "auto"
-        (streaming when the model has a streaming graph)."""
+    def stream_mode(self, mode: str = "auto") -> str:
+        """The stream kind that ``mode`` gives with this model: "windowed" or "streaming"
+        ("auto": streaming when the model has a streaming graph)."""
         if mode not in ("auto", "windowed", "streaming"):
             raise ValueError(f"mode must be 'auto', 'windowed' or 'streaming', got {mode!r}")
         if mode == "streaming" and not self.streaming:
             raise EdgeError(f"{self.path}: not a streaming-step model (export a unidirectional "
                             "model with 'python -m kws export --streaming'); use mode 'windowed'")
+        return "streaming" if mode == "streaming" or (mode == "auto" and self.streaming) else "windowed"
+
+    def stream(self, threshold: Optional[float] = None, smooth_hops: Optional[int] = None,
+               refractory_s: Optional[float] = None, record: bool = False, mode: str = "auto"):
+        """A per-input stream. ``mode`` (:meth:`stream_mode`): "windowed" (:class:`KeywordStream`:
+        the model on the last window every hop), "streaming" (:class:`StatefulKeywordStream`:
+        the recurrent state carried from hop to hop; streaming-step models only) or "auto"
+        (streaming when the model has a streaming graph)."""
+        kind = self.stream_mode(mode)
         d = dict(self.detector_config)
         if threshold is not None:
             d["threshold"] = threshold
@@ -178,7 +184,7 @@ class KWSModel:
             d["smooth_hops"] = smooth_hops
         if refractory_s is not None:
             d["refractory_s"] = refractory_s
-        if mode == "streaming" or (mode == "auto" and self.streaming):
+        if kind == "streaming":
             return StatefulKeywordStream(self, d, record=record)
         return KeywordStream(self, d, record=record)
 

@@ -25,7 +25,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from kws.layout import hash_split, list_audio, scan_speech_commands
+from kws.layout import BACKGROUND_NOISE, SHARED_CORPORA, hash_split, list_audio, scan_speech_commands
 from kws.detector import count_firings, smooth_scores
 from kws.edge import EdgeError, KWSModel, read_audio
 from kws.metrics import classification_report, det_curve, frr_at_fa, plot_confusion, plot_det
@@ -81,6 +81,23 @@ def active_power(wave: np.ndarray, sample_rate: int = 16000, floor_db: float = 3
     e = (wave[: n * frame].reshape(n, frame) ** 2).mean(axis=1)
     keep = e >= e.max() * 10 ** (-floor_db / 10)
     return float(e[keep].mean() + 1e-12)
+
+
+def default_noise_dirs(roots: Optional[Sequence[str | Path]] = None) -> List[str]:
+    """``evaluate-detection``'s noise when ``--noise`` is not given: the Speech Commands
+    ``_background_noise_`` recordings (:data:`kws.layout.BACKGROUND_NOISE`) under the first
+    of ``roots`` that has them; by default the shared corpora (:data:`kws.layout.SHARED_CORPORA`,
+    ``../shared/corpora``) relative to the repository, then to the working directory.
+    [] when none has audio: the noisy conditions then mix generated noise, and the report
+    says ``"noise": "generated"``."""
+    if roots is None:
+        repo = Path(__file__).resolve().parent.parent
+        roots = [repo / SHARED_CORPORA, Path.cwd() / SHARED_CORPORA]
+    for root in roots:
+        d = Path(root) / BACKGROUND_NOISE
+        if d.is_dir() and list_audio(d):
+            return [str(d.resolve())]
+    return []
 
 
 class NumpyNoise:
@@ -154,12 +171,23 @@ def hours_needed(rate: float, factor: float = MIN_HOURS_FACTOR) -> float:
     return factor / rate
 
 
+def rate_unobservable(hours: float, rate: float, factor: float = MIN_HOURS_FACTOR) -> str:
+    """Why ``hours`` of negative audio cannot show ``rate`` false alarms per hour by the
+    reporting rule (:func:`hours_needed`), or "" when they can. The one test of the rule:
+    :func:`detection_summary` and :func:`kws.wakeword.observability` both ask it."""
+    need = hours_needed(rate, factor)
+    if hours + 1e-9 >= need:
+        return ""
+    return f"needs >= {need:g} h of negative audio ({factor:g} / {rate:g} FA/h), {hours:.3f} h given"
+
+
 @dataclass
 class DetectionEvalConfig:
     """How :func:`detection_report` builds its trials.
 
     snrs: noisy conditions (dB) evaluated beside the clean one; noise from ``noise_dirs``
-        (real recordings; generated white/pink/brown noise when empty).
+        (real recordings; generated white/pink/brown noise when empty, reported as
+        ``"noise": "generated"``; the command line defaults to :func:`default_noise_dirs`).
     context_s / tail_s: each positive clip is streamed after ``context_s`` of negative
         audio (taken in turn from the negative files, so the detector's window and
         smoothing are warm, as in serving) and before ``tail_s`` of silence; its score is
@@ -167,7 +195,8 @@ class DetectionEvalConfig:
     min_hours_factor: k of the reporting rule, see :func:`hours_needed`.
     silence_peak: a file whose peak absolute sample is below this is "silent" and skipped.
     mode: the stream's ``mode`` (:meth:`kws.edge.KWSModel.stream`): "auto", "windowed"
-        or "streaming".
+        or "streaming"; the report's ``mode`` is the one used (:meth:`kws.edge.KWSModel.stream_mode`),
+        ``mode_requested`` this.
     """
 
     snrs: Tuple[float, ...] = (5.0,)
@@ -281,20 +310,23 @@ def _load_trials(model: KWSModel, positives: Sequence[str], negatives: Sequence[
 
 
 def positive_scores(model: KWSModel, positives: Sequence[str], negatives: Sequence[str],
-                    skipped: Optional[Dict[str, str]] = None) -> List[float]:
-    """The best score in each positive trial, clean, each after its context of negative
-    audio as in :func:`evaluate_detection`, without streaming the negatives: another
-    positive set scored against negative streams already scored (``_streams``), e.g. with
-    :func:`detection_summary`. Unreadable or silent files go to ``skipped``."""
-    cfg = DetectionEvalConfig()
+                    skipped: Optional[Dict[str, str]] = None, snr_db: Optional[float] = None,
+                    cfg: Optional[DetectionEvalConfig] = None) -> List[float]:
+    """The best score in each positive trial, each after its context of negative audio as
+    in :func:`detection_report` (clean, or with ``cfg``'s noise at ``snr_db``), without
+    streaming the negatives: another positive set scored against negative streams already
+    scored (``_streams`` of :func:`evaluate_detection`, or ``raw`` of :func:`detection_report`),
+    e.g. with :func:`detection_summary`. Unreadable or silent files go to ``skipped``."""
+    cfg = cfg or DetectionEvalConfig()
     skipped = {} if skipped is None else skipped
     waves, contexts, _ = _load_trials(model, positives, negatives, cfg, skipped)
-    pos_max, _ = _condition(model, waves, contexts, [], None, cfg, skipped)
+    pos_max, _ = _condition(model, waves, contexts, [], snr_db, cfg, skipped)
     return pos_max
 
 
 def detection_report(model: KWSModel, positives: Sequence[str], negatives: Sequence[str],
-                     cfg: Optional[DetectionEvalConfig] = None, out_dir: Optional[str] = None) -> Dict:
+                     cfg: Optional[DetectionEvalConfig] = None, out_dir: Optional[str] = None,
+                     raw: Optional[Dict[str, Dict]] = None) -> Dict:
     """Wake-word detection evaluation: FRR at 0.5 and 1 false alarms per hour, clean and at
     each SNR in ``cfg.snrs``, with the DET curves.
 
@@ -312,9 +344,14 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
         cfg: conditions and trial construction (defaults: clean and 5 dB SNR).
         out_dir: if given, ``det.png`` (FRR against FA/h, log axis, one curve per
             condition) and ``detection.json`` (this result) are written there.
+        raw: if a dict, filled per condition name (``clean``, ``snr_<x>``) with the
+            material for other operating points and other positive sets: ``_curve``,
+            ``_positive_max`` and ``_streams`` (as :func:`evaluate_detection` gives them).
     Returns:
-        JSON-ready dict: ``positives``, ``negative_hours``, ``negative_files``,
-        ``negatives_by_dir``, ``skipped``, ``hours_needed`` (per rate, the reporting rule
+        JSON-ready dict: ``mode`` (the stream kind used, "windowed" or "streaming") and
+        ``mode_requested``, ``positives``, ``negative_hours``, ``negative_files``,
+        ``negatives_by_dir``, ``skipped``, ``noise`` (the noise folders of the SNR
+        conditions, or "generated"), ``hours_needed`` (per rate, the reporting rule
         of :func:`hours_needed`), ``conditions`` (``clean``, ``snr_<x>``: each the fields
         of :func:`detection_summary`), and at the top level the clean condition's
         ``frr_at_0.5_fa_per_hour`` and ``frr_at_1_fa_per_hour`` (null when the negative
@@ -325,6 +362,9 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
     and adds corpora never used in training).
     """
     cfg = cfg or DetectionEvalConfig()
+    if cfg.snrs and not cfg.noise_dirs:
+        log.warning("no real noise given: the %s dB SNR condition(s) mix generated white/pink/brown "
+                    "noise (reported as \"noise\": \"generated\")", ", ".join(f"{x:g}" for x in cfg.snrs))
     skipped: Dict[str, str] = {}
     pos_waves, contexts, neg_sets = _load_trials(model, positives, negatives, cfg, skipped)
 
@@ -334,7 +374,9 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
         name = "clean" if snr is None else f"snr_{snr:g}"
         pos_max, streams = _condition(model, pos_waves, contexts, neg_sets, snr, cfg, skipped)
         r = detection_summary(pos_max, streams, model.detector_config, cfg.min_hours_factor)
-        curves["clean" if snr is None else f"{snr:g} dB SNR"] = r.pop("_curve")
+        curve = curves["clean" if snr is None else f"{snr:g} dB SNR"] = r.pop("_curve")
+        if raw is not None:
+            raw[name] = {"_curve": curve, "_positive_max": pos_max, "_streams": streams}
         r["snr_db"] = snr
         r["by_dir"] = {st["dir"]: {"files": st["files"], "hours": round(st["seconds"] / 3600, 4),
                                    "max_score": float(st["scores"].max()) if st["scores"].size else None,
@@ -347,7 +389,8 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
         conditions[name] = r
     clean = conditions["clean"]
     hours = clean["negative_hours"]
-    res = {"model": str(model.path), "mode": cfg.mode, "positives": clean["positives"],
+    res = {"model": str(model.path), "mode": model.stream_mode(cfg.mode), "mode_requested": cfg.mode,
+           "positives": clean["positives"],
            "negative_hours": hours, "negative_files": clean["negative_files"],
            "negatives_by_dir": {st: {"files": v["files"], "hours": v["hours"]}
                                 for st, v in clean["by_dir"].items()},
@@ -355,7 +398,7 @@ def detection_report(model: KWSModel, positives: Sequence[str], negatives: Seque
            "hours_needed": {"0.5": hours_needed(0.5, cfg.min_hours_factor),
                             "1": hours_needed(1.0, cfg.min_hours_factor)},
            "min_hours_factor": cfg.min_hours_factor, "context_s": cfg.context_s,
-           "noise": list(cfg.noise_dirs) or "generated white/pink/brown",
+           "noise": list(cfg.noise_dirs) or "generated",
            "threshold": clean["threshold"]}
     for key in ("frr_at_0.5_fa_per_hour", "frr_at_1_fa_per_hour"):
         res[key] = clean[key]
@@ -417,15 +460,11 @@ def detection_summary(pos_max: Sequence[float], streams: Sequence[Dict], det: Di
     out: Dict = {}
     for rate, key in ((0.5, "0.5"), (1.0, "1")):
         at = frr_at_fa(curve, rate)
-        need = hours_needed(rate, min_hours_factor)
         name = f"frr_at_{key}_fa_per_hour"
-        if hours + 1e-9 >= need:
-            out[name] = at["frr"]
-        else:
-            out[name] = None
-            out[name + "_unreported"] = (
-                f"needs >= {need:g} h of negative audio ({min_hours_factor:g} / {rate:g} FA/h), "
-                f"{hours:.3f} h given")
+        why = rate_unobservable(hours, rate, min_hours_factor)
+        out[name] = None if why else at["frr"]
+        if why:
+            out[name + "_unreported"] = why
         out[f"threshold_at_{key}_fa_per_hour"] = at["threshold"]
     zero = frr_at_fa(curve, 0.0)
     out.update({

@@ -8,6 +8,8 @@ from typing import List, Sequence, Tuple
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 SPEECH_COMMANDS_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 SPEECH_COMMANDS_LABELS = ["_silence_", "_unknown_"] + SPEECH_COMMANDS_WORDS
+SHARED_CORPORA = Path("..") / "shared" / "corpora"  # the shared corpora, beside the repository
+BACKGROUND_NOISE = Path("speech_commands") / "_background_noise_"  # real noise, under a corpora root
 
 
 def speaker_of(path: str | Path) -> str:

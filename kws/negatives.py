@@ -3,7 +3,8 @@ public layouts) and of user folders, a speaker-disjoint held-out slice, and load
 reports and skips bad files.
 
 Corpora read under a root (``../shared/corpora``): ``speechocean762`` (Kaldi ``wav.scp``),
-``an4`` (``etc/an4_train.fileids``), ``ljspeech`` (``wavs/``), ``speech_commands`` (every
+``an4`` (``etc/an4_train.fileids``), ``ljspeech`` (``wavs/``; one reader, so one speaker),
+``speech_commands`` (every
 word folder; not ``_background_noise_`` or ``_silence_``, which are noise) and
 ``mycroft_precise`` (``not-wake-words/en``). An utterance whose transcript contains the
 wake phrase is left out.
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from asr.audio import AudioError, audio_info, load_audio
 from asr.metadata import read_metadata
-from kws.layout import hash_split, list_audio, speaker_of
+from kws.layout import BACKGROUND_NOISE, hash_split, list_audio, speaker_of
 from kws.phrases import contains_phrase
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,15 @@ def _an4(root: Path) -> List[NegativeFile]:
     return out
 
 
+LJSPEECH_SPEAKER = "LJ"  # LJSpeech has one reader: every file carries her id
+
+
 def _ljspeech(root: Path) -> List[NegativeFile]:
     meta = root / "metadata.csv"
     texts = {row.id: row.normalized for row in read_metadata(meta)} if meta.is_file() else {}
-    # one reader: the split unit is the file
-    return [NegativeFile(str(p), "ljspeech", p.stem, texts.get(p.stem, "")) for p in list_audio(root / "wavs")]
+    # one reader, one speaker id: the whole corpus lands on one side of the held-out split
+    return [NegativeFile(str(p), "ljspeech", LJSPEECH_SPEAKER, texts.get(p.stem, ""))
+            for p in list_audio(root / "wavs")]
 
 
 def _speech_commands(root: Path) -> List[NegativeFile]:
@@ -144,7 +149,7 @@ def folder_files(folder: str | Path) -> List[NegativeFile]:
 
 def noise_files(root: str | Path) -> List[str]:
     """Speech Commands ``_background_noise_`` recordings under the corpora root."""
-    d = Path(root) / "speech_commands" / "_background_noise_"
+    d = Path(root) / BACKGROUND_NOISE
     return [str(p) for p in list_audio(d)] if d.is_dir() else []
 
 

@@ -151,6 +151,85 @@ def test_cli_evaluate_detection_keys_and_counts(trained, tmp_path):
     assert res0["frr_at_1_fa_per_hour"] == pytest.approx(clean["frr_at_zero_false_alarms"], abs=1 / 6)
 
 
+def test_evaluate_detection_noise_defaults_to_real_background_noise(trained, tmp_path, monkeypatch, capsys,
+                                                                     caplog):
+    """Without --noise the 5 dB condition mixes Speech Commands _background_noise_ from the
+    shared corpora when found; with no real noise it uses generated noise and says so."""
+    import kws.evaluate as ev
+    from kws.__main__ import main
+    from kws.layout import BACKGROUND_NOISE, SHARED_CORPORA
+
+    rng = np.random.default_rng(8)
+    roots = [tmp_path / "none", tmp_path / "corpora"]
+    noise = tmp_path / "corpora" / BACKGROUND_NOISE
+    noise.mkdir(parents=True)
+    assert ev.default_noise_dirs(roots) == []  # a folder without audio is not noise
+    sf.write(noise / "hum.wav", (0.05 * np.sin(np.arange(3 * SR) * 0.05)).astype(np.float32), SR)
+    assert ev.default_noise_dirs(roots) == [str(noise.resolve())]
+    shared = (ROOT / SHARED_CORPORA / BACKGROUND_NOISE).resolve()
+    if shared.is_dir():  # by default: ../shared/corpora beside the repository
+        assert ev.default_noise_dirs() == [str(shared)]
+    pos, neg = tmp_path / "pos", tmp_path / "neg"
+    pos.mkdir(), neg.mkdir()
+    for i in range(2):
+        sf.write(pos / f"p{i}.wav", _word(500.0, rng), SR)
+        sf.write(neg / f"n{i}.wav", _word(3500.0, rng), SR)
+
+    def run(*extra):
+        args = ["evaluate-detection", "--model", str(trained["fp32"]), "--positives", str(pos),
+                "--negatives", str(neg), "--snr", "5", *extra]
+        assert main(args) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    monkeypatch.setattr(ev, "default_noise_dirs", lambda roots=None: [str(noise)])
+    assert run()["noise"] == [str(noise)]  # found: real noise, named
+    assert run("--noise")["noise"] == "generated"  # '--noise' with no folder: generated, said so
+    monkeypatch.setattr(ev, "default_noise_dirs", lambda roots=None: [])
+    caplog.clear()
+    res = run()
+    assert res["noise"] == "generated" and "snr_5" in res["conditions"]
+    assert "generated" in caplog.text
+
+
+def test_train_negatives_stream_reports_and_skips_corrupt_and_silent_files(trained, tmp_path, monkeypatch,
+                                                                           capsys, caplog):
+    """kws train --negatives-stream reads the folders with kws.negatives.load_negatives: a
+    silent or undecodable file is named in the log and the JSON and is not mined."""
+    import kws.train
+    from kws.__main__ import main
+    from kws.config import save_kws_config
+
+    rng = np.random.default_rng(9)
+    neg = tmp_path / "neg"
+    neg.mkdir()
+    sf.write(neg / "speech.wav", (0.1 * rng.standard_normal(SR)).astype(np.float32), SR)
+    sf.write(neg / "silent.wav", np.zeros(SR // 2, np.float32), SR)
+    (neg / "corrupt.wav").write_bytes(b"RIFF not really a wave file")
+    labels = ["_silence_", "_unknown_", "yes", "no"]
+    cfg = KWSConfig(name="tiny", labels=labels,
+                    model=CRNNConfig(conv_channels=4, gru_size=8, dense_size=8, gru_layers=1))
+    save_kws_config(cfg, tmp_path / "c.yaml")
+    with open(tmp_path / "train.jsonl", "w") as f:
+        for p, lab, spk in scan_speech_commands(trained["data"], labels)[:4]:
+            f.write(json.dumps(manifest_entry(p, lab, spk)) + "\n")
+    seen = {}
+
+    def fake_train(cfg, train_clips, val_clips, out, noise, streams):
+        seen["streams"] = streams
+        return {"epochs_run": 0}
+
+    monkeypatch.setattr(kws.train, "train", fake_train)
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--train", str(tmp_path / "train.jsonl"),
+                 "--out", str(tmp_path / "o"), "--negatives-stream", str(neg)]) == 0
+    assert len(seen["streams"]) == 1 and seen["streams"][0].numel() == SR  # the speech file alone
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    skipped = res["skipped_negative_stream"]
+    assert len(skipped) == 2
+    assert any("silent.wav" in s and "silent" in s for s in skipped)
+    assert any("corrupt.wav" in s for s in skipped)
+    assert "silent.wav" in caplog.text and "corrupt.wav" in caplog.text
+
+
 def test_evaluate_detection_takes_a_checkpoint(trained, tmp_path):
     """--model may be a checkpoint: exported to ONNX first (in-process here: the CLI's
     model loader, without a second torch start-up)."""

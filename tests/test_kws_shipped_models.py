@@ -14,7 +14,9 @@ MODELS = ROOT / "data" / "models"
 SHARED = ROOT.parent / "shared" / "corpora"
 NAMES = {"speech_commands_crnn": ["_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right",
                                   "on", "off", "stop", "go"],
-         "computer_crnn": ["_background_", "computer"]}
+         "computer_crnn": ["_background_", "computer"],
+         "jarvis_crnn": ["_background_", "jarvis"],  # train-wakeword models (recipes/wake_word)
+         "alexa_crnn": ["_background_", "alexa"]}
 
 
 def _need(path: Path) -> Path:

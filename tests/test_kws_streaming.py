@@ -137,6 +137,35 @@ def test_bidirectional_models_are_windowed_only(tmp_path):
         edge.stream(mode="streaming")
 
 
+def test_detection_report_names_the_stream_mode_it_used(tmp_path):
+    """evaluate-detection's "mode" is the stream kind used, not the requested "auto"."""
+    import soundfile as sf
+
+    from kws.evaluate import DetectionEvalConfig, detection_report
+
+    cfg = _streaming_cfg()
+    stream_model = KWSModel(str(export_streaming_onnx(_random_model(cfg), cfg, tmp_path / "s.onnx")))
+    bi_cfg = KWSConfig(labels=["_background_", "kw"], task="wakeword", keyword="kw",
+                       model=CRNNConfig(bidirectional=True, gru_size=16))
+    window_model = KWSModel(str(export_onnx(_random_model(bi_cfg), bi_cfg, tmp_path / "w.onnx")))
+    rng = np.random.default_rng(3)
+    for sub in ("pos", "neg"):
+        (tmp_path / sub).mkdir()
+        sf.write(tmp_path / sub / "a.wav", (0.1 * rng.standard_normal(SR)).astype(np.float32), SR)
+    got = {}
+    for name, model in (("streaming", stream_model), ("windowed", window_model)):
+        for mode in ("auto", "windowed"):
+            res = detection_report(model, [tmp_path / "pos"], [tmp_path / "neg"],
+                                   DetectionEvalConfig(snrs=(), mode=mode))
+            assert res["mode_requested"] == mode
+            got[name, mode] = res["mode"]
+    assert got == {("streaming", "auto"): "streaming", ("streaming", "windowed"): "windowed",
+                   ("windowed", "auto"): "windowed", ("windowed", "windowed"): "windowed"}
+    assert stream_model.stream_mode() == "streaming" and window_model.stream_mode() == "windowed"
+    with pytest.raises(EdgeError, match="w.onnx"):
+        window_model.stream_mode("streaming")
+
+
 def test_training_windows_have_the_features_of_serving(tmp_path):
     """The windows the serving stream feeds the model equal the training path's features
     of the same audio (a window with its context, kws.data.WindowMaker + Spotter.features)."""
