@@ -170,8 +170,13 @@ def test_split_refused_for_corpora_without_splits(tmp_path):
 @pytest.mark.timeout(120)
 def test_evaluate_cli_reads_a_corpus_and_lists_rejects(tmp_path):
     """``python -m asr evaluate --corpus an4`` prints one JSON line with ``wer``; the entries
-    the reader left out are counted and written with their reasons."""
+    left out, by the reader or when decoding, are counted and written with their reasons."""
     root = make_an4(tmp_path / "an4")
+    # a FLAC whose header reads but whose audio is cut in half: rejected only when decoded
+    flac = _tone(root / "wav/an4_clstk/fash/an256-fash-b.flac", seconds=2.0).read_bytes()
+    (root / "wav/an4_clstk/fash/an256-fash-b.flac").write_bytes(flac[: len(flac) // 2])
+    with open(root / "etc" / "an4_train.transcription", "a") as f:
+        f.write("<s> NO </s> (an256-fash-b)\n")
     rejected = tmp_path / "rejected.jsonl"
     out = subprocess.run(
         [sys.executable, "-m", "asr", "evaluate", "--model", str(ROOT / "data/models/fsdd_ctc.pt"),
@@ -182,9 +187,11 @@ def test_evaluate_cli_reads_a_corpus_and_lists_rejects(tmp_path):
     lines = [l for l in out.stdout.splitlines() if l.strip()]
     assert len(lines) == 1
     metrics = json.loads(lines[0])
-    assert metrics["utterances"] == 2 and metrics["skipped"] == 3 and 0 <= metrics["wer"]
+    assert metrics["utterances"] == 2 and metrics["skipped"] == 4 and 0 <= metrics["wer"]
     rows = [json.loads(l) for l in rejected.read_text().splitlines()]
-    assert {r["id"] for r in rows} == {"an254-mblw-b", "an255-mblw-b", "an4_train.transcription:5"}
+    assert {r["id"] for r in rows} == {"an254-mblw-b", "an255-mblw-b", "an4_train.transcription:5",
+                                       "an256-fash-b"}
+    assert "cannot decode" in next(r["reason"] for r in rows if r["id"] == "an256-fash-b")
     assert all(r["reason"] and r["audio"] for r in rows)
 
 
