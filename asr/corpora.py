@@ -25,16 +25,26 @@ AUDIO_EXTENSIONS = (".wav", ".WAV", ".flac", ".FLAC", ".opus", ".ogg", ".mp3", "
 class Corpus(list):
     """A corpus's utterances (a list of :class:`Utterance`), and ``rejected``: the
     entries its reader left out, each a :class:`Rejected` naming the file and the reason
-    (missing or unreadable audio, an empty transcript, an unsupported ``wav.scp`` entry)."""
+    (missing or unreadable audio, an empty transcript, an unsupported ``wav.scp`` entry).
+
+    Utterance ids are unique: results and references are matched by id, so a second
+    utterance with an id already added (e.g. the same id in two splits) is refused with a
+    ``ValueError`` naming the id and both sources, rather than renamed or dropped."""
 
     def __init__(self, utts=(), rejected=()) -> None:
         super().__init__(utts)
         self.rejected: List[Rejected] = list(rejected)
+        self._source: Dict[str, str] = {}  # id -> where add() found it
 
     def add(self, uid: str, path: Path, text: str, speaker: Optional[str] = None,
             offset: float = 0.0, duration: Optional[float] = None, **meta) -> None:
         """Append an utterance with duration and rate from the audio header, or list it in
-        ``rejected`` (logged by path) when its transcript is empty or its audio unusable."""
+        ``rejected`` (logged by path) when its transcript is empty or its audio unusable.
+        An id added before is a ``ValueError`` naming both sources."""
+        source = f"{path}" + (f" (split {meta['split']})" if meta.get("split") else "")
+        if uid in self._source:
+            raise ValueError(f"utterance id {uid!r} is used twice: by {self._source[uid]} and by "
+                             f"{source}; ids must be unique (to read one split, give --split)")
         if not normalize_text(text):
             return self.reject(uid, path, f"empty transcript (raw: {text!r})")
         path = find_audio(path)
@@ -49,6 +59,7 @@ class Corpus(list):
                                f"the {file_duration:.2f} s recording")
         self.append(Utterance(id=uid, audio=str(Path(path).resolve()), duration=duration,
                               text=text, sample_rate=sr, offset=offset, speaker=speaker, meta=meta))
+        self._source[uid] = source
 
     def reject(self, uid: str, path, reason: str) -> None:
         log.warning("skipping %s (id %s): %s", path, uid, reason)
@@ -140,13 +151,19 @@ def _splits(found: Dict[str, object], split: Optional[str], where: Path, layout:
 
 
 def _read_table(path: Path) -> Dict[str, str]:
-    """A Kaldi table (``key value...`` per line) as a dict; missing file -> empty dict."""
-    table = {}
+    """A Kaldi table (``key value...`` per line) as a dict; missing file -> empty dict. A key
+    listed twice is a ``ValueError`` naming the file and both lines."""
+    table, lines = {}, {}
     if path.is_file():
-        for line in open(path, encoding="utf-8"):
+        for n, line in enumerate(open(path, encoding="utf-8"), 1):
             parts = line.strip().split(None, 1)  # Kaldi separates by any whitespace
-            if parts:
-                table[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
+            if not parts:
+                continue
+            if parts[0] in lines:
+                raise ValueError(f"{path}:{n}: key {parts[0]!r} is listed twice (first on line "
+                                 f"{lines[parts[0]]}); each key must appear once")
+            lines[parts[0]] = n
+            table[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
     return table
 
 

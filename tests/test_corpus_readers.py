@@ -101,6 +101,22 @@ def test_kaldi_absolute_paths_segments_and_pipes(tmp_path):
         load_corpus("kaldi", tmp_path / "elsewhere")
 
 
+def test_duplicate_ids_are_refused_naming_both_sources(tmp_path):
+    """Results are matched to references by id: an id in two splits (or twice in one table)
+    is an error naming it and where each came from, never a silently wrong reference."""
+    for split, words, ext in (("a", "YES", "wav"), ("b", "HELLO THERE", "flac")):
+        _tone(tmp_path / "data" / split / f"x.{ext}")
+        (tmp_path / "data" / split / "text").write_text(f"u1 {words}\n")
+        (tmp_path / "data" / split / "wav.scp").write_text(f"u1 {split}/x.{ext}\n")
+    with pytest.raises(ValueError, match=r"'u1' is used twice: by \S+x.wav \(split a\) "
+                                         r"and by \S+x.flac \(split b\).*--split"):
+        load_corpus("kaldi", tmp_path / "data")
+    assert [u.text for u in load_corpus("kaldi", tmp_path / "data", split="b")] == ["HELLO THERE"]
+    (tmp_path / "data" / "b" / "text").write_text("u1 HELLO THERE\nu2 NO\nu1 GOODBYE\n")
+    with pytest.raises(ValueError, match=r"b/text:3: key 'u1' is listed twice \(first on line 1\)"):
+        load_corpus("kaldi", tmp_path / "data", split="b")
+
+
 def make_an4(root: Path) -> Path:
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "an4_train.transcription").write_text(
