@@ -215,11 +215,15 @@ def _kaldi_dir(data_dir: Path, root: Path, utts: Corpus, split: str) -> None:
 @CORPORA.register("kaldi")
 def prepare_kaldi(root: str | Path, split: Optional[str] = None) -> Corpus:
     """A Kaldi data folder (``text``, ``wav.scp``, ``utt2spk``...), or a folder of them
-    (``train/``, ``test/``...): every one found, or the one named ``split``."""
+    (``train/``, ``test/``...): every one found, or the one named ``split``. A single data
+    folder is the split of its own name: another ``split`` is refused."""
     root = _need_dir(Path(root), "a Kaldi data folder (text, wav.scp) or a folder of them")
     if (root / "text").is_file():
+        if split not in (None, root.name):
+            raise FileNotFoundError(
+                f"{root}: a single Kaldi data folder (split {root.name!r}), so it has no split "
+                f"{split!r}; give the folder that holds the splits, or no --split")
         found = {root.name: root}
-        split = None
     else:
         found = {d.name: d for d in sorted(root.iterdir())
                  if d.is_dir() and (d / "text").is_file() and (d / "wav.scp").is_file()}

@@ -90,6 +90,10 @@ def test_kaldi_absolute_paths_segments_and_pipes(tmp_path):
     assert "command" in reasons["u3"] and "sox in.wav" in reasons["u3"]
     assert "outside" in reasons["u4"]
     assert [u.id for u in load_corpus("kaldi", tmp_path / "data")] == ["u1", "u2"]  # parent folder
+    assert [u.id for u in load_corpus("kaldi", d, split="train")] == ["u1", "u2"]  # its own name
+    with pytest.raises(FileNotFoundError, match="single Kaldi data folder .split 'train'., so it "
+                                                "has no split 'test'"):
+        load_corpus("kaldi", d, split="test")  # was read as 'train', --split ignored
 
     only_pipes = tmp_path / "pipes"
     only_pipes.mkdir()
