@@ -105,6 +105,7 @@ def _evaluate(args) -> int:
     corpus = load_corpus(args.corpus, args.data, split=args.split)
     if args.rejected:  # now, so a run stopped while decoding keeps the reader's list
         _write_rejected(args.rejected, corpus.rejected)
+    corpus.check_usable(f"{args.data} (--corpus {args.corpus})")  # before decoding
     utts = corpus[: args.limit] if args.limit else list(corpus)
     options = _decoding_options(args, model, tokenizer, cfg)
     d = decode_rows(model, tokenizer, utts, **options)

@@ -61,6 +61,18 @@ class Corpus(list):
                               text=text, sample_rate=sr, offset=offset, speaker=speaker, meta=meta))
         self._source[uid] = source
 
+    def check_usable(self, where: str, shown: int = 3) -> None:
+        """A ``ValueError`` naming ``where`` when there is no utterance to use: none found, or
+        every entry rejected (their number and the first ``shown`` reasons)."""
+        if self:
+            return
+        if not self.rejected:
+            raise ValueError(f"{where}: no utterances found")
+        first = "; ".join(f"{r.id} ({r.audio}): {r.reason}" for r in self.rejected[:shown])
+        more = f"; and {len(self.rejected) - shown} more" if len(self.rejected) > shown else ""
+        raise ValueError(f"{where}: all {len(self.rejected)} entries were rejected, none is left "
+                         f"to use: {first}{more}")
+
     def reject(self, uid: str, path, reason: str) -> None:
         log.warning("skipping %s (id %s): %s", path, uid, reason)
         self.rejected.append(Rejected(uid, str(path), reason))

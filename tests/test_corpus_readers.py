@@ -215,6 +215,30 @@ def test_evaluate_cli_reads_a_corpus_and_lists_rejects(tmp_path):
     assert all(r["reason"] and r["audio"] for r in rows)
 
 
+@pytest.mark.timeout(120)
+def test_evaluate_cli_refuses_a_corpus_whose_every_entry_was_rejected(tmp_path):
+    """Nothing usable: evaluate stops before decoding with the number rejected and the first
+    reasons (it said "nothing could be decoded (0 utterances rejected)"); the file lists all."""
+    root = make_an4(tmp_path / "an4")
+    (root / "etc" / "an4_test.transcription").write_text(
+        "<s> ONE </s> (an407-fcaw-b)\n<s> TWO </s> (an408-fcaw-b)\n")  # no audio for either
+    rejected = tmp_path / "rejected.jsonl"
+    out = subprocess.run(
+        [sys.executable, "-m", "asr", "evaluate", "--model", str(ROOT / "data/models/fsdd_ctc.pt"),
+         "--plain", "--corpus", "an4", "--data", str(root), "--split", "test",
+         "--rejected", str(rejected), "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert out.returncode != 0 and out.stdout == ""
+    assert "all 2 entries were rejected" in out.stderr
+    assert "an407-fcaw-b" in out.stderr and "no such file" in out.stderr
+    assert "decod" not in out.stderr.lower()
+    assert [json.loads(l)["id"] for l in rejected.read_text().splitlines()] == [
+        "an407-fcaw-b", "an408-fcaw-b"]
+    from asr.corpora import Corpus
+    with pytest.raises(ValueError, match="here: no utterances found"):
+        Corpus().check_usable("here")
+
+
 def test_digit_strings_of_an4_for_the_fsdd_recipe(tmp_path):
     from recipes.fsdd.prepare import digit_strings
 
