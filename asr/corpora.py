@@ -19,7 +19,8 @@ CORPORA: Registry = Registry("corpus")
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-AUDIO_EXTENSIONS = (".wav", ".WAV", ".flac", ".FLAC", ".opus", ".ogg", ".mp3", ".MP3")
+AUDIO_EXTENSIONS = (".wav", ".WAV", ".flac", ".FLAC", ".opus", ".ogg", ".mp3", ".MP3",
+                    ".sph", ".SPH")  # .sph: NIST SPHERE (AN4, TIMIT), uncompressed
 
 
 class Corpus(list):
@@ -256,7 +257,8 @@ def prepare_speechocean762(root: str | Path, split: Optional[str] = None) -> Cor
 @CORPORA.register("an4")
 def prepare_an4(root: str | Path, split: Optional[str] = None) -> Corpus:
     """CMU AN4: ``etc/an4_{train,test}.transcription`` (``<s> WORDS </s> (uttid)``) and
-    audio ``wav/<part>/<speaker>/<uttid>.wav`` (or ``.flac``, ``.sph`` is not read).
+    audio ``wav/<part>/<speaker>/<uttid>.<ext>`` (``.wav``, ``.flac``, NIST SPHERE ``.sph``
+    or any of :data:`AUDIO_EXTENSIONS`), found by name anywhere under ``wav/``.
     ``root`` is the ``an4`` folder."""
     root = Path(root)
     etc = _need_dir(root / "etc", "the AN4 layout etc/an4_{train,test}.transcription + wav/")
@@ -280,9 +282,15 @@ def prepare_an4(root: str | Path, split: Optional[str] = None) -> Corpus:
             body, _, uid = line[:-1].rpartition("(")
             uid = uid.strip()
             words = [w for w in body.split() if not (w.startswith("<") and w.endswith(">"))]
-            path = audio.get(uid, root / "wav" / f"{uid}.wav")
-            speaker = path.parent.name if uid in audio else (uid.split("-") + [None])[1]
-            utts.add(uid, path, " ".join(words), speaker, split=name)
+            if uid not in audio:  # named as the public layout would have it
+                part = f"an4{'' if name == 'train' else name}_clstk"
+                spk = (uid.split("-") + ["?"])[1]
+                exts = " ".join(sorted({e.lower() for e in AUDIO_EXTENSIONS}))
+                utts.reject(uid, root / "wav" / part / spk / f"{uid}.wav",
+                            f"no such file: expected wav/<part>/<spk>/{uid}.<ext> under {root} "
+                            f"(<ext> one of {exts}); no file under wav/ is named {uid}.<ext>")
+                continue
+            utts.add(uid, audio[uid], " ".join(words), audio[uid].parent.name, split=name)
     return utts
 
 

@@ -150,6 +150,24 @@ def test_an4(tmp_path):
         load_corpus("an4", tmp_path)
 
 
+def test_an4_reads_nist_sphere_and_names_the_layout_of_missing_audio(tmp_path):
+    """The public AN4 ships NIST SPHERE ``.sph`` (soundfile reads it); audio not found is
+    rejected naming the layout it was looked for in."""
+    root = tmp_path / "an4"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "an4_train.transcription").write_text(
+        "<s> YES </s> (an251-fash-b)\n<s> NO </s> (an252-fash-b)\n<s> GO </s> (an253-fash-b)\n")
+    _tone(root / "wav/an4_clstk/fash/an251-fash-b.sph", fmt={"format": "NIST"})
+    _tone(root / "wav/an4_clstk/fash/an252-fash-b.SPH", seconds=0.25, fmt={"format": "NIST"})
+    utts = load_corpus("an4", root)
+    assert [(u.id, Path(u.audio).name, round(u.duration, 2)) for u in utts] == [
+        ("an251-fash-b", "an251-fash-b.sph", 0.5), ("an252-fash-b", "an252-fash-b.SPH", 0.25)]
+    (missing,) = utts.rejected
+    assert missing.audio == str(root / "wav/an4_clstk/fash/an253-fash-b.wav")
+    assert "no such file: expected wav/<part>/<spk>/an253-fash-b.<ext>" in missing.reason
+    assert ".sph" in missing.reason and ".flac" in missing.reason
+
+
 def make_commonvoice(root: Path) -> Path:
     clips = root / "clips"
     _tone(clips / "common_voice_en_1.mp3", fmt={"format": "MP3"})
