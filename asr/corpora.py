@@ -182,7 +182,9 @@ def _read_table(path: Path) -> Dict[str, str]:
 
 def _kaldi_dir(data_dir: Path, root: Path, utts: Corpus, split: str) -> None:
     """One Kaldi data folder: ``text`` and ``wav.scp`` (file paths, absolute or relative to
-    the corpus folder), optional ``segments``, ``utt2spk``, ``spk2age``, ``spk2gender``."""
+    the corpus folder), optional ``segments``, ``utt2spk``, ``spk2age``, ``spk2gender``. A
+    ``wav.scp`` entry ending in ``|`` is a command (not supported: rejected); any other is
+    the rest of the line after the id, one path even when it holds spaces."""
     texts = _read_table(data_dir / "text")
     wavs = _read_table(data_dir / "wav.scp")
     segments = _read_table(data_dir / "segments")
@@ -203,7 +205,7 @@ def _kaldi_dir(data_dir: Path, root: Path, utts: Corpus, split: str) -> None:
         if entry is None:
             utts.reject(uid, data_dir / "wav.scp", f"recording {rec!r} is not in wav.scp")
             continue
-        if entry.endswith("|") or len(entry.split()) > 1:
+        if entry.endswith("|"):  # Kaldi's rxfilename for a command's output
             pipes += 1
             utts.reject(uid, data_dir / "wav.scp",
                         f"wav.scp entry {entry!r} is a command, not a file path: only file paths "
@@ -213,6 +215,10 @@ def _kaldi_dir(data_dir: Path, root: Path, utts: Corpus, split: str) -> None:
         if not path.is_absolute():  # relative to the corpus folder (or the data folder)
             candidates = [root / path, data_dir / path, data_dir.parent / path]
             path = next((c for c in map(find_audio, candidates) if c.is_file()), root / path)
+        if " " in entry and not Path(path).is_file():
+            utts.reject(uid, path, "no such file (wav.scp: the rest of the line after the id is "
+                        "one path, spaces included; a command must end with '|')")
+            continue
         spk = utt2spk.get(uid)
         meta = {"split": split}
         if spk in spk2age:

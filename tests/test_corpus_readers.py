@@ -80,17 +80,26 @@ def test_kaldi_absolute_paths_segments_and_pipes(tmp_path):
     audio = _tone(tmp_path / "elsewhere" / "rec1.flac", seconds=2.0)
     d = tmp_path / "data" / "train"
     d.mkdir(parents=True)
-    (d / "wav.scp").write_text(f"rec1 {audio}\nrec2 sox in.wav -t wav - |\n")
-    (d / "segments").write_text("u1 rec1 0.0 0.8\nu2 rec1 0.8 1.9\nu3 rec2 0 1\nu4 rec1 1.5 3.0\n")
-    (d / "text").write_text("u1 hello there\nu2 general kenobi\nu3 piped audio\nu4 past the end\n")
-    (d / "utt2spk").write_text("u1 s1\nu2 s1\nu3 s2\nu4 s1\n")
+    _tone(tmp_path / "data" / "my audio" / "rec 3.wav", seconds=1.0)
+    (d / "wav.scp").write_text(f"rec1 {audio}\nrec2 sox in.wav -t wav - |\nrec3 my audio/rec 3.wav\n"
+                               "rec4 sox in.wav -t wav -\n")
+    (d / "segments").write_text("u1 rec1 0.0 0.8\nu2 rec1 0.8 1.9\nu3 rec2 0 1\nu4 rec1 1.5 3.0\n"
+                                "u5 rec3 0.1 0.9\nu6 rec4 0 1\n")
+    (d / "text").write_text("u1 hello there\nu2 general kenobi\nu3 piped audio\nu4 past the end\n"
+                            "u5 a path with a space\nu6 a pipe without its bar\n")
+    (d / "utt2spk").write_text("u1 s1\nu2 s1\nu3 s2\nu4 s1\nu5 s2\nu6 s2\n")
     utts = load_corpus("kaldi", d)  # the data folder itself
-    assert [(u.id, u.offset, round(u.duration, 2)) for u in utts] == [("u1", 0.0, 0.8), ("u2", 0.8, 1.1)]
+    assert [(u.id, u.offset, round(u.duration, 2)) for u in utts] == [
+        ("u1", 0.0, 0.8), ("u2", 0.8, 1.1), ("u5", 0.1, 0.8)]
+    assert utts[2].audio == str(tmp_path / "data" / "my audio" / "rec 3.wav")
     reasons = _reasons(utts)
     assert "command" in reasons["u3"] and "sox in.wav" in reasons["u3"]
     assert "outside" in reasons["u4"]
-    assert [u.id for u in load_corpus("kaldi", tmp_path / "data")] == ["u1", "u2"]  # parent folder
-    assert [u.id for u in load_corpus("kaldi", d, split="train")] == ["u1", "u2"]  # its own name
+    # no bar: read as a path (not called a command); not found, with the rule spelled out
+    assert "command" not in reasons["u6"].split(";")[0]
+    assert "no such file" in reasons["u6"] and "must end with '|'" in reasons["u6"]
+    assert [u.id for u in load_corpus("kaldi", tmp_path / "data")] == ["u1", "u2", "u5"]  # parent
+    assert [u.id for u in load_corpus("kaldi", d, split="train")] == ["u1", "u2", "u5"]  # its name
     with pytest.raises(FileNotFoundError, match="single Kaldi data folder .split 'train'., so it "
                                                 "has no split 'test'"):
         load_corpus("kaldi", d, split="test")  # was read as 'train', --split ignored
