@@ -340,7 +340,7 @@ def main(argv=None) -> int:
                    "default: every split present")
     e.add_argument("--rejected", type=Path, help="write the entries left out, by the corpus reader "
                    "(missing or unreadable audio, empty transcripts) or when decoding (audio "
-                   "that fails to decode), as JSON lines (id, audio, reason)")
+                   "that fails to decode or is truncated), as JSON lines (id, audio, reason)")
     _add_decoding_arguments(e)
     e.add_argument("--results", type=Path, help="write per-utterance results (JSON lines)")
     e.add_argument("--limit", type=int, help="evaluate only the first N utterances")
