@@ -96,7 +96,7 @@ def _evaluate(args) -> int:
 
     from asr.checkpoint import load_model
     from asr.corpora import load_corpus
-    from asr.evaluate import evaluate_model
+    from asr.evaluate import decode_rows, summarize
 
     from asr.device import resolve_device
 
@@ -104,12 +104,16 @@ def _evaluate(args) -> int:
     model, tokenizer, cfg = load_model(args.model)
     model.to(resolve_device(args.device))
     corpus = load_corpus(args.corpus, args.data, split=args.split)
-    if args.rejected:
+    if args.rejected:  # now, so a run stopped while decoding keeps the reader's list
         _write_rejected(args.rejected, corpus.rejected)
+    corpus.check_usable(f"{args.data} (--corpus {args.corpus})")  # before decoding
     utts = corpus[: args.limit] if args.limit else list(corpus)
     options = _decoding_options(args, model, tokenizer, cfg)
-    metrics = evaluate_model(model, tokenizer, utts, results_path=args.results, **options)
-    metrics["skipped"] += len(corpus.rejected)  # entries the corpus reader left out
+    d = decode_rows(model, tokenizer, utts, **options)
+    rejected = corpus.rejected + d["rejected"]  # the reader's, then the decoder's
+    if args.rejected:
+        _write_rejected(args.rejected, rejected)
+    metrics = summarize(d["rows"], d["compute"], d["audio_seconds"], len(rejected), args.results)
     metrics["decoding"] = {"head": options["head"] or next(iter(model.heads)),
                            "method": options["method"] or "default",
                            "vocabulary": len(options.get("vocabulary", [])),
@@ -345,8 +349,9 @@ def main(argv=None) -> int:
     e.add_argument("--data", required=True, help="corpus folder (public layout) or manifest")
     e.add_argument("--split", help="read only this split (e.g. test) of a corpus with several; "
                    "default: every split present")
-    e.add_argument("--rejected", type=Path, help="write the entries the corpus reader left out "
-                   "(missing or corrupt audio, empty transcripts) as JSON lines")
+    e.add_argument("--rejected", type=Path, help="write the entries left out, by the corpus reader "
+                   "(missing or unreadable audio, empty transcripts) or when decoding (audio "
+                   "that fails to decode or is truncated), as JSON lines (id, audio, reason)")
     _add_decoding_arguments(e)
     e.add_argument("--results", type=Path, help="write per-utterance results (JSON lines)")
     e.add_argument("--limit", type=int, help="evaluate only the first N utterances")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Union
@@ -17,6 +18,9 @@ import torch
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
+
+#: a file that decodes to less than this share of the frames its header promises is truncated
+MIN_DECODED_SHARE = 0.9
 
 
 class AudioError(ValueError):
@@ -62,7 +66,9 @@ def load_audio(
 
     Any soundfile-readable format works (wav, flac, ogg, ...). Multi-channel audio is
     averaged to mono. Raises :class:`AudioError` naming the file when it is missing,
-    unreadable, empty, or not finite.
+    unreadable, empty, not finite, or truncated: fewer than :data:`MIN_DECODED_SHARE` of the
+    frames its header promises decode (checked where the header counts them exactly, see
+    :func:`frame_count_is_exact`; e.g. an MP3 cut short, whose header still holds its length).
 
     Args:
         path: audio file.
@@ -82,12 +88,36 @@ def load_audio(
         data, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError)
         raise AudioError(path, f"cannot decode audio ({exc})") from None
+    promised = info.frames - start if frames < 0 else min(frames, info.frames - start)
+    if len(data) < MIN_DECODED_SHARE * promised and frame_count_is_exact(path, info):
+        raise AudioError(path, f"truncated: {len(data)} of the {promised} frames its header "
+                         f"promises decode ({len(data) / sr:.2f} of {promised / sr:.2f} s)")
     wave = checked_mono(data, path)
     if sample_rate is not None and sr != sample_rate:
         wave = resample(wave, sr, sample_rate)
     if wave.numel() < min_samples:
         raise AudioError(path, f"too short ({wave.numel()} samples)")
     return wave
+
+
+def frame_count_is_exact(path: PathLike, info) -> bool:
+    """Whether ``info.frames`` (``sf.info`` of ``path``) is the count the file states, not an
+    estimate. MP3 states it only in a Xing/Info/VBRI header in its first frame; without one,
+    libmpg123 estimates it from the file size and the first frame's bit rate (far off for
+    variable bit rate), so such a file is never called truncated."""
+    if info.format != "MP3":
+        return True
+    with open(path, "rb") as f:
+        head, skip = f.read(10), 0
+        if head[:3] == b"ID3" and len(head) == 10:  # an ID3v2 tag first: skip it
+            for byte in head[6:10]:  # its size, 7 bits a byte
+                skip = skip << 7 | byte & 0x7F
+            skip += 10 + (10 if head[5] & 0x10 else 0)  # its header, and footer if flagged
+        f.seek(skip)
+        start = f.read(8192)
+    sync = re.search(rb"\xff[\xe0-\xff]", start)  # the first frame header
+    return sync is not None and any(
+        tag in start[sync.start(): sync.start() + 200] for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 def checked_mono(data: np.ndarray, where) -> torch.Tensor:

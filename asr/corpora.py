@@ -19,22 +19,33 @@ CORPORA: Registry = Registry("corpus")
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-AUDIO_EXTENSIONS = (".wav", ".WAV", ".flac", ".FLAC", ".opus", ".ogg", ".mp3", ".MP3")
+AUDIO_EXTENSIONS = (".wav", ".WAV", ".flac", ".FLAC", ".opus", ".ogg", ".mp3", ".MP3",
+                    ".sph", ".SPH")  # .sph: NIST SPHERE (AN4, TIMIT), uncompressed
 
 
 class Corpus(list):
     """A corpus's utterances (a list of :class:`Utterance`), and ``rejected``: the
     entries its reader left out, each a :class:`Rejected` naming the file and the reason
-    (missing or unreadable audio, an empty transcript, an unsupported ``wav.scp`` entry)."""
+    (missing or unreadable audio, an empty transcript, an unsupported ``wav.scp`` entry).
+
+    Utterance ids are unique: results and references are matched by id, so a second
+    utterance with an id already added (e.g. the same id in two splits) is refused with a
+    ``ValueError`` naming the id and both sources, rather than renamed or dropped."""
 
     def __init__(self, utts=(), rejected=()) -> None:
         super().__init__(utts)
         self.rejected: List[Rejected] = list(rejected)
+        self._source: Dict[str, str] = {}  # id -> where add() found it
 
     def add(self, uid: str, path: Path, text: str, speaker: Optional[str] = None,
             offset: float = 0.0, duration: Optional[float] = None, **meta) -> None:
         """Append an utterance with duration and rate from the audio header, or list it in
-        ``rejected`` (logged by path) when its transcript is empty or its audio unusable."""
+        ``rejected`` (logged by path) when its transcript is empty or its audio unusable.
+        An id added before is a ``ValueError`` naming both sources."""
+        source = f"{path}" + (f" (split {meta['split']})" if meta.get("split") else "")
+        if uid in self._source:
+            raise ValueError(f"utterance id {uid!r} is used twice: by {self._source[uid]} and by "
+                             f"{source}; ids must be unique (to read one split, give --split)")
         if not normalize_text(text):
             return self.reject(uid, path, f"empty transcript (raw: {text!r})")
         path = find_audio(path)
@@ -49,6 +60,19 @@ class Corpus(list):
                                f"the {file_duration:.2f} s recording")
         self.append(Utterance(id=uid, audio=str(Path(path).resolve()), duration=duration,
                               text=text, sample_rate=sr, offset=offset, speaker=speaker, meta=meta))
+        self._source[uid] = source
+
+    def check_usable(self, where: str, shown: int = 3) -> None:
+        """A ``ValueError`` naming ``where`` when there is no utterance to use: none found, or
+        every entry rejected (their number and the first ``shown`` reasons)."""
+        if self:
+            return
+        if not self.rejected:
+            raise ValueError(f"{where}: no utterances found")
+        first = "; ".join(f"{r.id} ({r.audio}): {r.reason}" for r in self.rejected[:shown])
+        more = f"; and {len(self.rejected) - shown} more" if len(self.rejected) > shown else ""
+        raise ValueError(f"{where}: all {len(self.rejected)} entries were rejected, none is left "
+                         f"to use: {first}{more}")
 
     def reject(self, uid: str, path, reason: str) -> None:
         log.warning("skipping %s (id %s): %s", path, uid, reason)
@@ -140,19 +164,27 @@ def _splits(found: Dict[str, object], split: Optional[str], where: Path, layout:
 
 
 def _read_table(path: Path) -> Dict[str, str]:
-    """A Kaldi table (``key value...`` per line) as a dict; missing file -> empty dict."""
-    table = {}
+    """A Kaldi table (``key value...`` per line) as a dict; missing file -> empty dict. A key
+    listed twice is a ``ValueError`` naming the file and both lines."""
+    table, lines = {}, {}
     if path.is_file():
-        for line in open(path, encoding="utf-8"):
+        for n, line in enumerate(open(path, encoding="utf-8"), 1):
             parts = line.strip().split(None, 1)  # Kaldi separates by any whitespace
-            if parts:
-                table[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
+            if not parts:
+                continue
+            if parts[0] in lines:
+                raise ValueError(f"{path}:{n}: key {parts[0]!r} is listed twice (first on line "
+                                 f"{lines[parts[0]]}); each key must appear once")
+            lines[parts[0]] = n
+            table[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
     return table
 
 
 def _kaldi_dir(data_dir: Path, root: Path, utts: Corpus, split: str) -> None:
     """One Kaldi data folder: ``text`` and ``wav.scp`` (file paths, absolute or relative to
-    the corpus folder), optional ``segments``, ``utt2spk``, ``spk2age``, ``spk2gender``."""
+    the corpus folder), optional ``segments``, ``utt2spk``, ``spk2age``, ``spk2gender``. A
+    ``wav.scp`` entry ending in ``|`` is a command (not supported: rejected); any other is
+    the rest of the line after the id, one path even when it holds spaces."""
     texts = _read_table(data_dir / "text")
     wavs = _read_table(data_dir / "wav.scp")
     segments = _read_table(data_dir / "segments")
@@ -173,7 +205,7 @@ def _kaldi_dir(data_dir: Path, root: Path, utts: Corpus, split: str) -> None:
         if entry is None:
             utts.reject(uid, data_dir / "wav.scp", f"recording {rec!r} is not in wav.scp")
             continue
-        if entry.endswith("|") or len(entry.split()) > 1:
+        if entry.endswith("|"):  # Kaldi's rxfilename for a command's output
             pipes += 1
             utts.reject(uid, data_dir / "wav.scp",
                         f"wav.scp entry {entry!r} is a command, not a file path: only file paths "
@@ -183,6 +215,10 @@ def _kaldi_dir(data_dir: Path, root: Path, utts: Corpus, split: str) -> None:
         if not path.is_absolute():  # relative to the corpus folder (or the data folder)
             candidates = [root / path, data_dir / path, data_dir.parent / path]
             path = next((c for c in map(find_audio, candidates) if c.is_file()), root / path)
+        if " " in entry and not Path(path).is_file():
+            utts.reject(uid, path, "no such file (wav.scp: the rest of the line after the id is "
+                        "one path, spaces included; a command must end with '|')")
+            continue
         spk = utt2spk.get(uid)
         meta = {"split": split}
         if spk in spk2age:
@@ -198,11 +234,15 @@ def _kaldi_dir(data_dir: Path, root: Path, utts: Corpus, split: str) -> None:
 @CORPORA.register("kaldi")
 def prepare_kaldi(root: str | Path, split: Optional[str] = None) -> Corpus:
     """A Kaldi data folder (``text``, ``wav.scp``, ``utt2spk``...), or a folder of them
-    (``train/``, ``test/``...): every one found, or the one named ``split``."""
+    (``train/``, ``test/``...): every one found, or the one named ``split``. A single data
+    folder is the split of its own name: another ``split`` is refused."""
     root = _need_dir(Path(root), "a Kaldi data folder (text, wav.scp) or a folder of them")
     if (root / "text").is_file():
+        if split not in (None, root.name):
+            raise FileNotFoundError(
+                f"{root}: a single Kaldi data folder (split {root.name!r}), so it has no split "
+                f"{split!r}; give the folder that holds the splits, or no --split")
         found = {root.name: root}
-        split = None
     else:
         found = {d.name: d for d in sorted(root.iterdir())
                  if d.is_dir() and (d / "text").is_file() and (d / "wav.scp").is_file()}
@@ -223,7 +263,8 @@ def prepare_speechocean762(root: str | Path, split: Optional[str] = None) -> Cor
 @CORPORA.register("an4")
 def prepare_an4(root: str | Path, split: Optional[str] = None) -> Corpus:
     """CMU AN4: ``etc/an4_{train,test}.transcription`` (``<s> WORDS </s> (uttid)``) and
-    audio ``wav/<part>/<speaker>/<uttid>.wav`` (or ``.flac``, ``.sph`` is not read).
+    audio ``wav/<part>/<speaker>/<uttid>.<ext>`` (``.wav``, ``.flac``, NIST SPHERE ``.sph``
+    or any of :data:`AUDIO_EXTENSIONS`), found by name anywhere under ``wav/``.
     ``root`` is the ``an4`` folder."""
     root = Path(root)
     etc = _need_dir(root / "etc", "the AN4 layout etc/an4_{train,test}.transcription + wav/")
@@ -247,9 +288,15 @@ def prepare_an4(root: str | Path, split: Optional[str] = None) -> Corpus:
             body, _, uid = line[:-1].rpartition("(")
             uid = uid.strip()
             words = [w for w in body.split() if not (w.startswith("<") and w.endswith(">"))]
-            path = audio.get(uid, root / "wav" / f"{uid}.wav")
-            speaker = path.parent.name if uid in audio else (uid.split("-") + [None])[1]
-            utts.add(uid, path, " ".join(words), speaker, split=name)
+            if uid not in audio:  # named as the public layout would have it
+                part = f"an4{'' if name == 'train' else name}_clstk"
+                spk = (uid.split("-") + ["?"])[1]
+                exts = " ".join(sorted({e.lower() for e in AUDIO_EXTENSIONS}))
+                utts.reject(uid, root / "wav" / part / spk / f"{uid}.wav",
+                            f"no such file: expected wav/<part>/<spk>/{uid}.<ext> under {root} "
+                            f"(<ext> one of {exts}); no file under wav/ is named {uid}.<ext>")
+                continue
+            utts.add(uid, audio[uid], " ".join(words), audio[uid].parent.name, split=name)
     return utts
 
 

@@ -43,7 +43,9 @@ def decode_rows(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[Utt
                 band_limit_hz: Optional[int] = None, **search_options) -> Dict:
     """Decode ``utts``; returns ``rows`` (one dict per decoded utterance: id, ref, hyp,
     score, times, audio, nbest as [text, score] pairs), ``compute`` and ``audio_seconds``
-    (decoding time and audio duration) and ``skipped`` (utterances rejected)."""
+    (decoding time and audio duration), ``rejected`` (a :class:`~asr.data.Rejected` for each
+    utterance left out: by the up-front checks or because its audio failed to decode) and
+    ``skipped`` (their number)."""
     sample_rate = model.cfg.sample_rate
     kept, rejected = validate(utts, normalize_text, tokenizer.encode, on_error=on_error)
     ds = UtteranceDataset(kept, tokenizer.encode, sample_rate, on_error,
@@ -68,8 +70,9 @@ def decode_rows(model: torch.nn.Module, tokenizer: Tokenizer, utts: Sequence[Utt
             rows.append({"id": uid, "ref": by_id[uid].text, "hyp": tokenizer.decode(hyp.tokens),
                          "score": hyp.score, "times": hyp.times, "audio": by_id[uid].audio,
                          "nbest": [[tokenizer.decode(h.tokens), h.score] for h in res.nbest]})
+    rejected = rejected + ds.rejected
     return {"rows": rows, "compute": compute, "audio_seconds": audio_seconds,
-            "skipped": len(rejected) + len(ds.rejected)}
+            "rejected": rejected, "skipped": len(rejected)}
 
 
 def summarize(rows: Sequence[Dict], compute: float, audio_seconds: float, skipped: int,

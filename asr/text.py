@@ -16,6 +16,25 @@ _SPACES = re.compile(r" +")
 _DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
+#: what a corpus writes in square brackets for a sound that is not a word ("[noise]");
+#: any other "[word]" is kept: prose puts spoken words there ("he [Oswald] had")
+NON_SPEECH = ("noise", "laughter", "laugh", "laughing", "breath", "breathing", "cough",
+              "sigh", "sneeze", "lipsmack", "lip-smack", "click", "music", "applause", "sil",
+              "silence", "vocalized-noise", "spoken-noise", "noise-vocalized", "inaudible",
+              "unintelligible", "unk", "oov", "hesitation")
+#: a non-speech marker: one token in angle or curly brackets ("<unk>", "{laugh}", AN4's
+#: "<s>"), or a NON_SPEECH word in square brackets ("[noise]", "[vocalized_noise]")
+_MARKER = re.compile(r"<[^<>\s]*>|\{[^{}\s]*\}|\[(?:%s)\]"
+                     % "|".join(w.replace("-", "[-_]") for w in NON_SPEECH))
+#: an amount of money: "$5", "£1,250.50", "€3.5 million"
+_CURRENCY = re.compile(r"([$£€]) ?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?"
+                       r"(?: ?(hundred|thousand|million|billion|trillion)\b)?")
+#: (one, many, one hundredth, many hundredths) of each currency
+_CURRENCY_UNITS = {"$": ("dollar", "dollars", "cent", "cents"),
+                   "£": ("pound", "pounds", "penny", "pence"),
+                   "€": ("euro", "euros", "cent", "cents")}
+#: a decade or century: "1990s", "'90s", "1800's"
+_DECADE = re.compile(r"(?<![\w.,])(\d*0)'?s\b")
 _ORDINAL = re.compile(r"(\d+)(st|nd|rd|th)\b")
 _DECIMAL = re.compile(r"(\d+)\.(\d+)")
 _GROUPED = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
@@ -29,7 +48,7 @@ def _cardinal(digits: str) -> str:
     from num2words import num2words
 
     if (len(digits) > 1 and digits[0] == "0") or len(digits) > 9:
-        return " ".join(_DIGIT_WORDS[int(d)] for d in digits)
+        return _digits(digits)
     n = int(digits)
     if len(digits) == 4 and (1100 <= n <= 1999 or 2010 <= n <= 2099):
         return num2words(n, to="year").replace("-", " ")
@@ -42,14 +61,44 @@ def _cardinal_words(n: int) -> str:
     return num2words(n).replace(" and ", " ").replace("-", " ").replace(",", "")
 
 
+def _digits(digits: str) -> str:
+    return " ".join(_DIGIT_WORDS[int(d)] for d in digits)
+
+
+def _money(m: re.Match) -> str:
+    """ "$5" -> "five dollars", "$1.50" -> "one dollar fifty cents", "$0.99" -> "ninety nine
+    cents", "$2.5 million" -> "two point five million dollars"."""
+    symbol, whole, fraction, scale = m.groups()
+    one, many, hundredth, hundredths = _CURRENCY_UNITS[symbol]
+    n = int(whole.replace(",", ""))
+    amount = _cardinal_words(n)
+    if fraction and (scale or len(fraction) != 2):  # a decimal amount, not units and cents
+        return f" {amount} point {_digits(fraction)} {scale or ''} {many} "
+    if scale:
+        return f" {amount} {scale} {many} "
+    words = f"{amount} {one if n == 1 else many}"
+    cents = int(fraction or 0)
+    if cents:
+        words = (words + " " if n else "") + \
+            f"{_cardinal_words(cents)} {hundredth if cents == 1 else hundredths}"
+    return f" {words} "
+
+
+def _decade(m: re.Match) -> str:
+    """ "1990s" -> "nineteen nineties", "80s" -> "eighties", "1900s" -> "nineteen hundreds"."""
+    *words, last = _cardinal(m.group(1)).split()
+    return " " + " ".join(words + [last[:-1] + "ies" if last.endswith("y") else last + "s"]) + " "
+
+
 def _numbers_as_words(text: str) -> str:
     from num2words import num2words
 
+    text = _CURRENCY.sub(_money, text)
+    text = _DECADE.sub(_decade, text)
     # "1,250" is a count, never a year: spell grouped numbers as cardinals first
     text = _GROUPED.sub(lambda m: f" {_cardinal_words(int(m.group().replace(',', '')))} ", text)
     text = _ORDINAL.sub(lambda m: f" {num2words(int(m.group(1)), to='ordinal')} ", text)
-    text = _DECIMAL.sub(lambda m: f" {_cardinal(m.group(1))} point "
-                        + " ".join(_DIGIT_WORDS[int(d)] for d in m.group(2)) + " ", text)
+    text = _DECIMAL.sub(lambda m: f" {_cardinal(m.group(1))} point {_digits(m.group(2))} ", text)
     text = text.replace("%", " percent ").replace("&", " and ")
     return _NUMBER.sub(lambda m: f" {_cardinal(m.group())} ", text)
 
@@ -57,18 +106,23 @@ def _numbers_as_words(text: str) -> str:
 def normalize_text(text: str) -> str:
     """The one normalisation for training targets and scoring, for every corpus.
 
-    Lowercase; accents stripped; numbers spoken as words (cardinals without "and",
+    Lowercase; accents stripped; non-speech markers dropped (one token in angle or curly
+    brackets, "<unk>", "{laugh}", or a :data:`NON_SPEECH` word in square brackets,
+    "[noise]", "[laughter]"; other "[words]" stay words); numbers spoken as words (cardinals without "and",
     ordinals, decimals with "point", years 1100-1999 and 2010-2099 in pairs, 0-padded or
-    longer than 9 digits digit by digit; "%" -> percent, "&" -> and); then only a-z,
-    apostrophe and space are kept: hyphens and other punctuation become spaces, runs of
-    spaces collapse to one, apostrophes at word edges are dropped (inner ones stay).
+    longer than 9 digits digit by digit; decades "1990s" -> nineteen nineties, "'80s" ->
+    eighties; money "$5" -> five dollars, "$1.50" -> one dollar fifty cents, "£3" -> three
+    pounds, "€2.5 million" -> two point five million euros; "%" -> percent, "&" -> and);
+    then only a-z, apostrophe and space are kept: hyphens and other punctuation become
+    spaces, runs of spaces collapse to one, apostrophes at word edges are dropped (inner
+    ones stay).
 
     >>> normalize_text("Hello, World-wide  Web's 2 cats, 1st of 25 in 1990!")
     "hello world wide web's two cats first of twenty five in nineteen ninety"
     """
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
-    text = text.replace("\u2019", "'")
+    text = _MARKER.sub(" ", text.replace("\u2019", "'"))
     if any(ch.isdigit() for ch in text):
         text = _numbers_as_words(text)
     text = _NOT_ALLOWED.sub(" ", text)

@@ -80,16 +80,29 @@ def test_kaldi_absolute_paths_segments_and_pipes(tmp_path):
     audio = _tone(tmp_path / "elsewhere" / "rec1.flac", seconds=2.0)
     d = tmp_path / "data" / "train"
     d.mkdir(parents=True)
-    (d / "wav.scp").write_text(f"rec1 {audio}\nrec2 sox in.wav -t wav - |\n")
-    (d / "segments").write_text("u1 rec1 0.0 0.8\nu2 rec1 0.8 1.9\nu3 rec2 0 1\nu4 rec1 1.5 3.0\n")
-    (d / "text").write_text("u1 hello there\nu2 general kenobi\nu3 piped audio\nu4 past the end\n")
-    (d / "utt2spk").write_text("u1 s1\nu2 s1\nu3 s2\nu4 s1\n")
+    _tone(tmp_path / "data" / "my audio" / "rec 3.wav", seconds=1.0)
+    (d / "wav.scp").write_text(f"rec1 {audio}\nrec2 sox in.wav -t wav - |\nrec3 my audio/rec 3.wav\n"
+                               "rec4 sox in.wav -t wav -\n")
+    (d / "segments").write_text("u1 rec1 0.0 0.8\nu2 rec1 0.8 1.9\nu3 rec2 0 1\nu4 rec1 1.5 3.0\n"
+                                "u5 rec3 0.1 0.9\nu6 rec4 0 1\n")
+    (d / "text").write_text("u1 hello there\nu2 general kenobi\nu3 piped audio\nu4 past the end\n"
+                            "u5 a path with a space\nu6 a pipe without its bar\n")
+    (d / "utt2spk").write_text("u1 s1\nu2 s1\nu3 s2\nu4 s1\nu5 s2\nu6 s2\n")
     utts = load_corpus("kaldi", d)  # the data folder itself
-    assert [(u.id, u.offset, round(u.duration, 2)) for u in utts] == [("u1", 0.0, 0.8), ("u2", 0.8, 1.1)]
+    assert [(u.id, u.offset, round(u.duration, 2)) for u in utts] == [
+        ("u1", 0.0, 0.8), ("u2", 0.8, 1.1), ("u5", 0.1, 0.8)]
+    assert utts[2].audio == str(tmp_path / "data" / "my audio" / "rec 3.wav")
     reasons = _reasons(utts)
     assert "command" in reasons["u3"] and "sox in.wav" in reasons["u3"]
     assert "outside" in reasons["u4"]
-    assert [u.id for u in load_corpus("kaldi", tmp_path / "data")] == ["u1", "u2"]  # parent folder
+    # no bar: read as a path (not called a command); not found, with the rule spelled out
+    assert "command" not in reasons["u6"].split(";")[0]
+    assert "no such file" in reasons["u6"] and "must end with '|'" in reasons["u6"]
+    assert [u.id for u in load_corpus("kaldi", tmp_path / "data")] == ["u1", "u2", "u5"]  # parent
+    assert [u.id for u in load_corpus("kaldi", d, split="train")] == ["u1", "u2", "u5"]  # its name
+    with pytest.raises(FileNotFoundError, match="single Kaldi data folder .split 'train'., so it "
+                                                "has no split 'test'"):
+        load_corpus("kaldi", d, split="test")  # was read as 'train', --split ignored
 
     only_pipes = tmp_path / "pipes"
     only_pipes.mkdir()
@@ -99,6 +112,22 @@ def test_kaldi_absolute_paths_segments_and_pipes(tmp_path):
         load_corpus("kaldi", only_pipes)
     with pytest.raises(FileNotFoundError, match="Kaldi"):
         load_corpus("kaldi", tmp_path / "elsewhere")
+
+
+def test_duplicate_ids_are_refused_naming_both_sources(tmp_path):
+    """Results are matched to references by id: an id in two splits (or twice in one table)
+    is an error naming it and where each came from, never a silently wrong reference."""
+    for split, words, ext in (("a", "YES", "wav"), ("b", "HELLO THERE", "flac")):
+        _tone(tmp_path / "data" / split / f"x.{ext}")
+        (tmp_path / "data" / split / "text").write_text(f"u1 {words}\n")
+        (tmp_path / "data" / split / "wav.scp").write_text(f"u1 {split}/x.{ext}\n")
+    with pytest.raises(ValueError, match=r"'u1' is used twice: by \S+x.wav \(split a\) "
+                                         r"and by \S+x.flac \(split b\).*--split"):
+        load_corpus("kaldi", tmp_path / "data")
+    assert [u.text for u in load_corpus("kaldi", tmp_path / "data", split="b")] == ["HELLO THERE"]
+    (tmp_path / "data" / "b" / "text").write_text("u1 HELLO THERE\nu2 NO\nu1 GOODBYE\n")
+    with pytest.raises(ValueError, match=r"b/text:3: key 'u1' is listed twice \(first on line 1\)"):
+        load_corpus("kaldi", tmp_path / "data", split="b")
 
 
 def make_an4(root: Path) -> Path:
@@ -128,6 +157,24 @@ def test_an4(tmp_path):
     assert [u.id for u in load_corpus("an4", root, split="test")] == ["an406-fcaw-b"]
     with pytest.raises(FileNotFoundError, match="an4_"):
         load_corpus("an4", tmp_path)
+
+
+def test_an4_reads_nist_sphere_and_names_the_layout_of_missing_audio(tmp_path):
+    """The public AN4 ships NIST SPHERE ``.sph`` (soundfile reads it); audio not found is
+    rejected naming the layout it was looked for in."""
+    root = tmp_path / "an4"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "an4_train.transcription").write_text(
+        "<s> YES </s> (an251-fash-b)\n<s> NO </s> (an252-fash-b)\n<s> GO </s> (an253-fash-b)\n")
+    _tone(root / "wav/an4_clstk/fash/an251-fash-b.sph", fmt={"format": "NIST"})
+    _tone(root / "wav/an4_clstk/fash/an252-fash-b.SPH", seconds=0.25, fmt={"format": "NIST"})
+    utts = load_corpus("an4", root)
+    assert [(u.id, Path(u.audio).name, round(u.duration, 2)) for u in utts] == [
+        ("an251-fash-b", "an251-fash-b.sph", 0.5), ("an252-fash-b", "an252-fash-b.SPH", 0.25)]
+    (missing,) = utts.rejected
+    assert missing.audio == str(root / "wav/an4_clstk/fash/an253-fash-b.wav")
+    assert "no such file: expected wav/<part>/<spk>/an253-fash-b.<ext>" in missing.reason
+    assert ".sph" in missing.reason and ".flac" in missing.reason
 
 
 def make_commonvoice(root: Path) -> Path:
@@ -170,8 +217,13 @@ def test_split_refused_for_corpora_without_splits(tmp_path):
 @pytest.mark.timeout(120)
 def test_evaluate_cli_reads_a_corpus_and_lists_rejects(tmp_path):
     """``python -m asr evaluate --corpus an4`` prints one JSON line with ``wer``; the entries
-    the reader left out are counted and written with their reasons."""
+    left out, by the reader or when decoding, are counted and written with their reasons."""
     root = make_an4(tmp_path / "an4")
+    # a FLAC whose header reads but whose audio is cut in half: rejected only when decoded
+    flac = _tone(root / "wav/an4_clstk/fash/an256-fash-b.flac", seconds=2.0).read_bytes()
+    (root / "wav/an4_clstk/fash/an256-fash-b.flac").write_bytes(flac[: len(flac) // 2])
+    with open(root / "etc" / "an4_train.transcription", "a") as f:
+        f.write("<s> NO </s> (an256-fash-b)\n")
     rejected = tmp_path / "rejected.jsonl"
     out = subprocess.run(
         [sys.executable, "-m", "asr", "evaluate", "--model", str(ROOT / "data/models/fsdd_ctc.pt"),
@@ -182,10 +234,36 @@ def test_evaluate_cli_reads_a_corpus_and_lists_rejects(tmp_path):
     lines = [l for l in out.stdout.splitlines() if l.strip()]
     assert len(lines) == 1
     metrics = json.loads(lines[0])
-    assert metrics["utterances"] == 2 and metrics["skipped"] == 3 and 0 <= metrics["wer"]
+    assert metrics["utterances"] == 2 and metrics["skipped"] == 4 and 0 <= metrics["wer"]
     rows = [json.loads(l) for l in rejected.read_text().splitlines()]
-    assert {r["id"] for r in rows} == {"an254-mblw-b", "an255-mblw-b", "an4_train.transcription:5"}
+    assert {r["id"] for r in rows} == {"an254-mblw-b", "an255-mblw-b", "an4_train.transcription:5",
+                                       "an256-fash-b"}
+    assert "cannot decode" in next(r["reason"] for r in rows if r["id"] == "an256-fash-b")
     assert all(r["reason"] and r["audio"] for r in rows)
+
+
+@pytest.mark.timeout(120)
+def test_evaluate_cli_refuses_a_corpus_whose_every_entry_was_rejected(tmp_path):
+    """Nothing usable: evaluate stops before decoding with the number rejected and the first
+    reasons (it said "nothing could be decoded (0 utterances rejected)"); the file lists all."""
+    root = make_an4(tmp_path / "an4")
+    (root / "etc" / "an4_test.transcription").write_text(
+        "<s> ONE </s> (an407-fcaw-b)\n<s> TWO </s> (an408-fcaw-b)\n")  # no audio for either
+    rejected = tmp_path / "rejected.jsonl"
+    out = subprocess.run(
+        [sys.executable, "-m", "asr", "evaluate", "--model", str(ROOT / "data/models/fsdd_ctc.pt"),
+         "--plain", "--corpus", "an4", "--data", str(root), "--split", "test",
+         "--rejected", str(rejected), "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert out.returncode != 0 and out.stdout == ""
+    assert "all 2 entries were rejected" in out.stderr
+    assert "an407-fcaw-b" in out.stderr and "no such file" in out.stderr
+    assert "decod" not in out.stderr.lower()
+    assert [json.loads(l)["id"] for l in rejected.read_text().splitlines()] == [
+        "an407-fcaw-b", "an408-fcaw-b"]
+    from asr.corpora import Corpus
+    with pytest.raises(ValueError, match="here: no utterances found"):
+        Corpus().check_usable("here")
 
 
 def test_digit_strings_of_an4_for_the_fsdd_recipe(tmp_path):

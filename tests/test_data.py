@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,6 +33,61 @@ def test_bad_audio_errors_name_the_file(tmp_path, content, reason):
     with pytest.raises(AudioError, match=reason) as exc:
         load_audio(path)
     assert str(path) in str(exc.value)
+
+
+def _tone_file(path, seconds=2.0, sr=16000, **fmt):
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), sr, **fmt)
+    return path
+
+
+@pytest.mark.parametrize("name,fmt", [
+    ("a.wav", {}), ("a.flac", {}), ("a.ogg", {"format": "OGG", "subtype": "VORBIS"}),
+    ("a.opus", {"format": "OGG", "subtype": "OPUS"}), ("a.sph", {"format": "NIST"}),
+    ("a.mp3", {"format": "MP3", "bitrate_mode": "VARIABLE"}),
+    ("b.mp3", {"format": "MP3", "bitrate_mode": "CONSTANT"}),
+])
+def test_whole_files_and_segments_of_every_format_load(tmp_path, name, fmt):
+    path = _tone_file(tmp_path / name, **fmt)
+    assert load_audio(path).numel() == 32000
+    assert load_audio(path, offset=1.5, duration=0.6).numel() == 8000  # past the end: the rest
+
+
+def test_a_truncated_file_is_rejected_naming_the_counts(tmp_path):
+    """An MP3 cut short still promises its whole length (Xing header): it is refused, not
+    decoded in part; without such a header its length is an estimate and it is read."""
+    whole = _tone_file(tmp_path / "whole.mp3", format="MP3", bitrate_mode="VARIABLE").read_bytes()
+    assert b"Xing" in whole[:400] or b"Info" in whole[:400]
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(AudioError, match=r"truncated: \d+ of the 32000 frames its header promises "
+                                         r"decode \(\d\.\d\d of 2\.00 s\)") as exc:
+        load_audio(cut)
+    assert str(cut) in str(exc.value)
+    with pytest.raises(AudioError, match="truncated"):
+        load_audio(cut, offset=0.2, duration=1.5)
+    assert load_audio(cut, duration=0.5).numel() == 8000  # the part that is there
+
+
+def test_an_mp3_without_a_length_header_is_never_called_truncated(tmp_path, monkeypatch):
+    """Without a Xing/Info/VBRI header libmpg123 estimates an MP3's length from its size and
+    first frame, which can promise far more than a whole file holds: not a truncation."""
+    import asr.audio
+
+    whole = _tone_file(tmp_path / "whole.mp3", format="MP3", bitrate_mode="VARIABLE").read_bytes()
+    tagged = tmp_path / "id3.mp3"  # an ID3v2 tag (syncsafe size 256) before the first frame,
+    tagged.write_bytes(b"ID3\x03\x00\x00\x00\x00\x02\x00" + b"\xff\xfb" * 128 + whole)  # sync-like
+    untagged = tmp_path / "estimated.mp3"
+    untagged.write_bytes(whole[:400].replace(b"Xing", b"Xinq").replace(b"Info", b"Infq")
+                         + whole[400:])
+    assert asr.audio.frame_count_is_exact(tagged, sf.info(str(tagged)))
+    assert not asr.audio.frame_count_is_exact(untagged, sf.info(str(untagged)))
+    info = sf.info  # the estimate overshoots: twice what decodes
+    monkeypatch.setattr(asr.audio.sf, "info", lambda p: SimpleNamespace(
+        **{k: getattr(info(p), k) for k in ("format", "samplerate")}, frames=2 * info(p).frames))
+    assert load_audio(untagged).numel() > 0
+    with pytest.raises(AudioError, match="truncated"):
+        load_audio(tagged)
 
 
 def test_zero_sample_file_is_rejected(tmp_path):

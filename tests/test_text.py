@@ -13,6 +13,17 @@ from asr.text import CharTokenizer, SentencePieceTokenizer, Tokenizer, build_tok
     ("1,250 people, 3.75%", "one thousand two hundred fifty people three point seven five percent"),
     ("call 007 or 5551234567", "call zero zero seven or five five five one two three four five six seven"),
     ("'quoted' words", "quoted words"),
+    # non-speech markers are dropped, not spelled as words; an editorial [word] stays
+    ("[noise] yes <unk> no {laugh} [VOCALIZED-NOISE] ok [laughter]", "yes no ok"),
+    ("<s> HELLO </s>", "hello"),
+    ("he [Oswald] had", "he oswald had"),
+    # decades and centuries
+    ("the 1990s, the '80s and the 1800's", "the nineteen nineties the eighties and the eighteen hundreds"),
+    # money
+    ("$5 or $1", "five dollars or one dollar"),
+    ("$1.50, $0.99 and $0.01", "one dollar fifty cents ninety nine cents and one cent"),
+    ("£1,250 and £2.05", "one thousand two hundred fifty pounds and two pounds five pence"),
+    ("€2.5 million, $3 billion", "two point five million euros three billion dollars"),
     ("", ""),
 ])
 def test_normalize(raw, norm):
