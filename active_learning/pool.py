@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import IO, Dict, Iterator, List, Sequence
 
@@ -55,11 +56,33 @@ def score_pool(scorer: Scorer, utts: Sequence[Utterance], out: IO[str], sample_r
 
 
 def read_scores(path: str | Path) -> Dict[str, float]:
-    """A scores file (JSON lines with ``id`` and ``score``) -> {id: score}."""
+    """A scores file (JSON lines with ``id`` and ``score``) -> {id: score}. A line that is
+    not such a row raises ValueError naming the file and line."""
     scores = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
-                row = json.loads(line)
-                scores[str(row["id"])] = float(row["score"])
+                row = parse_score_row(line, f"{path}:{n}")
+                scores[row["id"]] = row["score"]
     return scores
+
+
+def parse_score_row(line: str, where: str) -> Dict:
+    """One line of a scores file -> the row with ``id`` a string and ``score`` a finite
+    float; ValueError naming ``where`` (file:line) otherwise."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object with 'id' and 'score'")
+    missing = [k for k in ("id", "score") if k not in row]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
+    try:
+        score = float(row["score"])
+    except (TypeError, ValueError):
+        score = math.nan
+    if isinstance(row["score"], bool) or not math.isfinite(score):
+        raise ValueError(f"{where}: field 'score' must be a finite number, got {row['score']!r}")
+    return {**row, "id": str(row["id"]), "score": score}

@@ -2,6 +2,7 @@
 scoring that streams (rows written per batch, not held for the whole pool)."""
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from active_learning.__main__ import main
-from active_learning.pool import score_pool
+from active_learning.pool import read_scores, score_pool
 from active_learning.scorers import ScoringConfig, build_scorer
 from asr.checkpoint import save_checkpoint
 from asr.config import EncoderConfig, ExperimentConfig, FeatureConfig, HeadConfig
@@ -105,3 +106,21 @@ def test_unreadable_clip_is_skipped_and_counted(tmp_path, tone_corpus):
     buf = io.StringIO()
     assert score_pool(scorer, utts, buf, progress=False) == {"scored": len(utts) - 1, "skipped": 1}
     assert utts[3].id not in buf.getvalue()
+
+
+@pytest.mark.parametrize("bad, why", [
+    ('{"id": "b", "score": 0.5', "not valid JSON"),
+    ('["b", 0.5]', "JSON object"),
+    ('{"id": "b"}', r"missing field\(s\) \['score'\]"),
+    ('{"score": 0.5}', r"missing field\(s\) \['id'\]"),
+    ('{"id": "b", "score": "high"}', "'score' must be a finite number"),
+    ('{"id": "b", "score": NaN}', "'score' must be a finite number"),
+    ('{"id": "b", "score": null}', "'score' must be a finite number"),
+])
+def test_a_bad_scores_line_is_refused_naming_the_file_and_line(tmp_path, bad, why):
+    path = tmp_path / "scores.jsonl"
+    path.write_text('{"id": "a", "score": 1.0}\n\n' + bad + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:3: ") + ".*" + why):
+        read_scores(path)
+    path.write_text('{"id": 7, "score": 1}\n')
+    assert read_scores(path) == {"7": 1.0}
