@@ -125,3 +125,23 @@ def test_only_admins_reach_the_admin_pages(app_and_db):
     # an admin may listen to any queued clip; nobody to a clip that is not in the queue
     assert boss.get(f"/api/clips/{clip['id']}/audio").status_code == 200
     assert boss.get("/api/clips/999/audio").status_code == 404
+
+
+def test_an_empty_transcript_is_refused_and_the_clip_stays_with_its_labeler(app_and_db):
+    from active_learning.queue.transfer import export_labeled
+
+    app, sessions = app_and_db
+    ann = signed_in(app, "ann")
+    clip = ann.post("/api/next").json()["clip"]
+    for text in ("", "   ", " \n\t "):
+        r = ann.post(f"/api/clips/{clip['id']}/submit", json={"text": text})
+        assert r.status_code == 422, (text, r.status_code)
+        assert "transcript is empty" in r.json()["detail"] and "skip" in r.json()["detail"]
+    with sessions() as db:
+        assert db.scalar(select(func.count(Label.id))) == 0
+        row = db.get(Clip, clip["id"])
+        assert row.lease_user_id == 1 and row.labels_done == 0
+    assert ann.post("/api/next").json()["clip"]["id"] == clip["id"]  # still hers to answer
+    assert ann.post(f"/api/clips/{clip['id']}/submit", json={"text": " hello "}).json()["ok"] is True
+    with sessions() as db:
+        assert [(u.id, u.text) for u in export_labeled(db)] == [(clip["utt_id"], "hello")]
