@@ -91,7 +91,8 @@ class LoopConfig:
     whose weights it starts from (its shape must be ``model``'s; empty: random). round_hours: audio
     selected per round; rounds: rounds after the seed. strategies: scorer names; seeds:
     one run per strategy and seed (the random scorer's draw and the fine-tune's seed).
-    scoring: N-best and EGL options (method and seed are set per run). speaker_decay:
+    scoring: N-best and EGL options (method and seed are set per run; nbest <= beam, and
+    the head and EGL's params are checked against ``model`` before anything trains). speaker_decay:
     selection diversity (1.0: off). labels: ``simulate`` | ``queue``; queue_db: the
     labeling queue's database URL (labels: queue)."""
 
@@ -159,6 +160,25 @@ class LoopConfig:
         except ValueError as exc:
             raise ConfigError(f"{where}.scoring: {exc}") from None
         return self
+
+
+def check_scoring_model(cfg: LoopConfig, experiment: ExperimentConfig, where: str = "config") -> None:
+    """What of ``cfg.scoring`` only the model can tell: its head exists and EGL's
+    ``params`` match parameters of it (checked on an untrained model of ``experiment``
+    now, not found out after the seed model has trained). Errors name the field."""
+    from active_learning.gradients import select_parameters
+    from asr.model import ASRModel
+
+    heads = list(experiment.heads)
+    head = cfg.scoring.head or heads[0]
+    if head not in heads:
+        raise ConfigError(f"{where}.scoring.head: {head!r} is not a head of {cfg.model} (heads: {heads})")
+    if "egl" in cfg.strategies:
+        model = ASRModel(experiment, vocab_size=32)  # parameter names do not depend on the vocabulary
+        try:
+            select_parameters(model, head, cfg.scoring.params)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.scoring.params: {exc}") from None
 
 
 def _get(obj, dotted: str):
@@ -398,6 +418,7 @@ class Loop:
         self.eval_set = EvalSet(self.data.eval)
         # read once: every round of this run trains the model configured when it started
         self.experiment = load_config(cfg.model, cfg.model_overrides)
+        check_scoring_model(cfg, self.experiment)
         self.threads = self.experiment.train.num_threads
         self.labels = (SimulatedLabels(self.data.transcripts) if cfg.labels == "simulate"
                        else QueueLabels(cfg.queue_db))

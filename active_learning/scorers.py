@@ -50,6 +50,9 @@ class ScoringConfig:
     batch_seconds: float = 30.0
 
     def __post_init__(self) -> None:
+        if not 1 <= self.nbest <= self.beam:
+            raise ValueError(f"need 1 <= nbest <= beam (the N-best list comes from a beam that wide), "
+                             f"got nbest={self.nbest}, beam={self.beam}")
         if self.egl_length_norm not in EGL_LENGTH_NORMS:
             raise ValueError(f"egl_length_norm must be one of {EGL_LENGTH_NORMS}, got {self.egl_length_norm!r}")
         if self.confidence_length_norm not in ("tokens", "none"):

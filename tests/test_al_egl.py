@@ -100,3 +100,8 @@ def test_parameter_subsets_differ_and_unknown_prefix_is_refused():
                         for n in last)
     with pytest.raises(ValueError, match="no parameters"):
         select_parameters(model, "ctc", "decoder.")
+    conformer = ASRModel(ExperimentConfig(
+        features=FeatureConfig(n_mels=20), heads={"ctc": HeadConfig()},
+        encoder=EncoderConfig(name="conformer", conv_channels=4, hidden_size=16, num_layers=1)), VOCAB)
+    with pytest.raises(ValueError, match="last_encoder_layer: .* no recurrent layers"):
+        select_parameters(conformer, "ctc", "last_encoder_layer")

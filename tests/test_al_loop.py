@@ -3,6 +3,7 @@ corpus: rounds at equal labeled hours across strategies, no clip selected twice,
 labels that are the held-back transcripts, resume after an interruption, the labeling
 queue as the label source, config errors that name the field."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,21 @@ def test_bad_config_fields_name_the_field(tmp_path, change, field):
     config, _ = write_configs(tmp_path, **change)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         Loop(load_loop_config(config), tmp_path / "run")
+
+
+@pytest.mark.parametrize("scoring, field, what", [
+    ({"nbest": 4, "beam": 3}, "scoring", "need 1 <= nbest <= beam.*nbest=4, beam=3"),
+    ({"nbest": 0, "beam": 3}, "scoring", "need 1 <= nbest <= beam.*nbest=0"),
+    ({"params": "decoder."}, "scoring.params", "no parameters .* match 'decoder.'"),
+    ({"params": "last_encoder_layer", "head": "transducer"}, "scoring.head", "'transducer' is not a head"),
+])
+def test_scoring_options_the_rounds_would_fail_on_are_refused_before_any_training(
+        tmp_path, monkeypatch, scoring, field, what):
+    config, _ = write_configs(tmp_path, scoring={"nbest": 2, "beam": 3, **scoring})
+    monkeypatch.setattr(loop_mod, "train_model", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(ConfigError, match=re.escape(f"{field}: ") + what):
+        Loop(load_loop_config(config), tmp_path / "run").run(progress=False)
+    assert not (tmp_path / "run" / "seed").exists()
 
 
 def test_a_rerun_with_another_model_config_is_refused(tmp_path):
