@@ -386,7 +386,7 @@ def score(cfg: LoopConfig, strategy: str, seed: int, model_path: Path, pool: Seq
     """Scores of the unlabeled ``pool`` by ``model_path`` (read back when ``out`` exists)."""
     import torch
 
-    from active_learning.pool import read_scores, score_pool
+    from active_learning.pool import read_scores, score_pool_file
     from active_learning.scorers import build_scorer
 
     if not out.exists():
@@ -398,10 +398,7 @@ def score(cfg: LoopConfig, strategy: str, seed: int, model_path: Path, pool: Seq
             model, _, model_cfg = load_model(model_path)
             sample_rate = model_cfg.sample_rate
         torch.set_num_threads(threads)
-        tmp = out.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            score_pool(build_scorer(model, scoring), list(pool), f, sample_rate, scoring.batch_seconds)
-        tmp.replace(out)
+        score_pool_file(build_scorer(model, scoring), list(pool), out, sample_rate, scoring.batch_seconds)
     return read_scores(out)
 
 

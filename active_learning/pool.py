@@ -55,6 +55,20 @@ def score_pool(scorer: Scorer, utts: Sequence[Utterance], out: IO[str], sample_r
     return {"scored": scored, "skipped": len(utts) - scored}
 
 
+def score_pool_file(scorer: Scorer, utts: Sequence[Utterance], path: str | Path, sample_rate: int = 16000,
+                    batch_seconds: float = 30.0, progress: bool = True) -> Dict[str, int]:
+    """:func:`score_pool` into the file ``path``: written as ``path.tmp`` and renamed once
+    every clip is scored, so a run that fails or is killed leaves an earlier ``path`` as it
+    was (and its rows so far in the ``.tmp``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        counts = score_pool(scorer, utts, out, sample_rate, batch_seconds, progress)
+    tmp.replace(path)
+    return counts
+
+
 def read_scores(path: str | Path) -> Dict[str, float]:
     """A scores file (JSON lines with ``id`` and ``score``) -> {id: score}. A line that is
     not such a row raises ValueError naming the file and line."""

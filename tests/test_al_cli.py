@@ -124,3 +124,67 @@ def test_a_bad_scores_line_is_refused_naming_the_file_and_line(tmp_path, bad, wh
         read_scores(path)
     path.write_text('{"id": 7, "score": 1}\n')
     assert read_scores(path) == {"7": 1.0}
+
+
+def test_score_refuses_bad_arguments_before_touching_out_with_a_one_line_error(tmp_path, tone_corpus, capsys):
+    model = tiny_checkpoint(tmp_path / "m" / "model.pt")
+    out = tmp_path / "scores.jsonl"
+    out.write_text('{"id": "earlier", "score": 1.0}\n')  # a scores file from an earlier run
+    base = ["score", "--corpus", "manifest", "--data", str(tone_corpus), "--method", "egl",
+            "--model", str(model), "--out", str(out), "--no-progress"]
+    cases = [
+        (["--nbest", "5", "--beam", "3"], "need 1 <= nbest <= beam"),
+        (["--params", "decoder."], "no parameters"),
+        (["--head", "transducer"], "not 'transducer'"),
+        (["--model", str(tmp_path / "no" / "model.pt")], "checkpoint not found"),
+        (["--data", str(tmp_path / "no" / "data.jsonl")], "manifest not found"),
+        (["--corpus", "an5"], "unknown corpus 'an5'"),
+        (["--corpus", "fsdd", "--data", str(tmp_path / "no")], "not found"),
+        (["--limit", "0"], "--limit must be >= 1"),
+    ]
+    for extra, why in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and why in err[0], (extra, err)
+        assert out.read_text() == '{"id": "earlier", "score": 1.0}\n', extra
+    assert main(["score", "--corpus", "manifest", "--data", str(tone_corpus), "--method", "egl",
+                 "--out", str(out)]) == 2
+    assert "--model is needed" in capsys.readouterr().err
+
+
+def test_a_scoring_run_that_fails_midway_leaves_the_earlier_scores_file(tmp_path, tone_corpus, capsys,
+                                                                       monkeypatch):
+    out = tmp_path / "scores.jsonl"
+    out.write_text('{"id": "earlier", "score": 1.0}\n')
+    monkeypatch.setattr("active_learning.scorers.RandomScorer.draw",
+                        lambda self, uid: (_ for _ in ()).throw(RuntimeError("killed")))
+    args = ["score", "--corpus", "manifest", "--data", str(tone_corpus), "--method", "random",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 2 and "error: killed" in capsys.readouterr().err
+    assert out.read_text() == '{"id": "earlier", "score": 1.0}\n'
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert sorted(r["id"] for r in read_lines(out)) == sorted(u.id for u in read_manifest(tone_corpus))
+    assert not Path(str(out) + ".tmp").exists()
+
+
+def test_score_with_limit_counts_only_the_skipped_clips_among_those_scored(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    rec = tmp_path / "fsdd" / "recordings"
+    rec.mkdir(parents=True)
+    for name in ("0_ann_0", "1_ann_0", "2_bob_0", "3_bob_0"):
+        sf.write(rec / f"{name}.wav", np.zeros(4000, dtype=np.float32) + 0.1, 8000)
+    (rec / "4_bob_0.wav").write_bytes(b"not audio")  # left out by the reader
+    (rec / "notes.wav").write_bytes(b"not a digit")  # so is this one
+
+    def score(*extra):
+        assert main(["score", "--corpus", "fsdd", "--data", str(tmp_path / "fsdd"), "--method", "random",
+                     "--out", str(tmp_path / "s.jsonl"), "--no-progress", *extra]) == 0
+        return json.loads(capsys.readouterr().out.splitlines()[-1])
+
+    whole = score()
+    assert (whole["scored"], whole["skipped"]) == (4, 2)
+    limited = score("--limit", "2")
+    assert (limited["scored"], limited["skipped"]) == (2, 0)
