@@ -139,12 +139,30 @@ def test_resume_after_a_kill_continues_and_matches_an_uninterrupted_run(tmp_path
         [u.id for u in read_manifest(tmp_path / "straight" / "runs" / "random" / "seed0" / "round2" / "selected.jsonl")]
 
 
-def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
+def answer_the_queue(loop, truth, suffix="", flag=()):
+    """A labeler answers every clip the queue offers: flags those in ``flag``, labels the
+    others with their true transcript (upper case, plus ``suffix``). Returns how many."""
     from sqlalchemy import select
 
     from active_learning.queue import auth
-    from active_learning.queue.leases import submit, take_next
+    from active_learning.queue.leases import flag as flag_clip, submit, take_next
 
+    with loop.labels.sessions() as db:
+        if db.scalar(select(auth.User).where(auth.User.name == "ann")) is None:
+            auth.add_user(db, "ann", "correct horse battery", "labeler")
+        user = db.scalar(select(auth.User).where(auth.User.name == "ann"))
+        n = 0
+        while (clip := take_next(db, user.id, 60.0)) is not None:
+            if clip.utt_id in flag:
+                flag_clip(db, user.id, clip.id, "no speech")
+            else:
+                submit(db, user.id, clip.id, truth[clip.utt_id].upper() + suffix)
+            n += 1
+        db.commit()
+    return n
+
+
+def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
     db_url = f"sqlite:///{tmp_path / 'queue.db'}"
     config, pool = write_configs(tmp_path, labels="queue", queue_db=db_url, rounds=1, strategies=["random"])
     out = tmp_path / "run"
@@ -154,16 +172,7 @@ def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
     truth = {u.id: u.text for u in read_manifest(pool)}
 
     def label_everything(suffix=""):
-        with loop.labels.sessions() as db:
-            if db.scalar(select(auth.User).where(auth.User.name == "ann")) is None:
-                auth.add_user(db, "ann", "correct horse battery", "labeler")
-            user = db.scalar(select(auth.User).where(auth.User.name == "ann"))
-            n = 0
-            while (clip := take_next(db, user.id, 60.0)) is not None:
-                submit(db, user.id, clip.id, truth[clip.utt_id].upper() + suffix)
-                n += 1
-            db.commit()
-        return n
+        return answer_the_queue(loop, truth, suffix)
 
     assert label_everything() > 0  # the seed set
     loop.run(progress=False)  # round 1 selects, queues and waits
@@ -175,6 +184,36 @@ def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
     labeled = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "labeled.jsonl")
     new = {u.id: u.text for u in labeled[-len(queued):]}
     assert new == {u.id: truth[u.id].upper() + " X" for u in queued}  # the people's labels
+
+
+def test_clips_flagged_in_the_queue_count_as_answered_and_are_left_out(tmp_path, caplog):
+    db_url = f"sqlite:///{tmp_path / 'queue.db'}"
+    config, pool = write_configs(tmp_path, labels="queue", queue_db=db_url, rounds=1, strategies=["random"])
+    out = tmp_path / "run"
+    loop = Loop(load_loop_config(config), out)
+    truth = {u.id: u.text for u in read_manifest(pool)}
+    with pytest.raises(SystemExit, match="waiting for labels"):
+        loop.run(progress=False)
+    drawn = loop_mod.draw_hours(loop.data.pool, loop.cfg.seed_hours, loop.cfg.seed_set_seed)
+    assert len(drawn) >= 2
+    answer_the_queue(loop, truth, flag={drawn[0].id})
+    loop.run(progress=False)  # the seed set is answered: round 1 selects, queues and waits
+    selected = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "selected.jsonl")
+    assert len(selected) >= 2
+    caplog.clear()
+    answer_the_queue(loop, truth, flag={selected[-1].id})
+    with caplog.at_level("WARNING", logger="active_learning.loop"):
+        rows = loop.run(progress=False)
+    assert [r["round"] for r in rows] == [0, 1]
+    assert f"1 of {len(selected)} clips were flagged in the queue and are left out: {selected[-1].id}" \
+        in caplog.text
+    seed_set = read_manifest(out / "seed" / "seed_set.jsonl")
+    assert [u.id for u in seed_set] == [u.id for u in drawn[1:]]
+    labeled = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "labeled.jsonl")
+    assert [u.id for u in labeled] == [u.id for u in drawn[1:] + selected[:-1]]
+    assert all(u.text == truth[u.id].upper() for u in labeled)
+    assert (rows[1]["selected_clips"], rows[1]["dropped_clips"], rows[1]["labeled_clips"]) == \
+        (len(selected), 1, len(labeled))
 
 
 @pytest.mark.parametrize("change, field", [

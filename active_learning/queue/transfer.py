@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
-from sqlalchemy import false, select
+from sqlalchemy import false, select, true
 from sqlalchemy.orm import Session
 
 from active_learning.queue.models import Clip, Label, User
@@ -58,6 +58,12 @@ def import_candidates(db: Session, utts: Sequence[Utterance], scores: Optional[D
         added += 1
     db.flush()
     return {"added": added, "already_queued": len(utts) - added, "unscored": unscored}
+
+
+def flagged_ids(db: Session, utt_ids: Iterable[str]) -> Set[str]:
+    """Those of ``utt_ids`` whose clip was flagged: out of the queue, never to be labeled."""
+    wanted = set(utt_ids)
+    return {i for i in db.scalars(select(Clip.utt_id).where(Clip.flagged == true())) if i in wanted}
 
 
 def normalize(text: str) -> str:
