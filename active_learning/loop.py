@@ -33,9 +33,9 @@ scorers and the selection and given back only for the selected clips. With
 ``labels: queue`` the selected clips go into the labeling queue's database
 (:func:`active_learning.queue.transfer.import_candidates`) and the loop stops until they
 come back labeled (:func:`~active_learning.queue.transfer.export_labeled`); rerun it then.
-A clip flagged in the queue will never be labeled: it counts as answered, is left out of
-the labeled set and logged, and a round's ``dropped_clips`` counts its selected clips
-that came back so.
+A clip flagged in the queue, or refused by it because its audio cannot be read, will never
+be labeled: it counts as answered, is left out of the labeled set and logged, and a round's
+``dropped_clips`` counts its selected clips that came back so.
 """
 from __future__ import annotations
 
@@ -240,8 +240,8 @@ class QueueLabels:
     """Labels from people, through the labeling queue: the clips are imported into its
     database (once) and read back once every one of them is answered; until then
     ``label`` returns None and the loop stops (rerun it when the labeling is done). A
-    clip flagged in the queue counts as answered: it is left out of the labels returned,
-    and logged."""
+    clip flagged in the queue, or not queued because its audio cannot be read, counts as
+    answered: it is left out of the labels returned, and logged."""
 
     def __init__(self, db_url: str) -> None:
         from active_learning.queue.db import make_engine, migrate, session_factory
@@ -251,7 +251,7 @@ class QueueLabels:
         self.sessions = session_factory(engine)
 
     def label(self, utts: Sequence[Utterance], run_dir: Path) -> Optional[List[Utterance]]:
-        from active_learning.queue.transfer import export_labeled, flagged_ids, import_candidates
+        from active_learning.queue.transfer import export_labeled, import_candidates, never_labeled
 
         with self.sessions() as db:
             counts = import_candidates(db, utts)  # clips already queued are left alone
@@ -259,15 +259,16 @@ class QueueLabels:
             if counts["added"]:
                 log.info("%s: %d clips sent to the labeling queue", run_dir, counts["added"])
             labeled = {u.id: u for u in export_labeled(db, complete_only=True)}
-            flagged = flagged_ids(db, (u.id for u in utts))
-        missing = [u.id for u in utts if u.id not in labeled and u.id not in flagged]
+            dropped = never_labeled(db, (u.id for u in utts))
+        missing = [u.id for u in utts if u.id not in labeled and u.id not in dropped]
         if missing:
             log.warning("%s: waiting for %d of %d clips to be labeled in the queue; rerun when done",
                         run_dir, len(missing), len(utts))
             return None
-        if flagged:
-            log.warning("%s: %d of %d clips were flagged in the queue and are left out: %s",
-                        run_dir, len(flagged), len(utts), ", ".join(sorted(flagged)))
+        if dropped:
+            log.warning("%s: %d of %d clips will not be labeled (flagged in the queue, or not queued: "
+                        "unreadable audio) and are left out: %s", run_dir, len(dropped), len(utts),
+                        ", ".join(f"{i} ({why})" for i, why in sorted(dropped.items())))
         return [dataclasses.replace(u, text=labeled[u.id].text, meta={**u.meta, **labeled[u.id].meta})
                 for u in utts if u.id in labeled]
 
@@ -522,7 +523,7 @@ class Loop:
         row = {"strategy": strategy, "seed": seed, "round": r,
                "labeled_hours": hours(labeled_now), "labeled_clips": len(labeled_now),
                "selected_hours": hours(selected), "selected_clips": len(selected),
-               # selected clips that came back without a label (flagged in the queue)
+               # selected clips that came back without a label (flagged, or unreadable audio)
                "dropped_clips": len(selected) - (len(labeled_now) - len(labeled)),
                **self.eval_set.evaluate(model, d / "eval.json"), "train_steps": f.steps}
         _write_json(state, row)

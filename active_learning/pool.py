@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from active_learning.scorers import Scorer
-from asr.data import DurationBatchSampler, Utterance, UtteranceDataset, collate
+from asr.data import DurationBatchSampler, Utterance, UtteranceDataset, collate, readable_audio
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,9 @@ def score_batches(scorer: Scorer, utts: Sequence[Utterance], sample_rate: int,
     """Yield, batch by batch, ``{"id", "score"}`` rows of the clips whose audio loads
     (the others are logged with their path and skipped)."""
     if not scorer.needs_audio:
+        # nothing is decoded, but clips whose audio cannot be read are skipped all the same
+        # (their header is read), so every strategy draws from the same pool
+        utts, _ = readable_audio(utts)
         for start in range(0, len(utts), 256):
             ids = [u.id for u in utts[start:start + 256]]
             yield [{"id": i, "score": s} for i, s in zip(ids, scorer.score(ids, None, None))]

@@ -97,15 +97,19 @@ def test_pool_scores_are_written_as_each_batch_finishes(tmp_path, tone_corpus):
     assert len(buf.getvalue().splitlines()) == len(utts)
 
 
-def test_unreadable_clip_is_skipped_and_counted(tmp_path, tone_corpus):
+@pytest.mark.parametrize("method", ["confidence", "random"])
+def test_unreadable_clip_is_skipped_and_counted(tmp_path, tone_corpus, method):
+    """By every scorer, the random one too (which never decodes): all draw from one pool."""
     utts = read_manifest(tone_corpus)
     Path(utts[3].audio).write_bytes(b"not audio")
+    Path(utts[5].audio).unlink()
     model = tiny_checkpoint(tmp_path / "m" / "model.pt")
     from asr.checkpoint import load_model
-    scorer = build_scorer(load_model(model)[0], ScoringConfig(method="confidence", nbest=2, beam=2))
+    scorer = build_scorer(load_model(model)[0], ScoringConfig(method=method, nbest=2, beam=2))
     buf = io.StringIO()
-    assert score_pool(scorer, utts, buf, progress=False) == {"scored": len(utts) - 1, "skipped": 1}
-    assert utts[3].id not in buf.getvalue()
+    assert score_pool(scorer, utts, buf, progress=False) == {"scored": len(utts) - 2, "skipped": 2}
+    assert sorted(r["id"] for r in map(json.loads, buf.getvalue().splitlines())) == \
+        sorted(u.id for i, u in enumerate(utts) if i not in (3, 5))
 
 
 @pytest.mark.parametrize("bad, why", [

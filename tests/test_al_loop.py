@@ -186,17 +186,27 @@ def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
     assert new == {u.id: truth[u.id].upper() + " X" for u in queued}  # the people's labels
 
 
-def test_clips_flagged_in_the_queue_count_as_answered_and_are_left_out(tmp_path, caplog):
+def test_clips_flagged_in_the_queue_or_unreadable_count_as_answered_and_are_left_out(tmp_path, caplog):
     db_url = f"sqlite:///{tmp_path / 'queue.db'}"
-    config, pool = write_configs(tmp_path, labels="queue", queue_db=db_url, rounds=1, strategies=["random"])
+    config, pool = write_configs(tmp_path, labels="queue", queue_db=db_url, rounds=1, strategies=["random"],
+                                 seed_hours=2.5 / 3600)
     out = tmp_path / "run"
     loop = Loop(load_loop_config(config), out)
     truth = {u.id: u.text for u in read_manifest(pool)}
+    drawn = loop_mod.draw_hours(loop.data.pool, loop.cfg.seed_hours, loop.cfg.seed_set_seed)
+    assert len(drawn) >= 3
+    Path(drawn[1].audio).write_bytes(b"not audio")  # the queue cannot take it
     with pytest.raises(SystemExit, match="waiting for labels"):
         loop.run(progress=False)
-    drawn = loop_mod.draw_hours(loop.data.pool, loop.cfg.seed_hours, loop.cfg.seed_set_seed)
-    assert len(drawn) >= 2
+    caplog.clear()
     answer_the_queue(loop, truth, flag={drawn[0].id})
+    with caplog.at_level("WARNING", logger="active_learning.loop"):
+        loop.run(progress=False)  # the seed set is answered: round 1 selects, queues and waits
+    assert f"2 of {len(drawn)} clips will not be labeled" in caplog.text
+    assert f"{drawn[0].id} (flagged)" in caplog.text and f"{drawn[1].id} (not queued)" in caplog.text
+    scored = [json.loads(l)["id"] for l in
+              (out / "runs" / "random" / "seed0" / "round1" / "scores.jsonl").read_text().splitlines()]
+    assert drawn[1].id not in scored and drawn[0].id in scored  # the unreadable clip is not a candidate
     loop.run(progress=False)  # the seed set is answered: round 1 selects, queues and waits
     selected = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "selected.jsonl")
     assert len(selected) >= 2
@@ -205,12 +215,12 @@ def test_clips_flagged_in_the_queue_count_as_answered_and_are_left_out(tmp_path,
     with caplog.at_level("WARNING", logger="active_learning.loop"):
         rows = loop.run(progress=False)
     assert [r["round"] for r in rows] == [0, 1]
-    assert f"1 of {len(selected)} clips were flagged in the queue and are left out: {selected[-1].id}" \
-        in caplog.text
+    assert f"1 of {len(selected)} clips will not be labeled" in caplog.text
+    assert f"are left out: {selected[-1].id} (flagged)" in caplog.text
     seed_set = read_manifest(out / "seed" / "seed_set.jsonl")
-    assert [u.id for u in seed_set] == [u.id for u in drawn[1:]]
+    assert [u.id for u in seed_set] == [u.id for u in drawn[2:]]
     labeled = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "labeled.jsonl")
-    assert [u.id for u in labeled] == [u.id for u in drawn[1:] + selected[:-1]]
+    assert [u.id for u in labeled] == [u.id for u in drawn[2:] + selected[:-1]]
     assert all(u.text == truth[u.id].upper() for u in labeled)
     assert (rows[1]["selected_clips"], rows[1]["dropped_clips"], rows[1]["labeled_clips"]) == \
         (len(selected), 1, len(labeled))
