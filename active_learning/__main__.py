@@ -1,10 +1,12 @@
 """Command line: ``python -m active_learning {score,select,simulate,loop,queue}``.
 
-score: one JSON line per clip, ``{"id", "score"}`` (higher = more worth labeling),
-written as batches finish into ``OUT.tmp``, renamed to ``OUT`` once all are scored (the
-arguments are checked first: a refused run leaves an existing ``OUT`` alone). select: the chosen clips as a manifest (the labeling queue),
-each with ``meta.al_score``; a JSON summary on stdout. simulate: the active-learning loop
-with the pool's own transcripts as labels, for several strategies and seeds (results.jsonl,
+score: one JSON line per clip, ``{"id", "score"}`` (higher = more worth labeling), plus
+``"hypothesis"`` (the best hypothesis's text) from the scorers that decode, written as
+batches finish into ``OUT.tmp``, renamed to ``OUT`` once all are scored (the arguments are
+checked first: a refused run leaves an existing ``OUT`` alone). select: the chosen clips as
+a manifest (the labeling queue), each with ``meta.al_score`` and, where its score row has
+one, ``meta.hypothesis``; a JSON summary on stdout. simulate: the active-learning loop with
+the pool's own transcripts as labels, for several strategies and seeds (results.jsonl,
 results.md and a plot in --out). loop: the same loop labeled by people through the queue
 (it stops until the selected clips are labeled; rerun it then). queue: the labeling queue web app
 and its database (``queue --help``).
@@ -36,15 +38,15 @@ def _score(args) -> int:
                         params=args.params, egl_length_norm=args.egl_length_norm,
                         confidence_length_norm=args.confidence_length_norm, seed=args.seed,
                         batch_seconds=args.batch_seconds)
-    model, sample_rate = None, 16000
+    model, tokenizer, sample_rate = None, None, 16000
     if args.method != "random":
         if not args.model:
             raise ValueError(f"--model is needed for --method {args.method}")
         from asr.checkpoint import load_model
 
-        model, _, model_cfg = load_model(args.model)
+        model, tokenizer, model_cfg = load_model(args.model)
         sample_rate = model_cfg.sample_rate
-    scorer = build_scorer(model, cfg)
+    scorer = build_scorer(model, cfg, tokenizer)
     corpus = load_corpus(args.corpus, args.data, split=args.split)
     utts = corpus[: args.limit] if args.limit else list(corpus)
     counts = score_pool_file(scorer, utts, args.out, sample_rate, cfg.batch_seconds,
@@ -56,22 +58,19 @@ def _score(args) -> int:
 
 
 def _select(args) -> int:
-    from active_learning.pool import read_scores
+    from active_learning.pool import read_score_rows, selected_for_labeling
     from active_learning.select import SelectionConfig, select_clips
     from asr.corpora import load_corpus
+    from asr.data import write_manifest
 
-    scores = read_scores(args.scores)
+    rows = read_score_rows(args.scores)
     utts = load_corpus(args.corpus, args.data, split=args.split)
-    chosen = select_clips(utts, scores, SelectionConfig(hours=args.hours,
-                                                        speaker_decay=args.speaker_decay))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as out:
-        for u, s in chosen:
-            u.meta = {**u.meta, "al_score": s}
-            out.write(u.to_json() + "\n")
+    chosen = select_clips(utts, {uid: r["score"] for uid, r in rows.items()},
+                          SelectionConfig(hours=args.hours, speaker_decay=args.speaker_decay))
+    write_manifest(selected_for_labeling(chosen, rows), args.out)
     print(json.dumps({"out": args.out, "selected": len(chosen),
                       "hours": round(sum(u.duration for u, _ in chosen) / 3600.0, 4),
-                      "budget_hours": args.hours, "candidates": len(scores)}))
+                      "budget_hours": args.hours, "candidates": len(rows)}))
     return 0
 
 
@@ -102,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="corpus directory or manifest")
     s.add_argument("--split")
     s.add_argument("--method", required=True, choices=SCORERS.names())
-    s.add_argument("--out", required=True, help="JSON lines: id, score")
+    s.add_argument("--out", required=True, help="JSON lines: id, score (and hypothesis, but from random)")
     s.add_argument("--head", help="model head (default: the first)")
     s.add_argument("--nbest", type=int, default=4)
     s.add_argument("--beam", type=int, default=8)

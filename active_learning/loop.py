@@ -31,7 +31,8 @@ affordable stand-in. ``finetune.init: previous`` continues from the previous rou
 Labels: in simulation (``labels: simulate``) the pool's transcripts are held back from the
 scorers and the selection and given back only for the selected clips. With
 ``labels: queue`` the selected clips go into the labeling queue's database
-(:func:`active_learning.queue.transfer.import_candidates`) and the loop stops until they
+(:func:`active_learning.queue.transfer.import_candidates`, with the scorer's best
+hypothesis as ``meta.hypothesis`` for the labeler to correct) and the loop stops until they
 come back labeled (:func:`~active_learning.queue.transfer.export_labeled`); rerun it then.
 A clip flagged in the queue, or refused by it because its audio cannot be read, will never
 be labeled: it counts as answered, is left out of the labeled set and logged, and a round's
@@ -54,6 +55,7 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 from tqdm import tqdm
 
+from active_learning.pool import selected_for_labeling
 from active_learning.scorers import SCORERS, ScoringConfig
 from active_learning.select import SelectionConfig, select_clips
 from asr.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_config, to_dict
@@ -392,24 +394,26 @@ class EvalSet:
 
 
 def score(cfg: LoopConfig, strategy: str, seed: int, model_path: Path, pool: Sequence[Utterance],
-          out: Path, threads: int) -> Dict[str, float]:
-    """Scores of the unlabeled ``pool`` by ``model_path`` (read back when ``out`` exists)."""
+          out: Path, threads: int) -> Dict[str, Dict]:
+    """The unlabeled ``pool`` scored by ``model_path``: {id: scores row (``score``, and
+    ``hypothesis`` from scorers that decode)}, read back when ``out`` exists."""
     import torch
 
-    from active_learning.pool import read_scores, score_pool_file
+    from active_learning.pool import read_score_rows, score_pool_file
     from active_learning.scorers import build_scorer
 
     if not out.exists():
         scoring = dataclasses.replace(cfg.scoring, method=strategy, seed=seed)
-        model, sample_rate = None, 16000
+        model, tokenizer, sample_rate = None, None, 16000
         if strategy != "random":
             from asr.checkpoint import load_model
 
-            model, _, model_cfg = load_model(model_path)
+            model, tokenizer, model_cfg = load_model(model_path)
             sample_rate = model_cfg.sample_rate
         torch.set_num_threads(threads)
-        score_pool_file(build_scorer(model, scoring), list(pool), out, sample_rate, scoring.batch_seconds)
-    return read_scores(out)
+        score_pool_file(build_scorer(model, scoring, tokenizer), list(pool), out, sample_rate,
+                        scoring.batch_seconds)
+    return read_score_rows(out)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -498,13 +502,13 @@ class Loop:
             # model scorers are deterministic: score once, under seed/
             shared = r == 1 and strategy != "random"
             scores_path = self.out / "seed" / f"scores_{strategy}.jsonl" if shared else d / "scores.jsonl"
-            scores = score(cfg, strategy, seed, prev_model, unlabeled, scores_path, self.threads)
+            rows = score(cfg, strategy, seed, prev_model, unlabeled, scores_path, self.threads)
             if shared:
                 shutil.copyfile(scores_path, d / "scores.jsonl")  # each round keeps its scores
-            chosen = select_clips(unlabeled, scores, SelectionConfig(cfg.round_hours, cfg.speaker_decay))
-            for u, s in chosen:
-                u.meta = {**u.meta, "al_score": s}
-            write_manifest([u for u, _ in chosen], selected_path)
+            chosen = select_clips(unlabeled, {uid: r["score"] for uid, r in rows.items()},
+                                  SelectionConfig(cfg.round_hours, cfg.speaker_decay))
+            # meta.al_score and meta.hypothesis: the queue's priority and the labeler's start
+            write_manifest(selected_for_labeling(chosen, rows), selected_path)
         selected = read_manifest(selected_path)
         labeled_path = d / "labeled.jsonl"
         if not labeled_path.exists():

@@ -46,7 +46,8 @@ def test_score_cli_writes_one_json_line_per_clip_then_select(tmp_path, tone_corp
     assert proc.returncode == 0, proc.stderr
     assert "scoring" in proc.stderr  # the tqdm progress bar
     rows = read_lines(out)
-    assert sorted(r["id"] for r in rows) == sorted(ids) and all(set(r) == {"id", "score"} for r in rows)
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    assert all(set(r) == {"id", "score", "hypothesis"} for r in rows)
     assert all(isinstance(r["score"], float) and r["score"] > 0 for r in rows)
     assert json.loads(proc.stdout.splitlines()[-1])["scored"] == len(ids)
 
@@ -57,6 +58,8 @@ def test_score_cli_writes_one_json_line_per_clip_then_select(tmp_path, tone_corp
         assert main(args + ([] if method == "random" else ["--model", str(model)])) == 0
         got = read_lines(path)
         assert sorted(r["id"] for r in got) == sorted(ids) and all(r["score"] >= 0 for r in got)
+        # the scorers that decode give their best hypothesis; random decodes nothing
+        assert all(("hypothesis" in r) == (method != "random") for r in got)
 
     queue = tmp_path / "queue.jsonl"
     assert main(["select", "--scores", str(out), "--corpus", "manifest", "--data", str(tone_corpus),
@@ -66,6 +69,46 @@ def test_score_cli_writes_one_json_line_per_clip_then_select(tmp_path, tone_corp
     by_id = {r["id"]: r["score"] for r in rows}
     assert all(u.meta["al_score"] == by_id[u.id] for u in chosen)
     assert chosen[0].meta["al_score"] == max(by_id.values())
+    assert all(u.meta["hypothesis"] == r["hypothesis"] for u in chosen for r in rows if r["id"] == u.id)
+
+
+def test_score_select_import_and_the_labeler_is_served_the_models_hypothesis(tmp_path, tone_corpus, capsys):
+    """End to end: ``score`` (a decoding scorer) -> ``select`` -> ``queue import`` -> the
+    clip the app gives a labeler carries the model's best hypothesis to correct."""
+    from fastapi.testclient import TestClient
+
+    from active_learning.queue import auth
+    from active_learning.queue.app import create_app
+    from active_learning.queue.config import QueueConfig
+    from active_learning.queue.db import make_engine, session_factory
+    from queue_helpers import PASSWORD
+
+    model = tiny_checkpoint(tmp_path / "m" / "model.pt")
+    scores, selected = tmp_path / "scores.jsonl", tmp_path / "selected.jsonl"
+    db = f"sqlite:///{tmp_path / 'queue.db'}"
+    assert main(["score", "--model", str(model), "--corpus", "manifest", "--data", str(tone_corpus),
+                 "--method", "confidence", "--nbest", "2", "--beam", "3", "--out", str(scores),
+                 "--no-progress"]) == 0
+    hypotheses = {r["id"]: r["hypothesis"] for r in read_lines(scores)}
+    assert all(hypotheses.values())  # the untrained model does say something
+    assert main(["select", "--scores", str(scores), "--corpus", "manifest", "--data", str(tone_corpus),
+                 "--hours", str(2.5 / 3600), "--out", str(selected)]) == 0
+    chosen = [u.id for u in read_manifest(selected)]
+    assert chosen
+    assert main(["queue", "init-db", "--db", db]) == 0
+    assert main(["queue", "import", "--db", db, str(selected)]) == 0
+    with session_factory(make_engine(db))() as s:
+        auth.add_user(s, "ann", PASSWORD)
+        s.commit()
+    capsys.readouterr()
+
+    labeler = TestClient(create_app(QueueConfig(database_url=db)))
+    assert labeler.post("/login", data={"name": "ann", "password": PASSWORD}).status_code == 200
+    served = {}
+    while (clip := labeler.post("/api/next").json()["clip"]) is not None:
+        served[clip["utt_id"]] = clip["hypothesis"]
+        assert labeler.post(f"/api/clips/{clip['id']}/submit", json={"text": "yes"}).json()["ok"]
+    assert served == {uid: hypotheses[uid] for uid in chosen}
 
 
 class FailingSecondBatch:
@@ -76,11 +119,11 @@ class FailingSecondBatch:
     def __init__(self):
         self.calls = 0
 
-    def score(self, ids, waves, wave_lens):
+    def rows(self, ids, waves, wave_lens):
         self.calls += 1
         if self.calls == 2:
             raise RuntimeError("killed")
-        return [float(n) for n in wave_lens]
+        return [{"id": i, "score": float(n)} for i, n in zip(ids, wave_lens)]
 
 
 def test_pool_scores_are_written_as_each_batch_finishes(tmp_path, tone_corpus):
@@ -120,6 +163,7 @@ def test_unreadable_clip_is_skipped_and_counted(tmp_path, tone_corpus, method):
     ('{"id": "b", "score": "high"}', "'score' must be a finite number"),
     ('{"id": "b", "score": NaN}', "'score' must be a finite number"),
     ('{"id": "b", "score": null}', "'score' must be a finite number"),
+    ('{"id": "b", "score": 1, "hypothesis": ["b"]}', "'hypothesis' must be text"),
 ])
 def test_a_bad_scores_line_is_refused_naming_the_file_and_line(tmp_path, bad, why):
     path = tmp_path / "scores.jsonl"

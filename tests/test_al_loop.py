@@ -163,8 +163,12 @@ def answer_the_queue(loop, truth, suffix="", flag=()):
 
 
 def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
+    from sqlalchemy import select
+
+    from active_learning.queue.models import Clip
+
     db_url = f"sqlite:///{tmp_path / 'queue.db'}"
-    config, pool = write_configs(tmp_path, labels="queue", queue_db=db_url, rounds=1, strategies=["random"])
+    config, pool = write_configs(tmp_path, labels="queue", queue_db=db_url, rounds=1, strategies=["egl"])
     out = tmp_path / "run"
     with pytest.raises(SystemExit, match="waiting for labels"):
         main(["loop", "--config", str(config), "--out", str(out), "--no-progress"])
@@ -176,12 +180,20 @@ def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
 
     assert label_everything() > 0  # the seed set
     loop.run(progress=False)  # round 1 selects, queues and waits
-    assert not (out / "runs" / "random" / "seed0" / "round1" / "state.json").exists()
-    queued = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "selected.jsonl")
+    assert not (out / "runs" / "egl" / "seed0" / "round1" / "state.json").exists()
+    queued = read_manifest(out / "runs" / "egl" / "seed0" / "round1" / "selected.jsonl")
+    # the labeler starts from the scorer's best hypothesis, carried from the scores to the queue
+    scores = {json.loads(l)["id"]: json.loads(l) for l in
+              (out / "runs" / "egl" / "seed0" / "round1" / "scores.jsonl").read_text().splitlines()}
+    with loop.labels.sessions() as db:
+        in_queue = dict(db.execute(select(Clip.utt_id, Clip.hypothesis)).all())
+    assert all(scores[u.id]["hypothesis"] for u in queued)
+    assert {u.id: in_queue[u.id] for u in queued} == {u.id: scores[u.id]["hypothesis"] for u in queued} \
+        == {u.id: u.meta["hypothesis"] for u in queued}
     assert label_everything(" X") == len(queued)
     rows = loop.run(progress=False)
     assert [r["round"] for r in rows] == [0, 1]
-    labeled = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "labeled.jsonl")
+    labeled = read_manifest(out / "runs" / "egl" / "seed0" / "round1" / "labeled.jsonl")
     new = {u.id: u.text for u in labeled[-len(queued):]}
     assert new == {u.id: truth[u.id].upper() + " X" for u in queued}  # the people's labels
 
