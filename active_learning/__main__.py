@@ -1,12 +1,18 @@
 """Command line: ``python -m active_learning {score,select,simulate,loop,queue}``.
 
-score: one JSON line per clip, ``{"id", "score"}`` (higher = more worth labeling),
-written as batches finish. select: the chosen clips as a manifest (the labeling queue),
-each with ``meta.al_score``; a JSON summary on stdout. simulate: the active-learning loop
-with the pool's own transcripts as labels, for several strategies and seeds (results.jsonl,
+score: one JSON line per clip, ``{"id", "score"}`` (higher = more worth labeling), plus
+``"hypothesis"`` (the best hypothesis's text) from the scorers that decode, written as
+batches finish into ``OUT.tmp``, renamed to ``OUT`` once all are scored (the arguments are
+checked first: a refused run leaves an existing ``OUT`` alone). select: the chosen clips as
+a manifest (the labeling queue), each with ``meta.al_score`` and, where its score row has
+one, ``meta.hypothesis``; a JSON summary on stdout. simulate: the active-learning loop with
+the pool's own transcripts as labels, for several strategies and seeds (results.jsonl,
 results.md and a plot in --out). loop: the same loop labeled by people through the queue
 (it stops until the selected clips are labeled; rerun it then). queue: the labeling queue web app
 and its database (``queue --help``).
+
+Known errors (a missing checkpoint, data folder or manifest, an unknown corpus, a bad
+argument or config field) end the command with one line ``error: ...`` and exit status 2.
 """
 from __future__ import annotations
 
@@ -20,52 +26,51 @@ from pathlib import Path
 def _score(args) -> int:
     import torch
 
-    from active_learning.pool import score_pool
+    from active_learning.pool import score_pool_file
     from active_learning.scorers import ScoringConfig, build_scorer
     from asr.corpora import load_corpus
 
+    # everything that can refuse the arguments runs before --out is touched
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     torch.set_num_threads(args.threads)
     cfg = ScoringConfig(method=args.method, head=args.head, nbest=args.nbest, beam=args.beam,
                         params=args.params, egl_length_norm=args.egl_length_norm,
                         confidence_length_norm=args.confidence_length_norm, seed=args.seed,
                         batch_seconds=args.batch_seconds)
-    model, sample_rate = None, 16000
+    model, tokenizer, sample_rate = None, None, 16000
     if args.method != "random":
         if not args.model:
-            raise SystemExit(f"--model is needed for --method {args.method}")
+            raise ValueError(f"--model is needed for --method {args.method}")
         from asr.checkpoint import load_model
 
-        model, _, model_cfg = load_model(args.model)
+        model, tokenizer, model_cfg = load_model(args.model)
         sample_rate = model_cfg.sample_rate
-    scorer = build_scorer(model, cfg)
+    scorer = build_scorer(model, cfg, tokenizer)
     corpus = load_corpus(args.corpus, args.data, split=args.split)
     utts = corpus[: args.limit] if args.limit else list(corpus)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as out:
-        counts = score_pool(scorer, utts, out, sample_rate, cfg.batch_seconds,
-                            progress=not args.no_progress)
-    counts["skipped"] += len(corpus.rejected)
+    counts = score_pool_file(scorer, utts, args.out, sample_rate, cfg.batch_seconds,
+                             progress=not args.no_progress)
+    if not args.limit:  # the entries the corpus reader left out; with --limit, only its clips count
+        counts["skipped"] += len(corpus.rejected)
     print(json.dumps({"out": args.out, "method": args.method, **counts}))
     return 0
 
 
 def _select(args) -> int:
-    from active_learning.pool import read_scores
+    from active_learning.pool import read_score_rows, selected_for_labeling
     from active_learning.select import SelectionConfig, select_clips
     from asr.corpora import load_corpus
+    from asr.data import write_manifest
 
-    scores = read_scores(args.scores)
+    rows = read_score_rows(args.scores)
     utts = load_corpus(args.corpus, args.data, split=args.split)
-    chosen = select_clips(utts, scores, SelectionConfig(hours=args.hours,
-                                                        speaker_decay=args.speaker_decay))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as out:
-        for u, s in chosen:
-            u.meta = {**u.meta, "al_score": s}
-            out.write(u.to_json() + "\n")
+    chosen = select_clips(utts, {uid: r["score"] for uid, r in rows.items()},
+                          SelectionConfig(hours=args.hours, speaker_decay=args.speaker_decay))
+    write_manifest(selected_for_labeling(chosen, rows), args.out)
     print(json.dumps({"out": args.out, "selected": len(chosen),
                       "hours": round(sum(u.duration for u, _ in chosen) / 3600.0, 4),
-                      "budget_hours": args.hours, "candidates": len(scores)}))
+                      "budget_hours": args.hours, "candidates": len(rows)}))
     return 0
 
 
@@ -96,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="corpus directory or manifest")
     s.add_argument("--split")
     s.add_argument("--method", required=True, choices=SCORERS.names())
-    s.add_argument("--out", required=True, help="JSON lines: id, score")
+    s.add_argument("--out", required=True, help="JSON lines: id, score (and hypothesis, but from random)")
     s.add_argument("--head", help="model head (default: the first)")
     s.add_argument("--nbest", type=int, default=4)
     s.add_argument("--beam", type=int, default=8)
@@ -106,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--confidence-length-norm", default="tokens", choices=("tokens", "none"))
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-seconds", type=float, default=30.0)
-    s.add_argument("--limit", type=int, help="score only the first N clips")
+    s.add_argument("--limit", type=int, help="score only the first N clips the corpus reader kept "
+                   "(skipped then counts only those of them that could not be scored)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_score)
@@ -142,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:  # as `python -m asr` does
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -33,7 +33,10 @@ PARAMETER_SUBSETS = ("all", "head", "last_encoder_layer")
 def last_encoder_layer_prefixes(model: nn.Module) -> List[str]:
     """Name prefixes of the encoder's last recurrent layer (both directions) and of the
     lookahead convolution after it, if any."""
-    rnn = model.encoder.rnn
+    rnn = getattr(model.encoder, "rnn", None)
+    if rnn is None:
+        raise ValueError(f"last_encoder_layer: the {type(model.encoder).__name__} has no recurrent "
+                         "layers; give comma-separated name prefixes instead")
     last = len(rnn.forward_layers) - 1
     prefixes = [f"encoder.rnn.forward_layers.{last}."]
     if rnn.backward_layers is not None:

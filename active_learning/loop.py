@@ -31,8 +31,12 @@ affordable stand-in. ``finetune.init: previous`` continues from the previous rou
 Labels: in simulation (``labels: simulate``) the pool's transcripts are held back from the
 scorers and the selection and given back only for the selected clips. With
 ``labels: queue`` the selected clips go into the labeling queue's database
-(:func:`active_learning.queue.transfer.import_candidates`) and the loop stops until they
+(:func:`active_learning.queue.transfer.import_candidates`, with the scorer's best
+hypothesis as ``meta.hypothesis`` for the labeler to correct) and the loop stops until they
 come back labeled (:func:`~active_learning.queue.transfer.export_labeled`); rerun it then.
+A clip flagged in the queue, or refused by it because its audio cannot be read, will never
+be labeled: it counts as answered, is left out of the labeled set and logged, and a round's
+``dropped_clips`` counts its selected clips that came back so.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 from tqdm import tqdm
 
+from active_learning.pool import selected_for_labeling
 from active_learning.scorers import SCORERS, ScoringConfig
 from active_learning.select import SelectionConfig, select_clips
 from asr.config import ConfigError, ExperimentConfig, apply_overrides, from_dict, load_config, to_dict
@@ -91,7 +96,8 @@ class LoopConfig:
     whose weights it starts from (its shape must be ``model``'s; empty: random). round_hours: audio
     selected per round; rounds: rounds after the seed. strategies: scorer names; seeds:
     one run per strategy and seed (the random scorer's draw and the fine-tune's seed).
-    scoring: N-best and EGL options (method and seed are set per run). speaker_decay:
+    scoring: N-best and EGL options (method and seed are set per run; nbest <= beam, and
+    the head and EGL's params are checked against ``model`` before anything trains). speaker_decay:
     selection diversity (1.0: off). labels: ``simulate`` | ``queue``; queue_db: the
     labeling queue's database URL (labels: queue)."""
 
@@ -161,6 +167,25 @@ class LoopConfig:
         return self
 
 
+def check_scoring_model(cfg: LoopConfig, experiment: ExperimentConfig, where: str = "config") -> None:
+    """What of ``cfg.scoring`` only the model can tell: its head exists and EGL's
+    ``params`` match parameters of it (checked on an untrained model of ``experiment``
+    now, not found out after the seed model has trained). Errors name the field."""
+    from active_learning.gradients import select_parameters
+    from asr.model import ASRModel
+
+    heads = list(experiment.heads)
+    head = cfg.scoring.head or heads[0]
+    if head not in heads:
+        raise ConfigError(f"{where}.scoring.head: {head!r} is not a head of {cfg.model} (heads: {heads})")
+    if "egl" in cfg.strategies:
+        model = ASRModel(experiment, vocab_size=32)  # parameter names do not depend on the vocabulary
+        try:
+            select_parameters(model, head, cfg.scoring.params)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.scoring.params: {exc}") from None
+
+
 def _get(obj, dotted: str):
     for part in dotted.split("."):
         obj = getattr(obj, part)
@@ -215,8 +240,10 @@ class SimulatedLabels:
 
 class QueueLabels:
     """Labels from people, through the labeling queue: the clips are imported into its
-    database (once) and read back once every one of them is labeled; until then
-    ``label`` returns None and the loop stops (rerun it when the labeling is done)."""
+    database (once) and read back once every one of them is answered; until then
+    ``label`` returns None and the loop stops (rerun it when the labeling is done). A
+    clip flagged in the queue, or not queued because its audio cannot be read, counts as
+    answered: it is left out of the labels returned, and logged."""
 
     def __init__(self, db_url: str) -> None:
         from active_learning.queue.db import make_engine, migrate, session_factory
@@ -226,7 +253,7 @@ class QueueLabels:
         self.sessions = session_factory(engine)
 
     def label(self, utts: Sequence[Utterance], run_dir: Path) -> Optional[List[Utterance]]:
-        from active_learning.queue.transfer import export_labeled, import_candidates
+        from active_learning.queue.transfer import export_labeled, import_candidates, never_labeled
 
         with self.sessions() as db:
             counts = import_candidates(db, utts)  # clips already queued are left alone
@@ -234,13 +261,18 @@ class QueueLabels:
             if counts["added"]:
                 log.info("%s: %d clips sent to the labeling queue", run_dir, counts["added"])
             labeled = {u.id: u for u in export_labeled(db, complete_only=True)}
-        missing = [u.id for u in utts if u.id not in labeled]
+            dropped = never_labeled(db, (u.id for u in utts))
+        missing = [u.id for u in utts if u.id not in labeled and u.id not in dropped]
         if missing:
             log.warning("%s: waiting for %d of %d clips to be labeled in the queue; rerun when done",
                         run_dir, len(missing), len(utts))
             return None
-        return [dataclasses.replace(u, text=labeled[u.id].text,
-                                    meta={**u.meta, **labeled[u.id].meta}) for u in utts]
+        if dropped:
+            log.warning("%s: %d of %d clips will not be labeled (flagged in the queue, or not queued: "
+                        "unreadable audio) and are left out: %s", run_dir, len(dropped), len(utts),
+                        ", ".join(f"{i} ({why})" for i, why in sorted(dropped.items())))
+        return [dataclasses.replace(u, text=labeled[u.id].text, meta={**u.meta, **labeled[u.id].meta})
+                for u in utts if u.id in labeled]
 
 
 @dataclass
@@ -362,27 +394,26 @@ class EvalSet:
 
 
 def score(cfg: LoopConfig, strategy: str, seed: int, model_path: Path, pool: Sequence[Utterance],
-          out: Path, threads: int) -> Dict[str, float]:
-    """Scores of the unlabeled ``pool`` by ``model_path`` (read back when ``out`` exists)."""
+          out: Path, threads: int) -> Dict[str, Dict]:
+    """The unlabeled ``pool`` scored by ``model_path``: {id: scores row (``score``, and
+    ``hypothesis`` from scorers that decode)}, read back when ``out`` exists."""
     import torch
 
-    from active_learning.pool import read_scores, score_pool
+    from active_learning.pool import read_score_rows, score_pool_file
     from active_learning.scorers import build_scorer
 
     if not out.exists():
         scoring = dataclasses.replace(cfg.scoring, method=strategy, seed=seed)
-        model, sample_rate = None, 16000
+        model, tokenizer, sample_rate = None, None, 16000
         if strategy != "random":
             from asr.checkpoint import load_model
 
-            model, _, model_cfg = load_model(model_path)
+            model, tokenizer, model_cfg = load_model(model_path)
             sample_rate = model_cfg.sample_rate
         torch.set_num_threads(threads)
-        tmp = out.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            score_pool(build_scorer(model, scoring), list(pool), f, sample_rate, scoring.batch_seconds)
-        tmp.replace(out)
-    return read_scores(out)
+        score_pool_file(build_scorer(model, scoring, tokenizer), list(pool), out, sample_rate,
+                        scoring.batch_seconds)
+    return read_score_rows(out)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -398,6 +429,7 @@ class Loop:
         self.eval_set = EvalSet(self.data.eval)
         # read once: every round of this run trains the model configured when it started
         self.experiment = load_config(cfg.model, cfg.model_overrides)
+        check_scoring_model(cfg, self.experiment)
         self.threads = self.experiment.train.num_threads
         self.labels = (SimulatedLabels(self.data.transcripts) if cfg.labels == "simulate"
                        else QueueLabels(cfg.queue_db))
@@ -470,13 +502,13 @@ class Loop:
             # model scorers are deterministic: score once, under seed/
             shared = r == 1 and strategy != "random"
             scores_path = self.out / "seed" / f"scores_{strategy}.jsonl" if shared else d / "scores.jsonl"
-            scores = score(cfg, strategy, seed, prev_model, unlabeled, scores_path, self.threads)
+            rows = score(cfg, strategy, seed, prev_model, unlabeled, scores_path, self.threads)
             if shared:
                 shutil.copyfile(scores_path, d / "scores.jsonl")  # each round keeps its scores
-            chosen = select_clips(unlabeled, scores, SelectionConfig(cfg.round_hours, cfg.speaker_decay))
-            for u, s in chosen:
-                u.meta = {**u.meta, "al_score": s}
-            write_manifest([u for u, _ in chosen], selected_path)
+            chosen = select_clips(unlabeled, {uid: r["score"] for uid, r in rows.items()},
+                                  SelectionConfig(cfg.round_hours, cfg.speaker_decay))
+            # meta.al_score and meta.hypothesis: the queue's priority and the labeler's start
+            write_manifest(selected_for_labeling(chosen, rows), selected_path)
         selected = read_manifest(selected_path)
         labeled_path = d / "labeled.jsonl"
         if not labeled_path.exists():
@@ -495,6 +527,8 @@ class Loop:
         row = {"strategy": strategy, "seed": seed, "round": r,
                "labeled_hours": hours(labeled_now), "labeled_clips": len(labeled_now),
                "selected_hours": hours(selected), "selected_clips": len(selected),
+               # selected clips that came back without a label (flagged, or unreadable audio)
+               "dropped_clips": len(selected) - (len(labeled_now) - len(labeled)),
                **self.eval_set.evaluate(model, d / "eval.json"), "train_steps": f.steps}
         _write_json(state, row)
         return row

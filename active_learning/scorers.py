@@ -2,6 +2,9 @@
 
 A scorer maps a batch of unlabeled clips to one score per clip, higher = more worth
 labeling. Scores are >= 0 for every scorer here (selection with diversity relies on it).
+The scorers that decode (all but ``random``) also give each clip's best hypothesis as
+text when they have the model's tokenizer: the labeling queue shows it to the labeler to
+correct.
 
 - ``egl``: Expected Gradient Length (Huang et al. 2016): the sum over the N-best of
   P(h | x), renormalised over the N-best, times || d loss(x, h) / d theta ||, with the
@@ -17,13 +20,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from active_learning.gradients import hypothesis_gradient_norms, only_these_require_grad, select_parameters
 from active_learning.nbest import nbest_posteriors, search_nbest
 from asr.registry import Registry
+from asr.search.types import SearchResult
+from asr.text import Tokenizer
 
 SCORERS: Registry = Registry("active-learning scorer")
 
@@ -50,6 +55,9 @@ class ScoringConfig:
     batch_seconds: float = 30.0
 
     def __post_init__(self) -> None:
+        if not 1 <= self.nbest <= self.beam:
+            raise ValueError(f"need 1 <= nbest <= beam (the N-best list comes from a beam that wide), "
+                             f"got nbest={self.nbest}, beam={self.beam}")
         if self.egl_length_norm not in EGL_LENGTH_NORMS:
             raise ValueError(f"egl_length_norm must be one of {EGL_LENGTH_NORMS}, got {self.egl_length_norm!r}")
         if self.confidence_length_norm not in ("tokens", "none"):
@@ -57,14 +65,18 @@ class ScoringConfig:
 
 
 class Scorer:
-    """``score(ids, waves (B, N), wave_lens (B,)) -> B scores``. ``needs_audio``: False
-    when the audio need not be loaded at all."""
+    """``rows(ids, waves (B, N), wave_lens (B,)) -> B rows`` of the scores file,
+    ``{"id", "score"}`` plus ``"hypothesis"`` (the best hypothesis's text) from scorers
+    that decode, given the ``tokenizer``; ``score(...) -> B scores``. ``needs_audio``:
+    False when the audio need not be loaded at all."""
 
     needs_audio = True
 
-    def __init__(self, model: Optional[torch.nn.Module], cfg: ScoringConfig) -> None:
+    def __init__(self, model: Optional[torch.nn.Module], cfg: ScoringConfig,
+                 tokenizer: Optional[Tokenizer] = None) -> None:
         self.cfg = cfg
         self.model = model
+        self.tokenizer = tokenizer
         if model is not None:
             model.eval()  # no dropout, no SpecAugment, for the search and the gradients
             self.head_name = cfg.head or next(iter(model.heads))
@@ -72,18 +84,31 @@ class Scorer:
                 raise ValueError(f"model has heads {list(model.heads)}, not {cfg.head!r}")
             self.head = model.heads[self.head_name]
 
-    def score(self, ids: Sequence[str], waves: torch.Tensor, wave_lens: torch.Tensor) -> List[float]:
+    def score(self, ids: Sequence[str], waves: Optional[torch.Tensor] = None,
+              wave_lens: Optional[torch.Tensor] = None) -> List[float]:
+        return [r["score"] for r in self.rows(ids, waves, wave_lens)]
+
+    def rows(self, ids: Sequence[str], waves: Optional[torch.Tensor],
+             wave_lens: Optional[torch.Tensor]) -> List[Dict]:
         raise NotImplementedError
+
+    def row(self, uid: str, score: float, result: Optional[SearchResult] = None) -> Dict:
+        """A scores-file row; with the text of ``result``'s best hypothesis when there is
+        one and the tokenizer is known."""
+        row = {"id": uid, "score": score}
+        if result is not None and self.tokenizer is not None:
+            row["hypothesis"] = self.tokenizer.decode(result.best.tokens)
+        return row
 
 
 class _NBestScorer(Scorer):
     """Scores from each clip's N-best list alone."""
 
     @torch.no_grad()
-    def score(self, ids, waves, wave_lens):
+    def rows(self, ids, waves, wave_lens):
         enc, enc_lens = self.model.encode(waves, wave_lens)
-        return [self.from_nbest(r.nbest) for r in
-                search_nbest(self.head, enc, enc_lens, self.cfg.nbest, self.cfg.beam)]
+        return [self.row(uid, self.from_nbest(r.nbest), r) for uid, r in
+                zip(ids, search_nbest(self.head, enc, enc_lens, self.cfg.nbest, self.cfg.beam))]
 
     def from_nbest(self, nbest) -> float:
         raise NotImplementedError
@@ -108,11 +133,11 @@ class NBestEntropyScorer(_NBestScorer):
 class RandomScorer(Scorer):
     needs_audio = False
 
-    def __init__(self, model, cfg: ScoringConfig) -> None:
-        super().__init__(None, cfg)  # the model plays no part
+    def __init__(self, model, cfg: ScoringConfig, tokenizer=None) -> None:
+        super().__init__(None, cfg)  # the model plays no part, and nothing is decoded
 
-    def score(self, ids, waves=None, wave_lens=None):
-        return [self.draw(uid) for uid in ids]
+    def rows(self, ids, waves=None, wave_lens=None):
+        return [self.row(uid, self.draw(uid)) for uid in ids]
 
     def draw(self, uid: str) -> float:
         digest = hashlib.sha256(f"{self.cfg.seed}\0{uid}".encode()).digest()
@@ -121,24 +146,27 @@ class RandomScorer(Scorer):
 
 @SCORERS.register("egl")
 class EGLScorer(Scorer):
-    def __init__(self, model, cfg: ScoringConfig) -> None:
-        super().__init__(model, cfg)
+    def __init__(self, model, cfg: ScoringConfig, tokenizer=None) -> None:
+        super().__init__(model, cfg, tokenizer)
         self.params = select_parameters(model, self.head_name, cfg.params)
         self.encoder_counts = any(n.startswith("encoder.") for n in self.params)
 
-    def score(self, ids, waves, wave_lens):
+    def rows(self, ids, waves, wave_lens):
         with only_these_require_grad(self.model, self.params), torch.enable_grad():
             if self.encoder_counts:
                 # one graph per clip: a backward through a batch's encoder pays for every
                 # row, and there is one backward per hypothesis
-                return [self.score_encoded(*self.model.encode(waves[b:b + 1, : int(n)], wave_lens[b:b + 1]))[0]
-                        for b, n in enumerate(wave_lens)]
-            with torch.no_grad():  # the backward passes stop at the head
-                enc, enc_lens = self.model.encode(waves, wave_lens)
-            return self.score_encoded(enc, enc_lens)
+                scored = [self.score_encoded(*self.model.encode(waves[b:b + 1, : int(n)], wave_lens[b:b + 1]))[0]
+                          for b, n in enumerate(wave_lens)]
+            else:
+                with torch.no_grad():  # the backward passes stop at the head
+                    enc, enc_lens = self.model.encode(waves, wave_lens)
+                scored = self.score_encoded(enc, enc_lens)
+        return [self.row(uid, score, result) for uid, (score, result) in zip(ids, scored)]
 
-    def score_encoded(self, enc: torch.Tensor, enc_lens: torch.Tensor) -> List[float]:
-        """enc (B, T, D) (with a graph to the counted encoder parameters, if any), enc_lens (B,) -> B scores."""
+    def score_encoded(self, enc: torch.Tensor, enc_lens: torch.Tensor) -> List[Tuple[float, SearchResult]]:
+        """enc (B, T, D) (with a graph to the counted encoder parameters, if any), enc_lens (B,)
+        -> B (score, N-best list)."""
         results = search_nbest(self.head, enc, enc_lens, self.cfg.nbest, self.cfg.beam)
         scores = []
         for b, r in enumerate(results):
@@ -148,7 +176,7 @@ class EGLScorer(Scorer):
             norms = hypothesis_gradient_norms(self.head, enc[b:b + 1, :frames], enc_lens[b:b + 1], [0] * n,
                                               [h.tokens for h in r.nbest], list(self.params.values()))
             weights = nbest_posteriors([h.score for h in r.nbest]) / self.length_norms(r.nbest, frames)
-            scores.append(float((weights * norms).sum()))
+            scores.append((float((weights * norms).sum()), r))
         return scores
 
     def length_norms(self, nbest, frames: int) -> torch.Tensor:
@@ -160,5 +188,8 @@ class EGLScorer(Scorer):
         return torch.ones(len(nbest), dtype=torch.float64)
 
 
-def build_scorer(model: Optional[torch.nn.Module], cfg: ScoringConfig) -> Scorer:
-    return SCORERS.get(cfg.method)(model, cfg)
+def build_scorer(model: Optional[torch.nn.Module], cfg: ScoringConfig,
+                 tokenizer: Optional[Tokenizer] = None) -> Scorer:
+    """The scorer ``cfg.method``; with the model's ``tokenizer``, its rows carry the best
+    hypothesis's text (scorers that decode)."""
+    return SCORERS.get(cfg.method)(model, cfg, tokenizer)

@@ -240,7 +240,13 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         unknown = sorted(set(value) - names)
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
-        return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+        fields = {k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()}
+        try:
+            return tp(**fields)
+        except ConfigError:
+            raise
+        except ValueError as exc:  # the dataclass's own checks (__post_init__): say where
+            raise ConfigError(f"{where}: {exc}") from None
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")

@@ -158,6 +158,22 @@ def validate(utts: Sequence[Utterance], normalize: Callable[[str], str],
     return kept, rejected
 
 
+def readable_audio(utts: Sequence[Utterance]) -> Tuple[List[Utterance], List[Rejected]]:
+    """(the utterances whose audio header reads, the others as :class:`Rejected`), each
+    of those logged with its file and reason. Cheap: the header only (:func:`audio_info`),
+    for callers that do not decode the audio but must leave out what could not be."""
+    kept, rejected = [], []
+    for u in utts:
+        try:
+            audio_info(u.audio)
+        except AudioError as exc:
+            log.warning("skipping %s (id %s): %s", u.audio, u.id, exc.reason)
+            rejected.append(Rejected(u.id, u.audio, exc.reason))
+            continue
+        kept.append(u)
+    return kept, rejected
+
+
 class UtteranceDataset(Dataset):
     """Decodes audio on demand (optionally caching it) and encodes the transcript.
 

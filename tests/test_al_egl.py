@@ -46,6 +46,7 @@ def direct_egl(model, head_name, waves, lens, cfg):
             enc, enc_lens = model.encode(wave, n)
         nbest = search_nbest(head, enc, enc_lens, cfg.nbest, cfg.beam)[0].nbest
         logz = math.log(sum(math.exp(h.score) for h in nbest))
+        frames = int(enc_lens[0])  # the clip's own encoder frames, unpadded
         total = 0.0
         for h in nbest:
             model.zero_grad()
@@ -55,7 +56,7 @@ def direct_egl(model, head_name, waves, lens, cfg):
             loss.sum().backward()
             norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params.values()
                                  if p.grad is not None))
-            divisor = max(len(h.tokens), 1) if cfg.egl_length_norm == "tokens" else 1
+            divisor = {"tokens": max(len(h.tokens), 1), "frames": frames, "none": 1}[cfg.egl_length_norm]
             total += math.exp(h.score - logz) * norm / divisor
         out.append(total)
     return out
@@ -64,6 +65,9 @@ def direct_egl(model, head_name, waves, lens, cfg):
 CASES = [
     ({"ctc": HeadConfig()}, "all", "none"),
     ({"ctc": HeadConfig()}, "head", "tokens"),
+    ({"ctc": HeadConfig()}, "all", "frames"),  # each clip in its own graph
+    ({"transducer": HeadConfig(options={"pred_dim": 8, "joiner_dim": 8, "loss": "torchaudio"})},
+     "head", "frames"),  # one padded batch through the encoder
     ({"transducer": HeadConfig(options={"pred_dim": 8, "joiner_dim": 8, "prune_range": 5})},
      "all", "none"),
     ({"transducer": HeadConfig(options={"pred_dim": 8, "joiner_dim": 8, "loss": "torchaudio"})},
@@ -96,3 +100,8 @@ def test_parameter_subsets_differ_and_unknown_prefix_is_refused():
                         for n in last)
     with pytest.raises(ValueError, match="no parameters"):
         select_parameters(model, "ctc", "decoder.")
+    conformer = ASRModel(ExperimentConfig(
+        features=FeatureConfig(n_mels=20), heads={"ctc": HeadConfig()},
+        encoder=EncoderConfig(name="conformer", conv_channels=4, hidden_size=16, num_layers=1)), VOCAB)
+    with pytest.raises(ValueError, match="last_encoder_layer: .* no recurrent layers"):
+        select_parameters(conformer, "ctc", "last_encoder_layer")

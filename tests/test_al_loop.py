@@ -3,6 +3,7 @@ corpus: rounds at equal labeled hours across strategies, no clip selected twice,
 labels that are the held-back transcripts, resume after an interruption, the labeling
 queue as the label source, config errors that name the field."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -138,14 +139,36 @@ def test_resume_after_a_kill_continues_and_matches_an_uninterrupted_run(tmp_path
         [u.id for u in read_manifest(tmp_path / "straight" / "runs" / "random" / "seed0" / "round2" / "selected.jsonl")]
 
 
-def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
+def answer_the_queue(loop, truth, suffix="", flag=()):
+    """A labeler answers every clip the queue offers: flags those in ``flag``, labels the
+    others with their true transcript (upper case, plus ``suffix``). Returns how many."""
     from sqlalchemy import select
 
     from active_learning.queue import auth
-    from active_learning.queue.leases import submit, take_next
+    from active_learning.queue.leases import flag as flag_clip, submit, take_next
+
+    with loop.labels.sessions() as db:
+        if db.scalar(select(auth.User).where(auth.User.name == "ann")) is None:
+            auth.add_user(db, "ann", "correct horse battery", "labeler")
+        user = db.scalar(select(auth.User).where(auth.User.name == "ann"))
+        n = 0
+        while (clip := take_next(db, user.id, 60.0)) is not None:
+            if clip.utt_id in flag:
+                flag_clip(db, user.id, clip.id, "no speech")
+            else:
+                submit(db, user.id, clip.id, truth[clip.utt_id].upper() + suffix)
+            n += 1
+        db.commit()
+    return n
+
+
+def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
+    from sqlalchemy import select
+
+    from active_learning.queue.models import Clip
 
     db_url = f"sqlite:///{tmp_path / 'queue.db'}"
-    config, pool = write_configs(tmp_path, labels="queue", queue_db=db_url, rounds=1, strategies=["random"])
+    config, pool = write_configs(tmp_path, labels="queue", queue_db=db_url, rounds=1, strategies=["egl"])
     out = tmp_path / "run"
     with pytest.raises(SystemExit, match="waiting for labels"):
         main(["loop", "--config", str(config), "--out", str(out), "--no-progress"])
@@ -153,27 +176,66 @@ def test_queue_labels_stop_the_loop_until_people_have_labeled(tmp_path):
     truth = {u.id: u.text for u in read_manifest(pool)}
 
     def label_everything(suffix=""):
-        with loop.labels.sessions() as db:
-            if db.scalar(select(auth.User).where(auth.User.name == "ann")) is None:
-                auth.add_user(db, "ann", "correct horse battery", "labeler")
-            user = db.scalar(select(auth.User).where(auth.User.name == "ann"))
-            n = 0
-            while (clip := take_next(db, user.id, 60.0)) is not None:
-                submit(db, user.id, clip.id, truth[clip.utt_id].upper() + suffix)
-                n += 1
-            db.commit()
-        return n
+        return answer_the_queue(loop, truth, suffix)
 
     assert label_everything() > 0  # the seed set
     loop.run(progress=False)  # round 1 selects, queues and waits
-    assert not (out / "runs" / "random" / "seed0" / "round1" / "state.json").exists()
-    queued = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "selected.jsonl")
+    assert not (out / "runs" / "egl" / "seed0" / "round1" / "state.json").exists()
+    queued = read_manifest(out / "runs" / "egl" / "seed0" / "round1" / "selected.jsonl")
+    # the labeler starts from the scorer's best hypothesis, carried from the scores to the queue
+    scores = {json.loads(l)["id"]: json.loads(l) for l in
+              (out / "runs" / "egl" / "seed0" / "round1" / "scores.jsonl").read_text().splitlines()}
+    with loop.labels.sessions() as db:
+        in_queue = dict(db.execute(select(Clip.utt_id, Clip.hypothesis)).all())
+    assert all(scores[u.id]["hypothesis"] for u in queued)
+    assert {u.id: in_queue[u.id] for u in queued} == {u.id: scores[u.id]["hypothesis"] for u in queued} \
+        == {u.id: u.meta["hypothesis"] for u in queued}
     assert label_everything(" X") == len(queued)
     rows = loop.run(progress=False)
     assert [r["round"] for r in rows] == [0, 1]
-    labeled = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "labeled.jsonl")
+    labeled = read_manifest(out / "runs" / "egl" / "seed0" / "round1" / "labeled.jsonl")
     new = {u.id: u.text for u in labeled[-len(queued):]}
     assert new == {u.id: truth[u.id].upper() + " X" for u in queued}  # the people's labels
+
+
+def test_clips_flagged_in_the_queue_or_unreadable_count_as_answered_and_are_left_out(tmp_path, caplog):
+    db_url = f"sqlite:///{tmp_path / 'queue.db'}"
+    config, pool = write_configs(tmp_path, labels="queue", queue_db=db_url, rounds=1, strategies=["random"],
+                                 seed_hours=2.5 / 3600)
+    out = tmp_path / "run"
+    loop = Loop(load_loop_config(config), out)
+    truth = {u.id: u.text for u in read_manifest(pool)}
+    drawn = loop_mod.draw_hours(loop.data.pool, loop.cfg.seed_hours, loop.cfg.seed_set_seed)
+    assert len(drawn) >= 3
+    Path(drawn[1].audio).write_bytes(b"not audio")  # the queue cannot take it
+    with pytest.raises(SystemExit, match="waiting for labels"):
+        loop.run(progress=False)
+    caplog.clear()
+    answer_the_queue(loop, truth, flag={drawn[0].id})
+    with caplog.at_level("WARNING", logger="active_learning.loop"):
+        loop.run(progress=False)  # the seed set is answered: round 1 selects, queues and waits
+    assert f"2 of {len(drawn)} clips will not be labeled" in caplog.text
+    assert f"{drawn[0].id} (flagged)" in caplog.text and f"{drawn[1].id} (not queued)" in caplog.text
+    scored = [json.loads(l)["id"] for l in
+              (out / "runs" / "random" / "seed0" / "round1" / "scores.jsonl").read_text().splitlines()]
+    assert drawn[1].id not in scored and drawn[0].id in scored  # the unreadable clip is not a candidate
+    loop.run(progress=False)  # the seed set is answered: round 1 selects, queues and waits
+    selected = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "selected.jsonl")
+    assert len(selected) >= 2
+    caplog.clear()
+    answer_the_queue(loop, truth, flag={selected[-1].id})
+    with caplog.at_level("WARNING", logger="active_learning.loop"):
+        rows = loop.run(progress=False)
+    assert [r["round"] for r in rows] == [0, 1]
+    assert f"1 of {len(selected)} clips will not be labeled" in caplog.text
+    assert f"are left out: {selected[-1].id} (flagged)" in caplog.text
+    seed_set = read_manifest(out / "seed" / "seed_set.jsonl")
+    assert [u.id for u in seed_set] == [u.id for u in drawn[2:]]
+    labeled = read_manifest(out / "runs" / "random" / "seed0" / "round1" / "labeled.jsonl")
+    assert [u.id for u in labeled] == [u.id for u in drawn[2:] + selected[:-1]]
+    assert all(u.text == truth[u.id].upper() for u in labeled)
+    assert (rows[1]["selected_clips"], rows[1]["dropped_clips"], rows[1]["labeled_clips"]) == \
+        (len(selected), 1, len(labeled))
 
 
 @pytest.mark.parametrize("change, field", [
@@ -192,6 +254,21 @@ def test_bad_config_fields_name_the_field(tmp_path, change, field):
     config, _ = write_configs(tmp_path, **change)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         Loop(load_loop_config(config), tmp_path / "run")
+
+
+@pytest.mark.parametrize("scoring, field, what", [
+    ({"nbest": 4, "beam": 3}, "scoring", "need 1 <= nbest <= beam.*nbest=4, beam=3"),
+    ({"nbest": 0, "beam": 3}, "scoring", "need 1 <= nbest <= beam.*nbest=0"),
+    ({"params": "decoder."}, "scoring.params", "no parameters .* match 'decoder.'"),
+    ({"params": "last_encoder_layer", "head": "transducer"}, "scoring.head", "'transducer' is not a head"),
+])
+def test_scoring_options_the_rounds_would_fail_on_are_refused_before_any_training(
+        tmp_path, monkeypatch, scoring, field, what):
+    config, _ = write_configs(tmp_path, scoring={"nbest": 2, "beam": 3, **scoring})
+    monkeypatch.setattr(loop_mod, "train_model", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(ConfigError, match=re.escape(f"{field}: ") + what):
+        Loop(load_loop_config(config), tmp_path / "run").run(progress=False)
+    assert not (tmp_path / "run" / "seed").exists()
 
 
 def test_a_rerun_with_another_model_config_is_refused(tmp_path):

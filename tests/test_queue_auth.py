@@ -11,6 +11,9 @@ from active_learning.queue.models import AuthSession, Clip, Label, User
 from queue_helpers import PASSWORD, make_clips, make_queue
 
 PUBLIC = {("GET", "/login"), ("POST", "/login")}
+VALID = {"json": {"text": "x"}}
+MALFORMED = {"content": b'{"text": "x"', "headers": {"content-type": "application/json"}}
+WRONG_SHAPE = {"json": {"text": ["x"] * 3, "note": {"a": 1}}}
 
 
 @pytest.fixture
@@ -44,13 +47,16 @@ def test_every_route_but_sign_in_refuses_requests_without_a_valid_session(app_an
         if cookie:
             client.cookies.set(auth.SESSION_COOKIE, cookie)
         for method, path in routes:
-            r = client.request(method, path, json={"text": "x"})
-            if path.startswith("/api/"):
-                assert r.status_code == 401, (method, path, r.status_code)
-                assert r.json() == {"detail": "sign in first"}
-            else:  # pages send the browser to sign in, with nothing else
-                assert (r.status_code, r.headers["location"]) == (303, "/login"), (method, path)
-                assert r.content == b""
+            # a body or a path the route could not parse is no way past the sign-in either
+            for body, where in ((VALID, path), (MALFORMED, path), (WRONG_SHAPE, path),
+                                (VALID, path.replace("/1/", "/one/"))):
+                r = client.request(method, where, **body)
+                if path.startswith("/api/"):
+                    assert r.status_code == 401, (method, where, body, r.status_code, r.text)
+                    assert r.json() == {"detail": "sign in first"}
+                else:  # pages send the browser to sign in, with nothing else
+                    assert (r.status_code, r.headers["location"]) == (303, "/login"), (method, path)
+                    assert r.content == b""
     with sessions() as db:
         assert db.scalar(select(func.count(Label.id))) == 0
         assert db.scalar(select(func.count(Clip.id)).where(Clip.lease_user_id.is_not(None))) == 0
@@ -125,3 +131,35 @@ def test_only_admins_reach_the_admin_pages(app_and_db):
     # an admin may listen to any queued clip; nobody to a clip that is not in the queue
     assert boss.get(f"/api/clips/{clip['id']}/audio").status_code == 200
     assert boss.get("/api/clips/999/audio").status_code == 404
+
+
+def test_an_empty_transcript_is_refused_and_the_clip_stays_with_its_labeler(app_and_db):
+    from active_learning.queue.transfer import export_labeled
+
+    app, sessions = app_and_db
+    ann = signed_in(app, "ann")
+    clip = ann.post("/api/next").json()["clip"]
+    for text in ("", "   ", " \n\t "):
+        r = ann.post(f"/api/clips/{clip['id']}/submit", json={"text": text})
+        assert r.status_code == 422, (text, r.status_code)
+        assert "transcript is empty" in r.json()["detail"] and "skip" in r.json()["detail"]
+    with sessions() as db:
+        assert db.scalar(select(func.count(Label.id))) == 0
+        row = db.get(Clip, clip["id"])
+        assert row.lease_user_id == 1 and row.labels_done == 0
+    assert ann.post("/api/next").json()["clip"]["id"] == clip["id"]  # still hers to answer
+    assert ann.post(f"/api/clips/{clip['id']}/submit", json={"text": " hello "}).json()["ok"] is True
+    with sessions() as db:
+        assert [(u.id, u.text) for u in export_labeled(db)] == [(clip["utt_id"], "hello")]
+
+
+def test_a_signed_in_labeler_still_gets_the_details_of_a_malformed_body(app_and_db):
+    app, sessions = app_and_db
+    ann = signed_in(app, "ann")
+    clip = ann.post("/api/next").json()["clip"]
+    r = ann.post(f"/api/clips/{clip['id']}/submit", **MALFORMED)
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    r = ann.post(f"/api/clips/{clip['id']}/submit", **WRONG_SHAPE)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "text"]
+    with sessions() as db:
+        assert db.scalar(select(func.count(Label.id))) == 0

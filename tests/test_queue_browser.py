@@ -60,6 +60,10 @@ def test_labeler_signs_in_corrects_the_hypothesis_and_submits_with_the_keyboard(
         assert duration == pytest.approx(0.3, abs=0.05)
 
         box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.BACKSPACE, " ", Keys.ENTER)  # an empty transcript is refused, and says why
+        wait.until(lambda d: "transcript is empty" in d.find_element(By.ID, "status").text)
+        assert browser.find_element(By.ID, "utt-id").text == "clip0000"  # still this clip
+        box.send_keys(Keys.CONTROL, "a")
         box.send_keys("hello world")
         box.send_keys(Keys.ENTER)  # submit
         wait.until(lambda d: d.find_element(By.ID, "utt-id").text == "clip0001")

@@ -48,3 +48,26 @@ def run_raw(capsys, monkeypatch, *args):
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main(["queue", *args]) == 0
     return capsys.readouterr().out
+
+
+def test_queue_import_leaves_out_clips_whose_audio_cannot_be_read(tmp_path, capsys, monkeypatch, caplog):
+    from pathlib import Path
+
+    from sqlalchemy import select
+
+    from active_learning.queue.models import Clip
+
+    db = str(tmp_path / "queue.db")
+    clips = make_clips(tmp_path / "clips", 3)
+    clips[1].audio = str(tmp_path / "clips" / "gone.wav")
+    clips[2].audio = str(tmp_path / "clips" / "noise.wav")
+    Path(clips[2].audio).write_bytes(b"not audio")
+    manifest = write_manifest(clips, tmp_path / "selected.jsonl")
+    run(capsys, monkeypatch, "init-db", "--db", db)
+    counts = run(capsys, monkeypatch, "import", "--db", db, str(manifest))
+    assert counts == {"manifest": str(manifest), "added": 1, "already_queued": 0, "unscored": 0,
+                      "unreadable": 2}
+    assert "gone.wav (id clip0001): no such file" in caplog.text
+    assert "noise.wav (id clip0002): cannot read header" in caplog.text
+    with session_factory(make_engine(db))() as s:
+        assert s.scalars(select(Clip.utt_id)).all() == ["clip0000"]

@@ -150,7 +150,7 @@ def test_import_takes_scores_and_hypotheses_and_export_writes_a_manifest(queue_d
         counts = import_candidates(db, clips, scores={"clip0002": 99.0})
         again = import_candidates(db, clips)  # importing twice adds nothing
         db.commit()
-    assert counts == {"added": 4, "already_queued": 0, "unscored": 1}
+    assert counts == {"added": 4, "already_queued": 0, "unscored": 1, "unreadable": 0}
     assert again["added"] == 0
     order = []
     for user in (ANN, BOB, CAT, 4):

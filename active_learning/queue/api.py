@@ -63,6 +63,9 @@ def _answered(action, db: Session, **kwargs) -> dict:
     except leases.LeaseError as exc:
         db.rollback()
         raise HTTPException(status_code=409, detail=str(exc)) from None
+    except leases.EmptyTranscript as exc:
+        db.rollback()
+        raise HTTPException(status_code=422, detail=str(exc)) from None
     return {"ok": True, "label_id": label.id}
 
 

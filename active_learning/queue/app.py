@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Iterator
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import RedirectResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
@@ -38,6 +41,12 @@ def current_user(request: Request, db: Session = Depends(get_db)) -> User:
     return user
 
 
+def is_signed_in(request: Request) -> bool:
+    """Whether the request's cookie signs a user in (outside the dependencies)."""
+    with request.app.state.sessions() as db:
+        return auth.session_user(db, request.cookies.get(auth.SESSION_COOKIE)) is not None
+
+
 def admin_user(user: User = Depends(current_user)) -> User:
     if user.role != "admin":
         raise HTTPException(status_code=403, detail="admins only")
@@ -60,10 +69,17 @@ def create_app(config: QueueConfig) -> FastAPI:
     def _not_signed_in(request: Request, _exc: NotSignedIn):
         # API callers get a bare 401; a browser is sent to the sign-in page
         if request.url.path.startswith("/api/"):
-            from fastapi.responses import JSONResponse
-
             return JSONResponse({"detail": "sign in first"}, status_code=401)
         return RedirectResponse("/login", status_code=303)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError):
+        # FastAPI parses a JSON body before any dependency runs, sign-in included: a
+        # stranger's malformed body gets the same 401 as any other request of theirs,
+        # never the parse details
+        if request.url.path.startswith("/api/") and not await run_in_threadpool(is_signed_in, request):
+            return _not_signed_in(request, NotSignedIn())
+        return await request_validation_exception_handler(request, exc)
 
     app.include_router(api.router)
     app.include_router(pages.router)

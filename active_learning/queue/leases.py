@@ -31,6 +31,11 @@ class LeaseError(Exception):
     """The labeler does not hold the clip (never did, or lost it to someone else)."""
 
 
+class EmptyTranscript(ValueError):
+    """A submitted transcript with no words; skip or flag is the answer for a clip with
+    nothing to transcribe."""
+
+
 def _open(now: float):
     """Still wants labels and nobody holds it (or the holder's time ran out)."""
     return and_(Clip.labels_done < Clip.labels_wanted, Clip.flagged == false(),
@@ -85,7 +90,12 @@ def _release(db: Session, user_id: int, clip_id: int, **values) -> None:
 def submit(db: Session, user_id: int, clip_id: int, text: str, now: Optional[float] = None) -> Label:
     """Record ``text`` as the user's transcript of a clip they hold and give the clip back
     (to the queue if it wants more labels). The caller commits; the label is safe once
-    that commit returns."""
+    that commit returns. An empty (or whitespace-only) ``text`` is refused with
+    :class:`EmptyTranscript` and nothing is written: it would become a training clip that
+    says nothing."""
+    if not text.strip():
+        raise EmptyTranscript(f"clip {clip_id}: the transcript is empty; type what is said, or "
+                              "skip the clip (someone else may hear it) or flag it (nothing to transcribe)")
     _release(db, user_id, clip_id, labels_done=Clip.labels_done + 1)
     return _answer(db, user_id, clip_id, "label", text=text, now=now)
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from sqlalchemy import false, select
 from sqlalchemy.orm import Session
 
 from active_learning.queue.models import Clip, Label, User
-from asr.data import Utterance
+from asr.data import Utterance, readable_audio
 
 
 def hypothesis_of(utt: Utterance) -> str:
@@ -35,10 +35,14 @@ def import_candidates(db: Session, utts: Sequence[Utterance], scores: Optional[D
                       labels_wanted: int = 1) -> Dict[str, int]:
     """Add clips to the queue. Priority: the clip's score in ``scores`` if given, else
     ``meta.al_score``, else 0. Clips already in the queue (same id) are left as they are.
-    Audio paths are stored absolute. The caller commits. Returns counts."""
+    A clip whose audio cannot be read (missing file, unreadable header) is not queued:
+    nobody could label it; each is logged with its file and reason. Audio paths are
+    stored absolute. The caller commits. Returns counts."""
     if labels_wanted < 1:
         raise ValueError(f"labels_wanted must be >= 1, got {labels_wanted}")
     existing = set(db.scalars(select(Clip.utt_id)))
+    _, unreadable = readable_audio([u for u in utts if u.id not in existing])
+    existing |= {r.id for r in unreadable}
     now = time.time()
     added = unscored = 0
     for u in utts:
@@ -57,7 +61,22 @@ def import_candidates(db: Session, utts: Sequence[Utterance], scores: Optional[D
         existing.add(u.id)
         added += 1
     db.flush()
-    return {"added": added, "already_queued": len(utts) - added, "unscored": unscored}
+    return {"added": added, "already_queued": len(utts) - added - len(unreadable), "unscored": unscored,
+            "unreadable": len(unreadable)}
+
+
+def never_labeled(db: Session, utt_ids: Iterable[str]) -> Dict[str, str]:
+    """Those of ``utt_ids`` the queue will never label, each with why: ``"flagged"`` (taken
+    out of the queue by a labeler) or ``"not queued"`` (refused at import: its audio could
+    not be read)."""
+    flagged = dict(db.execute(select(Clip.utt_id, Clip.flagged)).all())
+    why = {}
+    for i in set(utt_ids):
+        if i not in flagged:
+            why[i] = "not queued"
+        elif flagged[i]:
+            why[i] = "flagged"
+    return why
 
 
 def normalize(text: str) -> str:
