@@ -71,3 +71,22 @@ def test_queue_import_leaves_out_clips_whose_audio_cannot_be_read(tmp_path, caps
     assert "noise.wav (id clip0002): cannot read header" in caplog.text
     with session_factory(make_engine(db))() as s:
         assert s.scalars(select(Clip.utt_id)).all() == ["clip0000"]
+
+
+def test_queue_import_takes_priority_and_hypothesis_from_a_scores_file(tmp_path, capsys, monkeypatch):
+    """``import --scores``: a clip in the scores file is queued at its score with the
+    scorer's hypothesis to start from; one not in it keeps its manifest's."""
+    from sqlalchemy import select
+
+    from active_learning.queue.models import Clip
+
+    db = str(tmp_path / "queue.db")
+    manifest = write_manifest(make_clips(tmp_path / "clips", 3), tmp_path / "pool.jsonl")
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text(json.dumps({"id": "clip0001", "score": 9.5, "hypothesis": "turn left"}) + "\n"
+                      + json.dumps({"id": "clip0002", "score": 0.5}) + "\n")
+    run(capsys, monkeypatch, "init-db", "--db", db)
+    assert run(capsys, monkeypatch, "import", "--db", db, str(manifest), "--scores", str(scores))["added"] == 3
+    with session_factory(make_engine(db))() as s:
+        got = {c.utt_id: (c.priority, c.hypothesis) for c in s.scalars(select(Clip))}
+    assert got == {"clip0000": (3.0, "hyp 0"), "clip0001": (9.5, "turn left"), "clip0002": (0.5, "hyp 2")}

@@ -60,14 +60,18 @@ def _add_user(args) -> int:
 
 
 def _import(args) -> int:
-    from active_learning.pool import read_scores
+    from active_learning.pool import read_score_rows, selected_for_labeling
     from active_learning.queue.transfer import import_candidates
     from asr.data import read_manifest
 
     utts = read_manifest(args.manifest)
-    scores = read_scores(args.scores) if args.scores else None
+    if args.scores:  # its score is the priority, its hypothesis (where it decoded) the prefill
+        rows = read_score_rows(args.scores)
+        scored = {u.id: u for u in selected_for_labeling(
+            [(u, rows[u.id]["score"]) for u in utts if u.id in rows], rows)}
+        utts = [scored.get(u.id, u) for u in utts]
     with _sessions(args.db)() as db:
-        counts = import_candidates(db, utts, scores, labels_wanted=args.labels_per_clip)
+        counts = import_candidates(db, utts, labels_wanted=args.labels_per_clip)
         db.commit()
     print(json.dumps({"manifest": args.manifest, **counts}))
     return 0
@@ -127,7 +131,8 @@ def add_queue_parser(sub) -> None:
 
     p = command("import", _import, "queue scored candidates (e.g. the manifest `select` wrote)")
     p.add_argument("manifest")
-    p.add_argument("--scores", help="scores file (id, score); default: each clip's meta.al_score")
+    p.add_argument("--scores", help="scores file (`score` output: id, score and, where the scorer "
+                   "decoded, hypothesis); default: each clip's meta.al_score and meta.hypothesis")
     p.add_argument("--labels-per-clip", type=int, default=1,
                    help="labels wanted per clip; 2 measures agreement between labelers")
 
