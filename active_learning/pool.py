@@ -10,12 +10,11 @@ import math
 from pathlib import Path
 from typing import IO, Dict, Iterator, List, Sequence, Tuple
 
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from active_learning.scorers import Scorer
-from asr.data import DurationBatchSampler, Utterance, UtteranceDataset, collate, readable_audio
+from asr.data import DurationBatchSampler, Utterance, UtteranceDataset, collate, parse_json_row, readable_audio
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +106,7 @@ def selected_for_labeling(chosen: Sequence[Tuple[Utterance, float]], rows: Dict[
 def parse_score_row(line: str, where: str) -> Dict:
     """One line of a scores file -> the row with ``id`` a string and ``score`` a finite
     float; ValueError naming ``where`` (file:line) otherwise."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object with 'id' and 'score'")
-    missing = [k for k in ("id", "score") if k not in row]
-    if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}")
+    row = parse_json_row(line, where, ("id", "score"))
     try:
         score = float(row["score"])
     except (TypeError, ValueError):

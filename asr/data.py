@@ -52,16 +52,23 @@ class Utterance:
 REQUIRED = ("id", "audio", "duration", "text")
 
 
-def parse_manifest_line(line: str, where: str, base: Optional[Path] = None) -> Utterance:
+def parse_json_row(line: str, where: str, required: Sequence[str], error: type = ValueError) -> dict:
+    """The JSON object on one line of a JSON-lines file, with every ``required`` field;
+    ``error`` naming ``where`` (file:line) and what is wrong otherwise."""
     try:
         d = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{where}: not valid JSON ({exc.msg})") from None
+        raise error(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(d, dict):
-        raise ManifestError(f"{where}: expected a JSON object")
-    missing = [k for k in REQUIRED if k not in d]
+        raise error(f"{where}: expected a JSON object with {list(required)}")
+    missing = [k for k in required if k not in d]
     if missing:
-        raise ManifestError(f"{where}: missing field(s) {missing}")
+        raise error(f"{where}: missing field(s) {missing}")
+    return d
+
+
+def parse_manifest_line(line: str, where: str, base: Optional[Path] = None) -> Utterance:
+    d = parse_json_row(line, where, REQUIRED, ManifestError)
     known = {"id", "audio", "duration", "text", "sample_rate", "offset", "speaker", "meta"}
     extra = set(d) - known
     meta = dict(d.get("meta") or {})

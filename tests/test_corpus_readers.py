@@ -214,6 +214,16 @@ def test_split_refused_for_corpora_without_splits(tmp_path):
         load_corpus("fsdd", tmp_path, split="test")
 
 
+def evaluate_an4(root, split, rejected):
+    """``python -m asr evaluate`` (the FSDD model, plain decoding) on one split of an AN4
+    tree, writing the rejected entries to ``rejected``."""
+    return subprocess.run(
+        [sys.executable, "-m", "asr", "evaluate", "--model", str(ROOT / "data/models/fsdd_ctc.pt"),
+         "--plain", "--corpus", "an4", "--data", str(root), "--split", split,
+         "--rejected", str(rejected), "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110)
+
+
 @pytest.mark.timeout(120)
 def test_evaluate_cli_reads_a_corpus_and_lists_rejects(tmp_path):
     """``python -m asr evaluate --corpus an4`` prints one JSON line with ``wer``; the entries
@@ -225,11 +235,7 @@ def test_evaluate_cli_reads_a_corpus_and_lists_rejects(tmp_path):
     with open(root / "etc" / "an4_train.transcription", "a") as f:
         f.write("<s> NO </s> (an256-fash-b)\n")
     rejected = tmp_path / "rejected.jsonl"
-    out = subprocess.run(
-        [sys.executable, "-m", "asr", "evaluate", "--model", str(ROOT / "data/models/fsdd_ctc.pt"),
-         "--plain", "--corpus", "an4", "--data", str(root), "--split", "train",
-         "--rejected", str(rejected), "--threads", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=110)
+    out = evaluate_an4(root, "train", rejected)
     assert out.returncode == 0, out.stderr
     lines = [l for l in out.stdout.splitlines() if l.strip()]
     assert len(lines) == 1
@@ -250,11 +256,7 @@ def test_evaluate_cli_refuses_a_corpus_whose_every_entry_was_rejected(tmp_path):
     (root / "etc" / "an4_test.transcription").write_text(
         "<s> ONE </s> (an407-fcaw-b)\n<s> TWO </s> (an408-fcaw-b)\n")  # no audio for either
     rejected = tmp_path / "rejected.jsonl"
-    out = subprocess.run(
-        [sys.executable, "-m", "asr", "evaluate", "--model", str(ROOT / "data/models/fsdd_ctc.pt"),
-         "--plain", "--corpus", "an4", "--data", str(root), "--split", "test",
-         "--rejected", str(rejected), "--threads", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=110)
+    out = evaluate_an4(root, "test", rejected)
     assert out.returncode != 0 and out.stdout == ""
     assert "all 2 entries were rejected" in out.stderr
     assert "an407-fcaw-b" in out.stderr and "no such file" in out.stderr
