@@ -172,7 +172,6 @@ class ASRModel(nn.Module):
         losses["total"] = sum(self.loss_weights[n] * loss for n, loss in losses.items())
         return losses
 
-    @torch.no_grad()
     def rescoring_head(self, name: str) -> nn.Module:
         """The head named ``name`` if it can re-rank an N-best list (an attention head,
         with ``sequence_log_probs``); else a ValueError naming it."""
@@ -189,6 +188,7 @@ class ASRModel(nn.Module):
             raise ValueError(f"model has heads {list(self.heads)}, not {name!r}")
         return method or self.heads[name].search_methods[0]
 
+    @torch.no_grad()
     def decode(self, waves: torch.Tensor, wave_lens: torch.Tensor, head: Optional[str] = None,
                method: Optional[str] = None, warps: Optional[Sequence[float]] = None,
                rescore: Optional[str] = None, rescore_weight: float = 0.5,

@@ -86,3 +86,16 @@ def test_batched_decoding_equals_one_at_a_time(tone_corpus, cmvn, features):
             assert got.score == pytest.approx(alone.score, abs=1e-4), (method, b)
             emitted += 0 if method.endswith("_vocab") else len(got.tokens)
     assert emitted > 0  # the open searches said something
+
+
+def test_decode_builds_no_autograd_graph():
+    """ASRModel.decode runs under no_grad whoever calls it (transcribe, the server, the
+    benches): the encoder sees grad mode off, so no graph is kept for hours of audio."""
+    from pathlib import Path
+
+    model, _, _ = load_model(Path(__file__).resolve().parents[1] / "data/models/fsdd_ctc.pt")
+    seen = []
+    model.encoder.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    assert torch.is_grad_enabled()
+    model.decode(torch.randn(1, 8000), torch.tensor([8000]))
+    assert seen == [False]
