@@ -189,7 +189,6 @@ def add_pitch_variants(clips: Sequence[Clip], semitones: Sequence[float], sample
             c.variants = v
 
 
-# ----------------------------------------------------------------------------- noise
 # ----------------------------------------------------------------------------- sampler
 class WindowMaker:
     """Turns a clip into one training window with augmentation: (context + window_samples

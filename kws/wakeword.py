@@ -154,11 +154,8 @@ def evaluate_heldout(model_path: str | Path, positives_dir: str | Path, negative
     report = detection_report(model, [str(positives_dir)], list(negative_dirs), cfg,
                               out_dir=str(out_dir) if out_dir else None, raw=raw)
 
-    def at_target(summary: Dict, pos_max: List[float], curve, skipped: List[Dict]) -> Dict:
-        return _at_target({**summary, "_curve": curve, "_positive_max": pos_max, "skipped": skipped},
-                          target_fa_per_hour)
-
-    conditions = {name: at_target(report["conditions"][name], r["_positive_max"], r["_curve"], report["skipped"])
+    conditions = {name: _at_target(report["conditions"][name], r["_curve"], r["_positive_max"],
+                                   report["skipped"], target_fa_per_hour)
                   for name, r in raw.items()}
     out = {**conditions["clean"], "conditions": conditions, "noise": report["noise"], "snrs_db": list(cfg.snrs)}
     if out_dir:
@@ -171,8 +168,9 @@ def evaluate_heldout(model_path: str | Path, positives_dir: str | Path, negative
             pos_max = positive_scores(model, [str(folder)], list(negative_dirs), skipped, snr, cfg)
             summary = detection_summary(pos_max, r["_streams"], model.detector_config, cfg.min_hours_factor)
             curve = summary.pop("_curve")
-            more_conditions[cond] = at_target(summary, pos_max, curve,
-                                              [{"file": f, "reason": why} for f, why in skipped.items()])
+            more_conditions[cond] = _at_target(summary, curve, pos_max,
+                                               [{"file": f, "reason": why} for f, why in skipped.items()],
+                                               target_fa_per_hour)
         out[name] = {**more_conditions["clean"], "conditions": more_conditions}
     return out
 
@@ -192,13 +190,13 @@ def observability(hours: float, rate: float) -> Dict:
             f"at the threshold allowing {allowed} false alarm(s) in those hours, not a measured rate"}
 
 
-def _at_target(r: Dict, target_fa_per_hour: float) -> Dict:
-    """The operating point of one evaluation (:func:`kws.evaluate.detection_summary` output
-    with ``_curve`` and ``_positive_max``) at the target rate, with its :func:`observability`."""
+def _at_target(r: Dict, curve, pos_max: Sequence[float], skipped: List[Dict],
+               target_fa_per_hour: float) -> Dict:
+    """The operating point at the target rate of one evaluation: ``r`` its
+    :func:`kws.evaluate.detection_summary`, ``curve`` its DET curve, ``pos_max`` the best
+    score of each positive, ``skipped`` the files left out; with its :func:`observability`."""
     from kws.metrics import frr_at_fa
 
-    curve = r.pop("_curve")
-    pos_max = r.pop("_positive_max")
     at = frr_at_fa(curve, target_fa_per_hour)
     hours = r["negative_hours"]
     out = {
@@ -208,7 +206,7 @@ def _at_target(r: Dict, target_fa_per_hour: float) -> Dict:
         "missed": int(round(at["frr"] * r["positives"])),
         "frr_at_1_fa_per_hour": r["frr_at_1_fa_per_hour"],
         "mean_positive_score": float(sum(pos_max) / max(1, len(pos_max))),
-        "skipped": r["skipped"],
+        "skipped": skipped,
         **observability(hours, target_fa_per_hour),
     }
     return out

@@ -140,9 +140,7 @@ def test_observability_is_the_rule_of_evaluate_detection():
         obs = observability(hours, 0.5)
         assert obs["rate_observable"] == (summary["frr_at_0.5_fa_per_hour"] is not None), hours
         assert obs["hours_needed"] == pytest.approx(3.0)
-        r = dict(summary, skipped=[], _positive_max=pos,
-                 _curve=det_curve(np.array(pos), [stream["scores"]], hours, 0))
-        at = _at_target(r, 0.5)
+        at = _at_target(summary, det_curve(np.array(pos), [stream["scores"]], hours, 0), pos, [], 0.5)
         assert at["rate_observable"] == obs["rate_observable"] and at["note"] == obs["note"]
     short = observability(2.2, 0.5)
     assert short["rate_observable"] is False
