@@ -145,9 +145,10 @@ def test_clips_labeled_twice_go_to_two_labelers_and_give_agreement(queue_db_url,
 def test_import_takes_scores_and_hypotheses_and_export_writes_a_manifest(queue_db_url, tmp_path):
     clips = make_clips(tmp_path / "clips", 4, hypothesis="the model's guess")
     clips[3].meta = {"nbest": [{"text": "best of n"}, {"text": "second"}]}  # no al_score
+    clips[2].meta["al_score"] = 99.0  # a scores file's priority, as `queue import --scores` sets it
     sessions = make_queue(queue_db_url, [], USERS)
     with sessions() as db:
-        counts = import_candidates(db, clips, scores={"clip0002": 99.0})
+        counts = import_candidates(db, clips)
         again = import_candidates(db, clips)  # importing twice adds nothing
         db.commit()
     assert counts == {"added": 4, "already_queued": 0, "unscored": 1, "unreadable": 0}

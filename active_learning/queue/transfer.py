@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 from sqlalchemy import false, select
 from sqlalchemy.orm import Session
@@ -31,10 +31,9 @@ def hypothesis_of(utt: Utterance) -> str:
     return ""
 
 
-def import_candidates(db: Session, utts: Sequence[Utterance], scores: Optional[Dict[str, float]] = None,
-                      labels_wanted: int = 1) -> Dict[str, int]:
-    """Add clips to the queue. Priority: the clip's score in ``scores`` if given, else
-    ``meta.al_score``, else 0. Clips already in the queue (same id) are left as they are.
+def import_candidates(db: Session, utts: Sequence[Utterance], labels_wanted: int = 1) -> Dict[str, int]:
+    """Add clips to the queue. Priority: ``meta.al_score`` (as ``select`` writes it, or
+    :func:`active_learning.pool.selected_for_labeling` from a scores file), else 0. Clips already in the queue (same id) are left as they are.
     A clip whose audio cannot be read (missing file, unreadable header) is not queued:
     nobody could label it; each is logged with its file and reason. Audio paths are
     stored absolute. The caller commits. Returns counts."""
@@ -48,9 +47,7 @@ def import_candidates(db: Session, utts: Sequence[Utterance], scores: Optional[D
     for u in utts:
         if u.id in existing:
             continue
-        if scores is not None and u.id in scores:
-            priority = scores[u.id]
-        elif isinstance(u.meta.get("al_score"), (int, float)):
+        if isinstance(u.meta.get("al_score"), (int, float)):
             priority = float(u.meta["al_score"])
         else:
             priority, unscored = 0.0, unscored + 1
