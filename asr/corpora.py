@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from asr.audio import AudioError, audio_info
+from asr.audio_files import AUDIO_SUFFIXES, is_audio
 from asr.data import Rejected, Utterance, read_manifest
 from asr.metadata import read_metadata
 from asr.registry import Registry
@@ -19,8 +20,8 @@ CORPORA: Registry = Registry("corpus")
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-AUDIO_EXTENSIONS = (".wav", ".WAV", ".flac", ".FLAC", ".opus", ".ogg", ".mp3", ".MP3",
-                    ".sph", ".SPH")  # .sph: NIST SPHERE (AN4, TIMIT), uncompressed
+# both cases: find_audio tries each on case-sensitive file systems
+AUDIO_EXTENSIONS = tuple(s for suffix in AUDIO_SUFFIXES for s in (suffix, suffix.upper()))
 
 
 class Corpus(list):
@@ -273,7 +274,7 @@ def prepare_an4(root: str | Path, split: Optional[str] = None) -> Corpus:
     audio = {}
     if (root / "wav").is_dir():
         for p in (root / "wav").rglob("*"):
-            if p.suffix in AUDIO_EXTENSIONS:
+            if is_audio(p):
                 audio.setdefault(p.stem, p)
     utts = Corpus()
     for name in _splits(found, split, etc, "an4_<split>.transcription"):

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from asr.audio_files import list_audio
 from asr.augment import NoiseBank, add_noise, band_limit, colored_noise, set_margins, speed_perturb
 from asr.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from asr.config import DataConfig, ExperimentConfig, save_config
@@ -97,14 +98,7 @@ def _rng(g: torch.Generator) -> random.Random:
 def noise_files(paths: List[str]) -> List[Path]:
     """The audio files among ``paths`` and under the folders among them, sorted; a path
     that does not exist is refused, naming it."""
-    from asr.corpora import AUDIO_EXTENSIONS
-
-    files = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise FileNotFoundError(f"data.noise_dirs: {p}: no such file or folder")
-        files += [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix in AUDIO_EXTENSIONS)
-    return files
+    return [f for p in paths for f in list_audio(p, what="data.noise_dirs")]
 
 
 class LRSchedule:

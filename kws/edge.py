@@ -29,8 +29,6 @@ import onnxruntime as ort
 from kws.detector import Detection, PosteriorDetector, target_indices
 from kws.features_np import StreamingFeatures, compute_features, resample, window_features
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".sph")
-
 
 class EdgeError(ValueError):
     """Bad model or audio; the message names the file."""

@@ -5,7 +5,8 @@ import hashlib
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+from asr.audio_files import AUDIO_SUFFIXES, list_audio  # noqa: F401 (kws code imports them from here)
+
 SPEECH_COMMANDS_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 SPEECH_COMMANDS_LABELS = ["_silence_", "_unknown_"] + SPEECH_COMMANDS_WORDS
 SHARED_CORPORA = Path("..") / "shared" / "corpora"  # the shared corpora, beside the repository
@@ -32,16 +33,6 @@ def hash_split(key: str, val_percent: float = 10.0, test_percent: float = 20.0) 
     if h < test_percent + val_percent:
         return "val"
     return "train"
-
-
-def list_audio(root: str | Path) -> List[Path]:
-    """Audio files under ``root`` (recursive, symlinks followed), sorted."""
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: no such directory")
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
 
 
 def scan_speech_commands(root: str | Path, labels: Sequence[str] = SPEECH_COMMANDS_LABELS
