@@ -90,6 +90,21 @@ class KWSTrainConfig:
     mixup_alpha: float = 0.0  # >0: mixup of feature windows within a batch, lambda ~ Beta(a, a)
     ema_decay: float = 0.0  # >0: keep an exponential moving average of the weights (per step);
     # validation, checkpoints and export use the averaged weights
+    # training on continuous streams (kws.stream_train; unidirectional models): after the window
+    # training (train.max_minutes), this many more minutes on long audio with the GRU state carried
+    # from segment to segment (truncated backpropagation), so the state a detector carries over
+    # hours of audio is one the model was trained with; 0 = off
+    stream_minutes: float = 0.0
+    stream_segment_s: float = 2.0  # audio per segment (one optimizer step per segment)
+    stream_lanes: int = 32  # streams trained side by side (the batch)
+    stream_keyword_share: float = 0.2  # share of the 1 s slots of a stream that hold a target word
+    stream_silence_share: float = 0.1  # share of slots left silent (noise only, when noise is mixed)
+    stream_reset_prob: float = 0.05  # chance per segment that a lane starts a new stream (zero state)
+    stream_lr: float = 1e-3  # peak learning rate of the stream phase (cosine to 1% of it)
+    stream_target_s: List[float] = field(default_factory=lambda: [-0.1, 0.3])  # steps this range
+    # around a word's end are its targets; from its start to there, and up to stream_ignore_after_s
+    # after its end, steps are left out of the loss (the word is neither present nor absent yet)
+    stream_ignore_after_s: float = 0.6
 
 
 @dataclass
@@ -158,6 +173,20 @@ def _check(cfg: KWSConfig, where: str) -> None:
         raise ConfigError(f"{where}: model.pool must be 'last' or 'mean'")
     if cfg.features.kind not in ("logmel", "pcen"):
         raise ConfigError(f"{where}: features.kind must be 'logmel' or 'pcen'")
+    if cfg.train.stream_minutes > 0:
+        if cfg.model.bidirectional or cfg.model.pool != "last" or cfg.model.cmn:
+            raise ConfigError(f"{where}: train.stream_minutes needs a streamable model "
+                              "(model.bidirectional false, model.pool 'last', model.cmn false)")
+        if cfg.features.kind != "logmel":
+            raise ConfigError(f"{where}: train.stream_minutes needs features.kind 'logmel'")
+        lo, hi = cfg.train.stream_target_s
+        if not (lo < hi <= cfg.train.stream_ignore_after_s):
+            raise ConfigError(f"{where}: train.stream_target_s [lo, hi] needs lo < hi <= "
+                              f"stream_ignore_after_s, got {cfg.train.stream_target_s} and "
+                              f"{cfg.train.stream_ignore_after_s}")
+        if cfg.train.stream_segment_s < cfg.window_s:
+            raise ConfigError(f"{where}: train.stream_segment_s ({cfg.train.stream_segment_s}) is "
+                              f"shorter than one window ({cfg.window_s} s)")
     if cfg.task == "wakeword" and not cfg.keyword:
         raise ConfigError(f"{where}: task 'wakeword' needs a keyword")
 

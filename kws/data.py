@@ -206,7 +206,22 @@ class WindowMaker:
 
     def place(self, wave: torch.Tensor, focus: Optional[Tuple[int, int]], rng: random.Random,
               jitter: bool) -> torch.Tensor:
-        """Crop or zero-pad ``wave`` (N,) to the window with its context (n,).
+        """Crop or zero-pad ``wave`` (N,) to the window with its context (n,), at
+        :meth:`placement`."""
+        return self._cut(wave, self.placement(wave.numel(), focus, rng, jitter))
+
+    def _cut(self, wave: torch.Tensor, start: int) -> torch.Tensor:
+        """wave[start:start + n] (n,), zeros where it runs past either end."""
+        n, N = self.n, wave.numel()
+        out = torch.zeros(n)
+        a, b = max(start, 0), min(start + n, N)
+        if b > a:
+            out[a - start:b - start] = wave[a:b]
+        return out
+
+    def placement(self, N: int, focus: Optional[Tuple[int, int]], rng: random.Random,
+                  jitter: bool) -> int:
+        """Sample of a clip of ``N`` samples where its window (context included) starts.
 
         The natural placement is the one evaluation uses (a centered crop or centered
         padding, :meth:`kws.edge.KWSModel.fit_window`); training shifts it by up to
@@ -214,7 +229,7 @@ class WindowMaker:
         fits; in a clip longer than the window it may sit anywhere. Long clips without a
         focus (running speech) are cropped anywhere.
         """
-        n, N = self.window, wave.numel()
+        n = self.window
         start = (N - n) // 2
         shift = int(self.cfg.time_shift_s * self.sr)
         if jitter:
@@ -230,17 +245,14 @@ class WindowMaker:
                 start = rng.randint(f1 - n, f0)
             else:  # starts that keep [f0, f1) inside: [f1 - n, f0]
                 start = min(max(start, f1 - n), f0)
-        start -= self.context  # the window's context on both sides comes with it
-        n = self.n
-        out = torch.zeros(n)
-        a, b = max(start, 0), min(start + n, N)
-        if b > a:
-            out[a - start:b - start] = wave[a:b]
-        return out
+        return start - self.context  # the window's context on both sides comes with it
 
-    def __call__(self, clip: Clip, rng: random.Random, augment: bool = True) -> torch.Tensor:
+    def __call__(self, clip: Clip, rng: random.Random, augment: bool = True,
+                 return_focus: bool = False):
         """clip.wave (N,) -> window with context (n,): pitch variant, speed, reverberation,
-        placement, gain and noise when ``augment``; the evaluation placement alone otherwise."""
+        placement, gain and noise when ``augment``; the evaluation placement alone otherwise.
+        With ``return_focus``: (window, focus) where focus is the (start, end) samples of
+        the clip's speech in the window (after speed perturbation), or None."""
         c = self.cfg
         wave, focus = clip.wave, clip.focus
         if augment and clip.variants and rng.random() < 0.5:
@@ -262,7 +274,15 @@ class WindowMaker:
 
             # the tail follows the speech: the focus (speech start and end) stays where it was
             wave = reverberate(wave, synthetic_rir(rng, self.sr, c.rt60_s, c.drr_db))
-        out = self.place(wave, focus, rng, jitter=augment)
+        start = self.placement(wave.numel(), focus, rng, jitter=augment)
+        out = self._finish(self._cut(wave, start), rng, augment)
+        if return_focus:
+            return out, None if focus is None else (focus[0] - start, focus[1] - start)
+        return out
+
+    def _finish(self, out: torch.Tensor, rng: random.Random, augment: bool) -> torch.Tensor:
+        """Gain and noise (when ``augment``) on a placed window (n,)."""
+        c = self.cfg
         if not augment:
             return out
         lo, hi = c.gain_db

@@ -247,6 +247,9 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
         raise ValueError(f"train.class_weights names unknown classes {unknown}; labels: {cfg.labels}")
     device = resolve_device(cfg.train.device)
     world = init_world(device)
+    if cfg.train.stream_minutes > 0 and world.size > 1:
+        raise ValueError("train.stream_minutes: the stream phase runs in one process (got a world "
+                         f"of {world.size}); run it without torchrun")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, world_size=world.size))
     tc = cfg.train
     out_dir = Path(out_dir)
@@ -292,6 +295,9 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
     state = load_resume_state(last_path, cfg) or {
         "epoch": 0, "done_steps": 0, "minutes": 0.0, "hard_pool": [], "history": [],
         "best": {"score": -1.0}, "stopped_early": False}
+    if "model" not in state:  # a fresh run: an earlier run's stream phase is not this one's
+        for stale in ("window_model.pt", "stream_last.pt"):
+            (out_dir / stale).unlink(missing_ok=True)
     if "model" in state:
         spotter.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -456,10 +462,30 @@ def train(cfg: KWSConfig, train_clips: Sequence[Clip], val_clips: Sequence[Clip]
                "params": count_parameters(spotter.crnn), "minutes": (prior_s + time.time() - t0) / 60,
                "epochs_run": len(history), "stopped_early": stopped_early,
                "train_clips": len(train_clips), "val_clips": len(val_clips), "world_size": world.size}
+    if tc.stream_minutes > 0:
+        summary["stream_phase"] = _stream_phase(cfg, out_dir, train_clips, noise, device)
+        summary["minutes"] = (prior_s + time.time() - t0) / 60
     if world.is_main:
         plot_history(history, out_dir / "training.png", title=cfg.name)
         write_atomically(out_dir / "train_summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
     return summary
+
+
+def _stream_phase(cfg: KWSConfig, out_dir: Path, train_clips: Sequence[Clip], noise: NoiseBank,
+                  device: torch.device) -> dict:
+    """:func:`kws.stream_train.train_on_streams` from the window phase's kept checkpoint,
+    which stays beside as ``window_model.pt``; ``model.pt`` becomes the streamed model."""
+    from kws.stream_train import train_on_streams
+
+    window_path = out_dir / "window_model.pt"
+    if not window_path.is_file():  # first time here: model.pt is the window phase's
+        (out_dir / "model.pt").replace(window_path)
+    spotter = load_checkpoint(window_path).to(device)
+    result = train_on_streams(spotter, cfg, train_clips, noise, out_dir, device)
+    save_checkpoint(spotter.cpu(), out_dir, extra={"stream_phase": {k: v for k, v in result.items()
+                                                                     if k != "history"},
+                                                   "window_model": window_path.name})
+    return result
 
 
 def _gather(found: list, world: World) -> list:

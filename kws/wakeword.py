@@ -215,7 +215,7 @@ def _at_target(r: Dict, curve, pos_max: Sequence[float], skipped: List[Dict],
 # ----------------------------------------------------------------------------- the run
 def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
     """Run every stage (see the module doc) into ``out``; returns the results dict."""
-    from kws.export import add_metadata, export_onnx, quantize_int8, read_metadata
+    from kws.export import add_metadata, export_onnx, export_streaming_onnx, quantize_int8, read_metadata
     from kws.model import count_parameters
     from kws.train import load_checkpoint, train
 
@@ -359,17 +359,22 @@ def train_wakeword(cfg: WakeWordConfig, out: str | Path) -> Dict:
         "real_positives_heldout": real_split["test"], "heldout_noise_files": heldout_noise,
     }, indent=1).encode()))
     streams = [torch.cat([c.wave for c in clips if c.label == 0 and c.focus is None])]
-    budget = cfg.minutes - cfg.eval_reserve_minutes - minutes()
+    # the window phase gets what the stream phase (kws.stream_train) and the evaluation leave
+    budget = cfg.minutes - cfg.eval_reserve_minutes - kcfg.train.stream_minutes - minutes()
     if budget < 0.5:
         raise RuntimeError(f"{minutes():.1f} of {cfg.minutes} minutes spent before training "
-                           f"(synthesis {synth_minutes:.1f}): raise --minutes")
+                           f"(synthesis {synth_minutes:.1f}; stream phase {kcfg.train.stream_minutes}): "
+                           "raise --minutes")
     kcfg.train.max_minutes = round(budget, 2)
     summary = train(kcfg, clips, [], out / "checkpoint", noise, streams)
 
     # 5. export and evaluation
     spotter = load_checkpoint(out / "checkpoint")
     fp32, int8 = out / "model.onnx", out / "model_int8.onnx"
-    export_onnx(spotter.crnn, spotter.cfg, fp32, frontend=spotter.frontend)
+    # a streamable model gets the streaming-step graph, which serves windows too: the evaluation
+    # below then streams it with its state carried (the edge runtime's "auto" mode)
+    export = export_streaming_onnx if spotter.crnn.can_stream else export_onnx
+    export(spotter.crnn, spotter.cfg, fp32, frontend=spotter.frontend)
     quantize_int8(fp32, int8)
     neg_dirs = [str(d) for d in sorted((held_dir / "negatives").iterdir())]
     eval_t0 = time.time()
