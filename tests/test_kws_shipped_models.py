@@ -16,6 +16,7 @@ NAMES = {"speech_commands_crnn": ["_silence_", "_unknown_", "yes", "no", "up", "
                                   "on", "off", "stop", "go"],
          "computer_crnn": ["_background_", "computer"],
          "jarvis_crnn": ["_background_", "jarvis"],  # train-wakeword models (recipes/wake_word)
+         "jarvis_stream_crnn": ["_background_", "jarvis"],  # the same, streaming (state carried)
          "alexa_crnn": ["_background_", "alexa"]}
 
 
@@ -73,3 +74,31 @@ def test_computer_model_fires_on_held_out_recordings():
         dets = s.accept_waveform(read_audio(str(p), 16000)) + s.flush()
         hits += any(d.label == "computer" for d in dets)
     assert hits / len(held) >= 0.8
+
+
+def test_streaming_jarvis_model_fires_for_held_out_voices_only_on_the_word(tmp_path):
+    """The streaming-step jarvis model, run as it serves (state carried from hop to hop,
+    "auto" mode), fires on "jarvis" said by synthetic voices that train-wakeword holds out
+    (kws.voices' default held-out families), each after a sentence of the same voice in
+    one stream, and not during the sentences themselves."""
+    from kws.edge import read_audio
+    from kws.synth import Voice, available_engines, synthesize
+
+    model = KWSModel(str(_need(MODELS / "jarvis_stream_crnn_int8.onnx")))
+    assert model.streaming and model.stream_mode() == "streaming"
+    if "espeak" not in available_engines():
+        pytest.skip("espeak-ng not installed")
+    voices = [Voice("espeak", v) for v in ("en-us+m3", "en-gb+f2", "en-029+klatt2", "en-gb-x-rp+Annie")]
+    sentence = "the weather report says it will rain in the morning and clear by noon"
+    hits, sentence_alarms = 0, 0
+    for v in voices:
+        a = read_audio(str(synthesize(sentence, v, tmp_path)), 16000)
+        w = read_audio(str(synthesize("jarvis", v, tmp_path)), 16000)
+        gap = np.zeros(8000, np.float32)
+        s = model.stream()
+        dets = s.accept_waveform(np.concatenate([gap, a, gap, w, gap])) + s.flush()
+        word_at = (len(gap) * 2 + len(a)) / 16000
+        hits += any(d.label == "jarvis" and d.time_s >= word_at for d in dets)
+        sentence_alarms += sum(d.time_s < word_at for d in dets)
+    assert hits >= 3
+    assert sentence_alarms == 0
