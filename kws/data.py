@@ -297,6 +297,12 @@ class WindowMaker:
         return out.clamp(-1.0, 1.0)
 
 
+def draw_weight(clip: Clip, synthetic_weight: float) -> float:
+    """How often a clip is drawn against the others of its class: a synthetic one
+    ``synthetic_weight``, a real one 1."""
+    return synthetic_weight if clip.source == "synthetic" else 1.0
+
+
 def balanced_draws(clips: Sequence[Clip], num: int, num_classes: int, rng: random.Random,
                    class_balance: bool = True, synthetic_weight: float = 0.5,
                    class_weights: Optional[Dict[int, float]] = None) -> List[int]:
@@ -306,7 +312,7 @@ def balanced_draws(clips: Sequence[Clip], num: int, num_classes: int, rng: rando
     by_class: Dict[int, List[int]] = {}
     for i, c in enumerate(clips):
         by_class.setdefault(c.label, []).append(i)
-    weights = [synthetic_weight if c.source == "synthetic" else 1.0 for c in clips]
+    weights = [draw_weight(c, synthetic_weight) for c in clips]
     if not class_balance:
         return rng.choices(range(len(clips)), weights=weights, k=num)
     classes = sorted(by_class)

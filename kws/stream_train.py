@@ -4,7 +4,8 @@ A unidirectional CRNN trained on 1 s windows always starts its GRU from zeros; i
 (:class:`kws.edge.StatefulKeywordStream`) the state runs on over hours of audio, into
 states the model never saw in training. This phase trains it the way it serves:
 ``stream_lanes`` streams side by side, each an unbroken sequence of 1 s slots (running
-speech, near misses, silence and, in ``stream_keyword_share`` of them, a target word),
+speech, near misses, silence and, in ``stream_keyword_share`` of them, a target word;
+clips drawn with the window phase's weights: ``synthetic_weight``, ``class_balance``),
 cut into segments of ``stream_segment_s``. Each optimizer step takes one segment of every
 lane through :meth:`kws.model.CRNN.step` starting from that lane's state after its
 previous segment (detached: truncated backpropagation through time), and every
@@ -27,6 +28,7 @@ the window phase draws its classes equally often.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -43,7 +45,7 @@ from tqdm import tqdm
 
 from asr.config import to_dict
 from kws.config import KWSConfig
-from kws.data import Clip, NoiseBank, WindowMaker, write_atomically
+from kws.data import Clip, NoiseBank, WindowMaker, draw_weight, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,17 @@ class Lane:
     appended: int = 0  # absolute sample just past the audio appended so far
 
 
+class _WeightedPool:
+    """Clips drawn with a synthetic clip weighing ``synthetic_weight`` against a real one."""
+
+    def __init__(self, clips: Sequence[Clip], synthetic_weight: float) -> None:
+        self.clips = list(clips)
+        self.cum = list(itertools.accumulate(draw_weight(c, synthetic_weight) for c in self.clips))
+
+    def draw(self, rng: random.Random) -> Clip:
+        return rng.choices(self.clips, cum_weights=self.cum, k=1)[0]
+
+
 class StreamMaker:
     """Builds the segments of ``train.stream_lanes`` continuous streams from training clips
     (:meth:`next_segment`): target words from the clips not labelled ``background``, the
@@ -90,6 +103,15 @@ class StreamMaker:
         if not self.words or not self.others:
             raise ValueError(f"stream training needs target-word and background clips "
                              f"(got {len(self.words)} and {len(self.others)})")
+        # the window phase's draw weights (kws.data.balanced_draws): target words class by
+        # class when train.class_balance, and a synthetic clip weighing train.synthetic_weight
+        # against a real one, so real recordings keep their share in the streams too
+        by_label: dict = {}
+        for c in self.words:
+            by_label.setdefault(c.label, []).append(c)
+        groups = list(by_label.values()) if tc.class_balance else [self.words]
+        self.word_pools = [_WeightedPool(g, tc.synthetic_weight) for g in groups]
+        self.other_pool = _WeightedPool(self.others, tc.synthetic_weight)
         self.lanes: List[Lane] = [self._new_lane(random.Random(f"{tc.seed}:lane:{i}"))
                                   for i in range(tc.stream_lanes)]
 
@@ -106,11 +128,11 @@ class StreamMaker:
         if u < tc.stream_silence_share:
             wave, focus, label = torch.zeros(self.slots.n), None, None
         elif u < tc.stream_silence_share + tc.stream_keyword_share:
-            clip = rng.choice(self.words)
+            clip = rng.choice(self.word_pools).draw(rng)
             wave, focus = self.slots(clip, rng, return_focus=True)
             label = clip.label
         else:
-            wave, focus, label = self.slots(rng.choice(self.others), rng), None, None
+            wave, focus, label = self.slots(self.other_pool.draw(rng), rng), None, None
         wave = wave * lane.gain
         if lane.noisy:
             if lane.noise_rms is None and wave.abs().max() > 1e-4:

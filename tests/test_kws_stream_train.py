@@ -66,6 +66,23 @@ def test_loss_weighs_word_and_background_steps_equally():
     assert float(stream_loss(logits, targets, 0)) == pytest.approx(0.5 * (ce[0] + ce[1:3].mean()))
 
 
+def test_streams_draw_real_and_synthetic_clips_with_the_window_phase_weights():
+    """train.synthetic_weight holds in the streams as in kws.data.balanced_draws: 2 real
+    and 20 synthetic word clips at weight 0.1 give the real ones half of the word slots
+    (a uniform draw would give them 1 in 11)."""
+    clips = _clips(20)
+    for c in clips[:2]:
+        c.source = "real"
+    for weight, share in ((0.1, 0.5), (1.0, 2 / 22)):
+        maker = StreamMaker(_cfg(synthetic_weight=weight), clips, NoiseBank(), background=0)
+        rng = random.Random(0)
+        draws = [maker.word_pools[0].draw(rng) for _ in range(4000)]
+        real = sum(c.source == "real" for c in draws) / len(draws)
+        assert abs(real - share) < 0.03, (weight, real)
+        others = [maker.other_pool.draw(rng) for _ in range(200)]
+        assert all(c.label == 0 for c in others)
+
+
 def test_segments_continue_each_other_and_frame_like_the_whole_stream():
     cfg = _cfg(stream_lanes=2, stream_reset_prob=0.0)
     maker = StreamMaker(cfg, _clips(6), NoiseBank(), background=0)
