@@ -204,3 +204,34 @@ def test_an_onnx_export_serves_the_torch_transcript(setup, tmp_path):
         srv.stop()
     ref = offline_streaming_text(model_path, wav)["text"]
     assert ref and Transcript.from_event(events[-2]).text == ref
+
+
+def test_a_streaming_wake_word_model_is_served_with_its_state_carried(tmp_path):
+    """A streaming-step spotter (data/models/jarvis_stream_crnn.onnx) behind the Wyoming
+    server: the session's stream carries the GRU state from chunk to chunk
+    (StatefulKeywordStream), and "jarvis" said by a held-out synthetic voice after a
+    sentence is detected, the sentence alone is not."""
+    from kws.edge import StatefulKeywordStream
+    from kws.synth import Voice, available_engines, synthesize
+
+    stream_kws = ROOT / "data" / "models" / "jarvis_stream_crnn.onnx"
+    if "espeak" not in available_engines():
+        pytest.skip("espeak-ng not installed")
+    voice = Voice("espeak", "en-us+m3")  # a held-out family (kws.voices)
+    sentence = read_audio(str(synthesize("the weather report says rain in the morning", voice, tmp_path)), 16000)
+    word = read_audio(str(synthesize("jarvis", voice, tmp_path)), 16000)
+    gap = np.zeros(8000, np.float32)
+    srv = start_server(make_streaming_checkpoint(tmp_path / "model.pt"), kws_model=str(stream_kws), wyoming=True)
+    try:
+        async def detect(wave):
+            async with client(srv) as c:
+                await c.write_event(Detect(names=["jarvis"]).event())
+                await send_audio(c, wave, 16000)
+                return await read_until(c, NotDetected, Detection)
+        assert isinstance(srv.service.kws_model.stream(), StatefulKeywordStream)
+        hit = asyncio.run(detect(np.concatenate([gap, sentence, gap, word, gap])))[-1]
+        assert Detection.is_type(hit.type) and Detection.from_event(hit).name == "jarvis"
+        miss = asyncio.run(detect(np.concatenate([gap, sentence, gap])))[-1]
+        assert NotDetected.is_type(miss.type)
+    finally:
+        srv.stop()
