@@ -6,19 +6,18 @@ every hop) and beside pocketsphinx's keyphrase search, in one run, on one thread
 
 Systems, all fed the same 16-bit samples in 100 ms chunks (audio as in
 bench/kws_edge_vs_pocketsphinx.py: LJSpeech with Mycroft "computer" clips between):
-- ``streaming``: a unidirectional CRNN of the wake-word recipe's size
-  (``recipes/wake_word/conf/crnn.yaml`` with ``model.bidirectional=false``), exported as
-  a streaming step (``kws.export.export_streaming_onnx``) and quantised to int8, run by
-  ``kws.edge.StatefulKeywordStream``.
+- ``streaming``: ``data/models/jarvis_stream_crnn_int8.onnx`` (unidirectional, trained with
+  the stream phase), run by ``kws.edge.StatefulKeywordStream``; without it (or with
+  ``--streaming-model built``) a unidirectional CRNN of the wake-word recipe's size
+  (``recipes/wake_word/conf/crnn.yaml`` with ``model.bidirectional=false``) with seeded
+  random weights, exported as a streaming step and quantised to int8.
 - ``windowed``: the same file through ``kws.edge.KeywordStream`` (mode "windowed").
-- ``windowed_shipped``: ``data/models/computer_crnn_int8.onnx`` (bidirectional, windowed
-  only), today's serving.
+- ``windowed_shipped``: ``data/models/jarvis_crnn_int8.onnx`` (bidirectional, windowed only,
+  the same phrase).
 - ``pocketsphinx``: keyphrase mode, as in bench/kws_edge_vs_pocketsphinx.py.
 
-The unidirectional model's weights are a seeded random initialisation unless
-``--streaming-model`` names a trained one: the cost of a hop does not depend on the weights
-(no data-dependent branches), only the detections do, so detection counts of the random
-model mean nothing. Warm-up, interleaving (systems take turns every ``--block`` hops,
+The cost of a hop does not depend on the weights (no data-dependent branches), only the
+detections do, so a built random model's hop costs compare with a trained one's. Warm-up, interleaving (systems take turns every ``--block`` hops,
 order rotating) and the headline (ratio of mean times per hop) follow
 bench/kws_edge_vs_pocketsphinx.py; the default clock is the thread's CPU time
 (``--clock cpu``), because elapsed time on a machine with many more runnable jobs than
@@ -86,8 +85,9 @@ def streaming_model(out_dir: Path, seed: int = 0) -> Path:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--streaming-model", default="", help="a streaming-step .onnx (default: built, see above)")
-    p.add_argument("--shipped-model", default=str(ROOT / "data/models/computer_crnn_int8.onnx"))
+    p.add_argument("--streaming-model", default=str(ROOT / "data/models/jarvis_stream_crnn_int8.onnx"),
+                   help="a streaming-step .onnx, or 'built' (see above; also used when the default is missing)")
+    p.add_argument("--shipped-model", default=str(ROOT / "data/models/jarvis_crnn_int8.onnx"))
     p.add_argument("--shared", default=str(ROOT.parent / "shared" / "corpora"))
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--passes", type=int, default=3)
@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     hops = (pcm.size - hop) // hop + 1
     chunks = [audio[k * hop:(k + 1) * hop] for k in range(hops)]
     tmp = Path(tempfile.mkdtemp(prefix="kws_bench_"))
-    stream_path = Path(args.streaming_model) if args.streaming_model else streaming_model(tmp)
+    trained = args.streaming_model not in ("", "built") and Path(args.streaming_model).is_file()
+    stream_path = Path(args.streaming_model) if trained else streaming_model(tmp)
     stream_model = KWSModel(str(stream_path), num_threads=1)
     shipped = KWSModel(args.shipped_model, num_threads=1)
     import onnxruntime
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
               "load_average_before": [round(x, 2) for x in os.getloadavg()],
               "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-              "streaming_model": str(stream_path) if args.streaming_model else
+              "streaming_model": os.path.relpath(stream_path, ROOT) if trained else
               "recipe config, bidirectional false, seeded random weights, int8",
               "streaming_model_bytes": stream_path.stat().st_size,
               "shipped_model": os.path.relpath(args.shipped_model, ROOT)}
