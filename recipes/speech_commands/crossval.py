@@ -55,19 +55,19 @@ def clip_key(clip) -> str:
 
 
 # ----------------------------------------------------------------------------- data
-def load_prepared(prepared: str | Path, cfg, unknown_speech: int = 0, background_noise: int = 0
-                  ) -> Tuple[Dict[str, list], list]:
+def load_prepared(prepared: str | Path, cfg, unknown_speech: int = 0, background_noise: int = 0,
+                  command_words: int = 0) -> Tuple[Dict[str, list], list]:
     """The recipe's prepared data: ({role: clips}, noise waves). ``speakers`` holds the
     training and validation speakers' real clips, ``extra`` the FSDD / not-wake-word
-    ``_unknown_`` clips (and the recipe's ``--unknown-speech`` / ``--background-noise``
-    clips), ``synth`` the synthetic ones."""
+    ``_unknown_`` clips (and the recipe's ``--unknown-speech`` / ``--background-noise`` /
+    ``--command-words`` clips), ``synth`` the synthetic ones."""
     from kws.data import read_manifest
     from recipes.speech_commands.run import training_data
 
     prepared = Path(prepared)
     shared = Path(cfg.data.corpus_dir or "../shared/corpora/speech_commands").resolve().parent
     clips, val, noise = training_data(cfg, prepared, shared, unknown_speech=unknown_speech,
-                                      background_noise=background_noise)
+                                      background_noise=background_noise, command_words=command_words)
     speaker_files = {e["audio"] for e in read_manifest(prepared / "train.jsonl")}
     roles: Dict[str, list] = {r: [] for r in ROLES}
     for c in clips:
@@ -351,8 +351,9 @@ def main(argv=None) -> int:
     rn.add_argument("--variant", action="append", default=[], help="name=section.key=value;... (repeatable)")
     rn.add_argument("-o", "--override", action="append", default=[], help="section.key=value for every variant")
     args = p.parse_args(argv)
-    if getattr(args, "pack", None) and args.command == "run" and (args.unknown_speech or args.background_noise):
-        p.error("--unknown-speech / --background-noise go with --prepared (or when the pack is written)")
+    if getattr(args, "pack", None) and args.command == "run" and (args.unknown_speech or args.background_noise
+                                                          or args.command_words):
+        p.error("--unknown-speech / --background-noise / --command-words go with --prepared (or when the pack is written)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
@@ -363,13 +364,15 @@ def main(argv=None) -> int:
     cfg = load_kws_config(args.config, getattr(args, "override", []))
     if args.command == "pack":
         cfg.data.corpus_dir = cfg.data.corpus_dir or "../shared/corpora/speech_commands"
-        roles, noise = load_prepared(args.prepared, cfg, args.unknown_speech, args.background_noise)
+        roles, noise = load_prepared(args.prepared, cfg, args.unknown_speech, args.background_noise,
+                                     args.command_words)
         print(json.dumps({"pack": write_pack(roles, noise, args.pack, cfg.features.sample_rate)}))
         return 0
     if args.pack:
         roles, noise, _ = read_pack(args.pack)
     else:
-        roles, noise = load_prepared(args.prepared, cfg, args.unknown_speech, args.background_noise)
+        roles, noise = load_prepared(args.prepared, cfg, args.unknown_speech, args.background_noise,
+                                     args.command_words)
     add_pitch_variants(roles["speakers"] + roles["extra"], cfg.augment.pitch_semitones,
                        cfg.features.sample_rate, jobs=args.jobs)
     variants = dict(parse_variant(v) for v in args.variant) or {"base": []}

@@ -173,13 +173,15 @@ def synthesize_words(out_dir: str | Path, per_word: int, per_other: int, seed: i
 
 
 def training_data(cfg, out: Path, shared: Path, extra_unknown: int = 400, lj_unknown: int = 0,
-                  unknown_speech: int = 0, background_noise: int = 0):
+                  unknown_speech: int = 0, background_noise: int = 0, command_words: int = 0):
     """The prepared data in memory, as the train stage uses it: (training clips, validation
     clips, noise bank). Training = the training speakers' real clips, ``extra_unknown``
     FSDD / not-wake-word clips and the synthetic clips (and ``lj_unknown`` LJSpeech
     segments, ``unknown_speech`` windows of other corpora's speech as ``_unknown_``
     (:func:`speech_unknown`), ``background_noise`` ``_silence_`` crops of the
-    ``_background_noise_`` recordings, which then also join the noise bank); no pitch
+    ``_background_noise_`` recordings, which then also join the noise bank, and
+    ``command_words`` command words cut from other corpora's utterances,
+    :func:`recipes.speech_commands.word_cuts.command_words`); no pitch
     variants yet (:func:`kws.data.add_pitch_variants`)."""
     from kws.data import NoiseBank, load_clips
     from kws.negatives import noise_files as background_files
@@ -207,6 +209,12 @@ def training_data(cfg, out: Path, shared: Path, extra_unknown: int = 400, lj_unk
                                 cfg.features.sample_rate)
         log.info("%d windows of other corpora's speech as _unknown_", len(speech))
         clips += speech
+    if command_words > 0:
+        from recipes.speech_commands.word_cuts import command_words as cut_command_words
+
+        words = cut_command_words(shared, command_words, index, cfg.window_samples, cfg.features.sample_rate)
+        log.info("%d command words of other corpora's speakers", len(words))
+        clips += words
     noise_files = (out / "noise_files.txt").read_text().split()
     if background_noise > 0:
         recordings = background_files(shared)
@@ -251,7 +259,7 @@ def run(args: argparse.Namespace) -> dict:
     if "train" in args.stages:
         torch.set_num_threads(cfg.train.num_threads)
         clips, val, noise = training_data(cfg, out, shared, args.extra_unknown, args.lj_unknown,
-                                          args.unknown_speech, args.background_noise)
+                                          args.unknown_speech, args.background_noise, args.command_words)
         add_pitch_variants(clips, cfg.augment.pitch_semitones, cfg.features.sample_rate)
         if args.train_on_val:  # final model: the validation speakers join training (test stays out)
             extra_val = [Clip(c.wave, c.label, c.source, c.path, c.speaker, c.focus) for c in val]
@@ -291,6 +299,9 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help="windows of speechocean762 / AN4 / LJSpeech speech added to _unknown_ (one per file)")
     p.add_argument("--background-noise", type=int, default=0,
                    help="_silence_ crops of the _background_noise_ recordings (which also join the noise bank)")
+    p.add_argument("--command-words", type=int, default=0,
+                   help="up to N command words cut from speechocean762 / AN4 / LJSpeech utterances by "
+                        "forced alignment (recipes/speech_commands/word_cuts.py)")
 
 
 def main(argv=None) -> int:
