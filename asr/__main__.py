@@ -1,4 +1,4 @@
-"""Command line: ``python -m asr {train,evaluate,transcribe,average,shard,lm,serve,client}``."""
+"""Command line: ``python -m asr {train,evaluate,transcribe,align,set-decoding,average,shard,lm,serve,client}``."""
 from __future__ import annotations
 
 import argparse
@@ -182,6 +182,54 @@ def _transcribe(args) -> int:
                                  max_segment=args.max_segment, **options)
         print(json.dumps({"file": path, **result}))
     return 0
+
+
+def _transcripts_by_file(path: str) -> dict:
+    """{key: transcript} from a manifest (.jsonl: its audio paths are the keys) or a Kaldi
+    ``text`` file (``<key> <transcript>`` per line)."""
+    if path.endswith(".jsonl"):
+        from asr.data import read_manifest
+
+        return {u.audio: u.text for u in read_manifest(path)}
+    out = {}
+    for line in open(path, encoding="utf-8"):
+        key, _, text = line.strip().partition(" ")
+        if key:
+            out[key] = text
+    return out
+
+
+def _align(args) -> int:
+    """One JSON line per file: its words with start and end seconds and a score. A file
+    that cannot be read or aligned gets a line with ``error`` naming it (exit status 1)."""
+    from dataclasses import asdict
+
+    import torch
+
+    from asr.align import AlignmentError, align_words
+    from asr.audio import AudioError, load_audio
+    from asr.checkpoint import load_model
+
+    if args.text is not None and len(args.files) != 1:
+        raise SystemExit("--text goes with one file; give several files with --texts")
+    texts = {args.files[0]: args.text} if args.text is not None else _transcripts_by_file(args.texts)
+    model, tokenizer, cfg = load_model(args.model)
+    torch.set_num_threads(args.threads)
+    failed = 0
+    for path in args.files:
+        text = texts.get(path, texts.get(Path(path).name, texts.get(Path(path).stem)))
+        try:
+            if text is None:
+                raise AlignmentError(f"no transcript for it in {args.texts}")
+            spans = align_words(model, tokenizer, load_audio(path, cfg.sample_rate), text, head=args.head)
+        except (AudioError, AlignmentError) as exc:
+            print(json.dumps({"file": path, "error": f"{path}: {exc}"}))
+            failed += 1
+            continue
+        print(json.dumps({"file": path, "words": [
+            {**asdict(w), "start": round(w.start, 3), "end": round(w.end, 3), "score": round(w.score, 3)}
+            for w in spans]}))
+    return 1 if failed else 0
 
 
 def _transcribe_streaming(files, model, tokenizer, cfg, options) -> int:
@@ -373,6 +421,19 @@ def main(argv=None) -> int:
                    "default 20)")
     r.add_argument("files", nargs="+")
     r.set_defaults(func=_transcribe)
+
+    al = sub.add_parser("align", help="word timings of known transcripts by CTC forced "
+                        "alignment; one JSON line per file")
+    al.add_argument("--model", required=True, help="a checkpoint with a CTC head (a streaming "
+                    "one places words best: a bidirectional encoder's spikes drift)")
+    al.add_argument("--head", default="ctc", help="the CTC head's name")
+    txt = al.add_mutually_exclusive_group(required=True)
+    txt.add_argument("--text", help="the transcript of the one file")
+    txt.add_argument("--texts", help="transcripts of several files: a manifest (.jsonl) or a Kaldi "
+                     "text file ('<key> <transcript>' lines), keyed by file path, name or stem")
+    al.add_argument("--threads", type=int, default=1)
+    al.add_argument("files", nargs="+")
+    al.set_defaults(func=_align)
 
     d = sub.add_parser("set-decoding", help="write a copy of a model whose saved decoding "
                        "defaults for one head are the options given (the rest take the "

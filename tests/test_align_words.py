@@ -99,3 +99,24 @@ def test_the_shipped_streaming_model_finds_synthetic_words(tmp_path):
         assert spans[0].start < spans[1].start < spans[2].start
         assert onset <= spans[1].start <= offset + 0.1  # the streaming model's spikes lag
         assert spans[1].end <= offset + 0.35
+
+
+def test_align_command_prints_words_and_names_what_it_cannot_align(tmp_path, capsys):
+    import json
+
+    from asr.__main__ import main
+    from kws.synth import Voice, available_engines, synthesize
+
+    if "espeak" not in available_engines():
+        pytest.skip("espeak-ng not installed")
+    wav = synthesize("turn left now", Voice("espeak", "en-us"), tmp_path)
+    texts = tmp_path / "text"
+    texts.write_text(f"{wav.stem} Turn LEFT, now.\n")
+    missing = tmp_path / "gone.wav"
+    rc = main(["align", "--model", "data/models/english_streaming.pt", "--texts", str(texts), str(wav), str(missing)])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 1 and len(lines) == 2
+    words = lines[0]["words"]
+    assert [w["word"] for w in words] == ["turn", "left", "now"]
+    assert all(0 <= w["start"] < w["end"] for w in words) and words[0]["end"] <= words[2]["start"]
+    assert "gone.wav" in lines[1]["error"] and "words" not in lines[1]
