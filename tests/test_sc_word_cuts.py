@@ -1,4 +1,4 @@
-"""Command words cut from other corpora's utterances (recipes/speech_commands/word_cuts.py):
+"""Words cut from other corpora's utterances (asr/word_cuts.py, recipes/speech_commands/word_cuts.py):
 the cut rules, the fade, and the whole pass on tiny generated corpora with a stand-in
 aligner whose posteriors follow the audio's loudness."""
 from types import SimpleNamespace
@@ -12,8 +12,9 @@ from asr.align import WordSpan
 from asr.heads.ctc import CTCHead
 from asr.text import CharTokenizer
 from kws.negatives import corpus_files, split_held_out
-from recipes.speech_commands import word_cuts
-from recipes.speech_commands.word_cuts import CORPORA, command_words, cut_bounds, isolate
+from asr import word_cuts
+from asr.word_cuts import cut_bounds, isolate
+from recipes.speech_commands.word_cuts import CORPORA, command_words
 from tests.test_sc_recipe_data import SR, WINDOW, _corpora
 
 

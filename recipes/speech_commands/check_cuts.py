@@ -1,4 +1,4 @@
-"""How much of a command word the cuts of word_cuts.py keep, on synthetic phrases whose word
+"""How much of a command word the cuts of asr/word_cuts.py keep, on synthetic phrases whose word
 positions are known (the check behind word_cuts' LEAD_S / TAIL_S / NEIGHBOUR_S):
 
     python -m recipes.speech_commands.check_cuts [--aligner data/models/english_streaming.pt]
@@ -17,7 +17,7 @@ import tempfile
 
 import torch
 
-from recipes.speech_commands import word_cuts
+from asr import word_cuts
 
 VOICES = [("espeak", "en-us", 1.0), ("flite", "slt", 1.0), ("flite", "kal", 1.0), ("espeak", "en", 1.0),
           ("flite", "rms", 1.0), ("espeak", "en-us+f3", 1.2)]
