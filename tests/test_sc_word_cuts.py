@@ -91,3 +91,39 @@ def test_command_words_cut_from_training_side_speakers(tmp_path):
     # the loudness aligner is unsure which character is which: a posterior floor drops them all
     assert command_words(tmp_path, 100, index, WINDOW, SR, aligner=aligner, min_score=0.5) == []
     assert len(command_words(tmp_path, 2, index, WINDOW, SR, aligner=aligner, min_score=0.0)) == 2
+
+
+def test_fsdd_digit_words_are_cut_written_and_read_back(tmp_path):
+    """The FSDD recipe's --digit-words on a tiny AN4 tree: each digit of every split becomes
+    a file of its own, labelled with the digit and the corpus-marked speaker; a second call
+    reads the cuts back without aligning anything."""
+    import soundfile as sf
+
+    from recipes.fsdd.prepare import digit_words
+
+    root = tmp_path / "an4"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "an4_train.transcription").write_text(
+        "<s> TWO SIX EIGHT </s> (an253-fash-b)\n<s> RUBOUT </s> (an254-fash-b)\n<s> SIX SIX </s> (an256-fash-b)\n")
+    (root / "etc" / "an4_test.transcription").write_text("<s> ENTER SIX TWO </s> (an406-fcaw-b)\n")
+    rng = np.random.default_rng(4)
+    for rel in ("an4_clstk/fash/an253-fash-b", "an4_clstk/fash/an254-fash-b", "an4_clstk/fash/an256-fash-b",
+                "an4test_clstk/fcaw/an406-fcaw-b"):
+        p = root / "wav" / f"{rel}.flac"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        wave = 0.001 * rng.standard_normal(2 * SR)
+        wave[SR // 4: 7 * SR // 4] += 0.3 * np.sin(2 * np.pi * 300 * np.arange(3 * SR // 2) / SR)
+        sf.write(p, wave.astype(np.float32), SR)
+    tok = CharTokenizer()
+    utts = digit_words("an4", root, tmp_path / "cuts", repeat=2, per_speaker=1,
+                       aligner=(LoudnessCTC(tok), tok), min_score=0.0)
+    got = sorted((u.text, u.speaker) for u in utts if not u.id.endswith("_r1"))
+    # fash's second "six" (and both of an256's) are over the per-speaker cap of one
+    assert got == [("eight", "an4:fash"), ("six", "an4:fash"), ("six", "an4:fcaw"), ("two", "an4:fash"),
+                   ("two", "an4:fcaw")]
+    assert len(utts) == 10 and {u.id for u in utts if u.id.endswith("_r1")}
+    for u in utts:
+        audio, rate = sf.read(u.audio)
+        assert rate == SR and abs(audio.size / SR - u.duration) < 1e-3 and u.duration <= 2.0
+    again = digit_words("an4", root, tmp_path / "cuts", repeat=2, aligner=("not", "used"))
+    assert [(u.id, u.audio, u.text) for u in again] == [(u.id, u.audio, u.text) for u in utts]

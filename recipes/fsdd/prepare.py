@@ -110,6 +110,48 @@ def digit_strings(corpus: str, root: str | Path, repeat: int = 1) -> List[Uttera
     return repeated(found, repeat)
 
 
+def digit_words(corpus: str, root: str | Path, out_dir: str | Path, repeat: int = 1, per_speaker: int = 3,
+                pad_s: float = 0.15, aligner=None, min_score: Optional[float] = None) -> List[Utterance]:
+    """Single digit words ("zero" ... "nine") cut out of another corpus's utterances
+    (``an4``, ``speechocean762``, or any name :func:`asr.corpora.load_corpus` reads) by
+    forced alignment (:mod:`asr.word_cuts`: the rest of the utterance faded 40 dB down), at
+    most ``per_speaker`` of each digit per speaker: isolated digits, as FSDD's, in many
+    more voices, none of them an FSDD speaker (``aligner`` and ``min_score``: see
+    :func:`asr.word_cuts.cut_words`). Each cut, with ``pad_s`` of the faded
+    surround either side, is written as FLAC under ``out_dir/<corpus>/`` (kept: a second
+    call reads them back) and listed ``repeat`` times."""
+    import json
+
+    from asr.audio import save_audio
+    from asr.corpora import load_corpus
+    from asr.word_cuts import ALIGNER, MIN_SCORE, cut_words, load_aligner
+
+    out_dir = Path(out_dir) / corpus
+    index = out_dir / "cuts.json"
+    if index.is_file():
+        made = json.loads(index.read_text())
+    else:
+        utts = load_corpus(corpus, root)
+        model, tokenizer = load_aligner(aligner or ALIGNER)
+        rate = model.cfg.features.sample_rate
+        made = []
+        for cut in cut_words([(u.audio, u.text, u.speaker or u.id) for u in utts], DIGITS, (model, tokenizer),
+                             per_key_word=per_speaker, desc=f"{corpus} digit words",
+                             min_score=MIN_SCORE if min_score is None else min_score):
+            pad = int(pad_s * rate)
+            a, b = max(0, cut.start - pad), min(cut.wave.numel(), cut.end + pad)
+            path = out_dir / f"{cut.word}_{len(made):05d}.flac"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_audio(path, cut.wave[a:b], rate)
+            made.append({"id": f"{corpus}_{path.stem}", "audio": str(path), "duration": (b - a) / rate,
+                         "text": cut.word, "speaker": f"{corpus}:{cut.key}", "source": f"{cut.path}#{a / rate:.2f}s"})
+        if not made:
+            raise ValueError(f"{root}: no digit word could be cut from {corpus}")
+        index.write_text(json.dumps(made, indent=0))
+    utts = [Utterance(m["id"], m["audio"], m["duration"], m["text"], speaker=m["speaker"]) for m in made]
+    return repeated(utts, repeat)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--corpus", required=True)

@@ -21,7 +21,7 @@ from asr.config import load_config
 from asr.data import read_manifest, write_manifest
 from asr.evaluate import evaluate_model, vocab_search
 from asr.train import Trainer
-from recipes.fsdd.prepare import digit_strings, prepare, speech_commands_digits, speech_commands_words
+from recipes.fsdd.prepare import digit_strings, digit_words, prepare, speech_commands_digits, speech_commands_words
 from recipes.synth.generate import generate
 
 HERE = Path(__file__).resolve().parent
@@ -47,6 +47,13 @@ def main(argv=None) -> dict:
                    "an4 ../shared/corpora/an4): real voices, none of them FSDD's; repeatable")
     p.add_argument("--digit-strings-repeat", type=int, default=2,
                    help="times each of those clips is listed")
+    p.add_argument("--digit-words", nargs=2, action="append", default=[], metavar=("CORPUS", "DIR"),
+                   help="also train on single digit words cut out of this corpus's utterances by forced "
+                   "alignment (asr.word_cuts; e.g. an4 ../shared/corpora/an4): isolated digits in "
+                   "voices none of them FSDD's; the cuts are kept under --digit-words-dir; repeatable")
+    p.add_argument("--digit-words-dir", type=Path, default=Path("exp/fsdd_digit_words"),
+                   help="where the digit-word cuts are written (shared by the folds)")
+    p.add_argument("--digit-words-repeat", type=int, default=1, help="times each cut is listed")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--init-from", type=Path,
@@ -68,6 +75,8 @@ def main(argv=None) -> dict:
             train += [u for u in speech_commands_words(a.speech_commands) if u.text not in digit_words]
     for corpus, root in a.digit_strings:
         train += digit_strings(corpus, root, a.digit_strings_repeat)
+    for corpus, root in a.digit_words:
+        train += digit_words(corpus, root, a.digit_words_dir, a.digit_words_repeat)
     train_path = write_manifest(train, a.out / "data" / "train_plus_synth.jsonl")
     cfg = load_config(a.config, [f"data.train={train_path}", f"data.valid={splits['valid']}", *a.set])
     result = Trainer(cfg, a.out / "ctc", init_from=a.init_from).fit()
