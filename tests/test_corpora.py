@@ -96,14 +96,22 @@ def test_fsdd_recipe_end_to_end_on_a_tiny_tree(tmp_path):
     sc = tmp_path / "sc"  # real voices from Speech Commands: a digit word, and another word
     _wav(sc / "two" / "abc123_nohash_0.wav")
     _wav(sc / "yes" / "abc123_nohash_0.wav")
+    cuts = tmp_path / "cuts" / "an4"  # digit words cut earlier (asr.word_cuts): read back, not aligned
+    _wav(cuts / "six_00000.flac")
+    _wav(cuts / "two_00001.flac")
+    (cuts / "cuts.json").write_text(json.dumps([
+        {"id": f"an4_{w}", "audio": str(cuts / f"{w}.flac"), "duration": 0.3, "text": w.split("_")[0],
+         "speaker": "an4:fash"} for w in ("six_00000", "two_00001")]))
     summary = run_fsdd(["--corpus", str(tmp_path / "fsdd"), "--out", str(tmp_path / "exp"),
                         "--test-speakers", "theo", "--synthetic", "0",
                         "--speech-commands", str(sc), "--speech-commands-other-words",
+                        "--digit-words", "an4", str(tmp_path / "no_an4_needed"),
+                        "--digit-words-dir", str(tmp_path / "cuts"),
                         "--set", "train.epochs=1", "--set", "train.max_minutes=1",
                         "--ship", str(tmp_path / "shipped.pt")])
     assert summary["test_speakers"] == ["theo"] and summary["utterances"] == 30
-    # jackson's 20 training clips, the Speech Commands digit listed 4 times, "yes" once
-    assert summary["train_utterances"] == 25
+    # jackson's 20 training clips, the Speech Commands digit listed 4 times, "yes" once, two digit words
+    assert summary["train_utterances"] == 27
     # the clips are noise, so no accuracy is expected; the figures must be the rows' own
     digits = set((ROOT / "recipes" / "fsdd" / "digits.txt").read_text().split())
     rows = [json.loads(line) for line in open(tmp_path / "exp" / "test_results_vocab.jsonl")]

@@ -71,8 +71,8 @@ def main(argv=None) -> dict:
     if a.speech_commands:
         train += speech_commands_digits(a.speech_commands, a.speech_commands_repeat)
         if a.speech_commands_other_words:
-            digit_words = set(DIGITS.read_text().split())
-            train += [u for u in speech_commands_words(a.speech_commands) if u.text not in digit_words]
+            digits = set(DIGITS.read_text().split())
+            train += [u for u in speech_commands_words(a.speech_commands) if u.text not in digits]
     for corpus, root in a.digit_strings:
         train += digit_strings(corpus, root, a.digit_strings_repeat)
     for corpus, root in a.digit_words:
