@@ -1,6 +1,7 @@
 """Words cut from other corpora's utterances (asr/word_cuts.py, recipes/speech_commands/word_cuts.py):
 the cut rules, the fade, and the whole pass on tiny generated corpora with a stand-in
 aligner whose posteriors follow the audio's loudness."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -93,15 +94,9 @@ def test_command_words_cut_from_training_side_speakers(tmp_path):
     assert len(command_words(tmp_path, 2, index, WINDOW, SR, aligner=aligner, min_score=0.0)) == 2
 
 
-def test_fsdd_digit_words_are_cut_written_and_read_back(tmp_path):
-    """The FSDD recipe's --digit-words on a tiny AN4 tree: each digit of every split becomes
-    a file of its own, labelled with the digit and the corpus-marked speaker; a second call
-    reads the cuts back without aligning anything."""
+def _tiny_an4(root):
     import soundfile as sf
 
-    from recipes.fsdd.prepare import digit_words
-
-    root = tmp_path / "an4"
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "an4_train.transcription").write_text(
         "<s> TWO SIX EIGHT </s> (an253-fash-b)\n<s> RUBOUT </s> (an254-fash-b)\n<s> SIX SIX </s> (an256-fash-b)\n")
@@ -114,6 +109,18 @@ def test_fsdd_digit_words_are_cut_written_and_read_back(tmp_path):
         wave = 0.001 * rng.standard_normal(2 * SR)
         wave[SR // 4: 7 * SR // 4] += 0.3 * np.sin(2 * np.pi * 300 * np.arange(3 * SR // 2) / SR)
         sf.write(p, wave.astype(np.float32), SR)
+
+
+def test_fsdd_digit_words_are_cut_written_and_read_back(tmp_path):
+    """The FSDD recipe's --digit-words on a tiny AN4 tree: each digit of every split becomes
+    a file of its own, labelled with the digit and the corpus-marked speaker; a second call
+    reads the cuts back without aligning anything."""
+    import soundfile as sf
+
+    from recipes.fsdd.prepare import digit_words
+
+    root = tmp_path / "an4"
+    _tiny_an4(root)
     tok = CharTokenizer()
     utts = digit_words("an4", root, tmp_path / "cuts", repeat=2, per_speaker=1,
                        aligner=(LoudnessCTC(tok), tok), min_score=0.0)
@@ -127,3 +134,24 @@ def test_fsdd_digit_words_are_cut_written_and_read_back(tmp_path):
         assert rate == SR and abs(audio.size / SR - u.duration) < 1e-3 and u.duration <= 2.0
     again = digit_words("an4", root, tmp_path / "cuts", repeat=2, aligner=("not", "used"))
     assert [(u.id, u.audio, u.text) for u in again] == [(u.id, u.audio, u.text) for u in utts]
+
+
+def test_fsdd_digit_words_in_a_relative_folder_survive_a_manifest_elsewhere(tmp_path, monkeypatch):
+    """The recipe's default --digit-words-dir is relative (exp/fsdd_digit_words) and its
+    training manifest lives in another folder, which resolves relative audio paths against
+    itself: the cuts must still be found, also when read back from another working folder."""
+    from asr.data import read_manifest, write_manifest
+    from recipes.fsdd.prepare import digit_words
+
+    _tiny_an4(tmp_path / "an4")
+    tok = CharTokenizer()
+    monkeypatch.chdir(tmp_path)
+    utts = digit_words("an4", "an4", "exp/cuts", per_speaker=1, aligner=(LoudnessCTC(tok), tok), min_score=0.0)
+    assert utts
+    manifest = write_manifest(utts, tmp_path / "exp" / "fsdd" / "data" / "train.jsonl")
+    assert all(Path(u.audio).is_file() for u in read_manifest(manifest))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = digit_words("an4", "unused", tmp_path / "exp" / "cuts", aligner=("not", "used"))
+    assert [u.audio for u in again] == [u.audio for u in utts] and all(Path(u.audio).is_file() for u in again)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -119,7 +120,9 @@ def digit_words(corpus: str, root: str | Path, out_dir: str | Path, repeat: int 
     more voices, none of them an FSDD speaker (``aligner`` and ``min_score``: see
     :func:`asr.word_cuts.cut_words`). Each cut, with ``pad_s`` of the faded
     surround either side, is written as FLAC under ``out_dir/<corpus>/`` (kept: a second
-    call reads them back) and listed ``repeat`` times."""
+    call reads them back) and listed ``repeat`` times. The utterances' audio paths are
+    absolute (a manifest resolves relative ones against its own folder); the index
+    ``cuts.json`` lists them relative to its folder, so the folder may move."""
     import json
 
     from asr.audio import save_audio
@@ -129,7 +132,10 @@ def digit_words(corpus: str, root: str | Path, out_dir: str | Path, repeat: int 
     out_dir = Path(out_dir) / corpus
     index = out_dir / "cuts.json"
     if index.is_file():
-        made = json.loads(index.read_text())
+        try:
+            made = json.loads(index.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{index}: not a digit-word index ({exc}); delete it to cut again") from None
     else:
         utts = load_corpus(corpus, root)
         model, tokenizer = load_aligner(aligner or ALIGNER)
@@ -143,13 +149,27 @@ def digit_words(corpus: str, root: str | Path, out_dir: str | Path, repeat: int 
             path = out_dir / f"{cut.word}_{len(made):05d}.flac"
             path.parent.mkdir(parents=True, exist_ok=True)
             save_audio(path, cut.wave[a:b], rate)
-            made.append({"id": f"{corpus}_{path.stem}", "audio": str(path), "duration": (b - a) / rate,
+            made.append({"id": f"{corpus}_{path.stem}", "audio": path.name, "duration": (b - a) / rate,
                          "text": cut.word, "speaker": f"{corpus}:{cut.key}", "source": f"{cut.path}#{a / rate:.2f}s"})
         if not made:
             raise ValueError(f"{root}: no digit word could be cut from {corpus}")
-        index.write_text(json.dumps(made, indent=0))
-    utts = [Utterance(m["id"], m["audio"], m["duration"], m["text"], speaker=m["speaker"]) for m in made]
+        # a killed run never leaves half an index, nor does a fold cutting beside another
+        tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(made, indent=0))
+        tmp.replace(index)
+    utts = [Utterance(m["id"], _cut_audio(index, m["audio"]), m["duration"], m["text"], speaker=m["speaker"])
+            for m in made]
     return repeated(utts, repeat)
+
+
+def _cut_audio(index: Path, audio: str) -> str:
+    """An index entry's file as an absolute path: relative entries are relative to the
+    index's folder (indexes written before were relative to the working folder: tried
+    when the index's folder has no such file)."""
+    p = Path(audio)
+    if not p.is_absolute() and ((index.parent / p).exists() or not p.exists()):
+        p = index.parent / p
+    return str(p.resolve())
 
 
 def main() -> None:
