@@ -179,6 +179,15 @@ def _check(cfg: KWSConfig, where: str) -> None:
                               "(model.bidirectional false, model.pool 'last', model.cmn false)")
         if cfg.features.kind != "logmel":
             raise ConfigError(f"{where}: train.stream_minutes needs features.kind 'logmel'")
+        if not cfg.features.center or cfg.features.n_fft % 2:
+            # kws.stream_train frames each segment as the serving stream does: one frame per hop,
+            # centered, n_fft // 2 samples either side; otherwise frames and targets part ways
+            raise ConfigError(f"{where}: train.stream_minutes needs centered frames (features.center "
+                              f"true, an even features.n_fft), got center={cfg.features.center}, "
+                              f"n_fft={cfg.features.n_fft}")
+        if len(cfg.train.stream_target_s) != 2:
+            raise ConfigError(f"{where}: train.stream_target_s is a [lo, hi] pair of seconds, "
+                              f"got {cfg.train.stream_target_s}")
         lo, hi = cfg.train.stream_target_s
         if not (lo < hi <= cfg.train.stream_ignore_after_s):
             raise ConfigError(f"{where}: train.stream_target_s [lo, hi] needs lo < hi <= "

@@ -108,6 +108,18 @@ def test_config_refuses_a_stream_phase_for_a_model_that_cannot_stream():
         kws_config_from_dict(d)
 
 
+def test_config_refuses_a_stream_phase_whose_frames_would_not_match_its_targets():
+    """Uncentered frames: a 2 s segment gives 196 frames for its 200 targets (and loses 4
+    frames at every segment boundary), so the refusal must come before training."""
+    for change, match in ((("features", "center", False), "centered frames"),
+                          (("train", "stream_target_s", [0.3]), "stream_target_s is a")):
+        d = dataclasses.asdict(_cfg())
+        section, key, value = change
+        d[section][key] = value
+        with pytest.raises(ConfigError, match=match):
+            kws_config_from_dict(d)
+
+
 def _stream_scores(spotter: Spotter, wave: torch.Tensor) -> torch.Tensor:
     """Keyword posterior at every convolution step of ``wave`` streamed in 0.1 s hops."""
     fe = spotter.frontend
