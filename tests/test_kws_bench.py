@@ -56,3 +56,11 @@ def test_warm_up_then_interleaved_blocks_over_the_same_hops(bench):
     # one time per hop per pass; detections from the first pass only, at the hop's time
     assert all(len(per_pass) == 2 and all(len(t) == 10 for t in per_pass) for per_pass in times.values())
     assert dets == {"a": [pytest.approx(0.7)], "b": [], "c": []}
+
+
+def test_streaming_bench_refuses_a_named_model_that_is_missing(tmp_path):
+    """bench/kws_streaming.py falls back to its seeded random model for 'built' or a missing
+    default only: a mistyped --streaming-model must not be timed as the random model."""
+    stream_bench = load_bench("kws_streaming.py")
+    with pytest.raises(SystemExit, match="typo.onnx: no such file"):
+        stream_bench.main(["--streaming-model", str(tmp_path / "typo.onnx"), "--shared", str(tmp_path)])
