@@ -185,12 +185,12 @@ def _transcribe(args) -> int:
 
 
 def _transcripts_by_file(path: str) -> dict:
-    """{key: transcript} from a manifest (.jsonl: its audio paths are the keys) or a Kaldi
-    ``text`` file (``<key> <transcript>`` per line)."""
+    """{key: transcript} from a manifest (.jsonl: its audio paths, resolved, are the keys)
+    or a Kaldi ``text`` file (``<key> <transcript>`` per line)."""
     if path.endswith(".jsonl"):
         from asr.data import read_manifest
 
-        return {u.audio: u.text for u in read_manifest(path)}
+        return {str(Path(u.audio).resolve()): u.text for u in read_manifest(path)}
     out = {}
     for line in open(path, encoding="utf-8"):
         key, _, text = line.strip().partition(" ")
@@ -217,7 +217,9 @@ def _align(args) -> int:
     torch.set_num_threads(args.threads)
     failed = 0
     for path in args.files:
-        text = texts.get(path, texts.get(Path(path).name, texts.get(Path(path).stem)))
+        # a manifest's paths and the command line's need not be written alike: compared resolved
+        keys = (path, str(Path(path).resolve()), Path(path).name, Path(path).stem)
+        text = next((texts[k] for k in keys if k in texts), None)
         try:
             if text is None:
                 raise AlignmentError(f"no transcript for it in {args.texts}")

@@ -120,3 +120,30 @@ def test_align_command_prints_words_and_names_what_it_cannot_align(tmp_path, cap
     assert [w["word"] for w in words] == ["turn", "left", "now"]
     assert all(0 <= w["start"] < w["end"] for w in words) and words[0]["end"] <= words[2]["start"]
     assert "gone.wav" in lines[1]["error"] and "words" not in lines[1]
+
+
+def test_align_command_finds_a_manifest_transcript_however_the_path_is_written(tmp_path, monkeypatch, capsys):
+    """Manifests written by the toolkit hold absolute audio paths; a file named relative to
+    the working folder (or with ./) is the same file and gets its transcript."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    import asr.checkpoint
+    from asr.__main__ import main
+    from asr.data import Utterance, write_manifest
+
+    tok = CharTokenizer()
+    model = ScriptedCTC("___go____ _u_pp___", tok)
+    cfg = SimpleNamespace(sample_rate=16000)
+    monkeypatch.setattr(asr.checkpoint, "load_model", lambda path: (model, tok, cfg))
+    clip = tmp_path / "wavs" / "clip.wav"
+    clip.parent.mkdir()
+    sf.write(clip, np.zeros(16000, np.float32), 16000)
+    manifest = write_manifest([Utterance("u1", str(clip), 1.0, "go up")], tmp_path / "m" / "test.jsonl")
+    monkeypatch.chdir(tmp_path)
+    rc = main(["align", "--model", "stand-in", "--texts", str(manifest), "wavs/clip.wav", "./wavs/clip.wav"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 0, lines
+    assert [[w["word"] for w in line["words"]] for line in lines] == [["go", "up"], ["go", "up"]]
