@@ -71,6 +71,10 @@ class DataConfig:
     test: str = ""
     max_duration: float = 20.0  # seconds; longer utterances are skipped (and reported)
     on_error: str = "skip"  # bad audio/transcripts: "skip" (reported) or "raise"
+    # training refuses to start when validation rejects more than this share of a manifest
+    # (and more than 20 utterances): a wrong folder or relative path otherwise drops a whole
+    # source with one log line per file; 1.0 turns the check off
+    max_rejected_share: float = 0.1
     cache_audio: bool = True  # keep decoded waveforms in memory after the first epoch
     speed_perturb: List[float] = field(default_factory=list)  # e.g. [0.9, 1.0, 1.1]
     noise_prob: float = 0.0

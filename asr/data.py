@@ -165,6 +165,25 @@ def validate(utts: Sequence[Utterance], normalize: Callable[[str], str],
     return kept, rejected
 
 
+def check_rejected_share(manifest: str | Path, total: int, rejected: Sequence[Rejected],
+                         max_share: float, floor: int = 20) -> None:
+    """Raise :class:`ManifestError` when ``rejected`` is more than ``max_share`` of the
+    ``total`` utterances of ``manifest`` and more than ``floor`` of them (a few bad files in
+    a small corpus are normal), naming the manifest, the counts and the commonest reasons,
+    each with an example file."""
+    if len(rejected) <= floor or len(rejected) <= max_share * total:
+        return
+    by_reason: Dict[str, List[Rejected]] = {}
+    for r in rejected:
+        # "no such file" and the like differ only by the file named in them
+        by_reason.setdefault(r.reason.replace(r.audio, "FILE"), []).append(r)
+    common = sorted(by_reason.items(), key=lambda kv: -len(kv[1]))[:3]
+    reasons = "; ".join(f"{len(rs)} x {reason} (e.g. {rs[0].audio})" for reason, rs in common)
+    raise ManifestError(f"{manifest}: {len(rejected)} of {total} utterances rejected "
+                        f"({len(rejected) / max(total, 1):.0%}, more than data.max_rejected_share "
+                        f"{max_share:g}): {reasons}")
+
+
 def readable_audio(utts: Sequence[Utterance]) -> Tuple[List[Utterance], List[Rejected]]:
     """(the utterances whose audio header reads, the others as :class:`Rejected`), each
     of those logged with its file and reason. Cheap: the header only (:func:`audio_info`),

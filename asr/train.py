@@ -25,7 +25,8 @@ from asr.audio_files import list_audio
 from asr.augment import NoiseBank, add_noise, band_limit, colored_noise, set_margins, speed_perturb
 from asr.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from asr.config import DataConfig, ExperimentConfig, save_config
-from asr.data import DurationBatchSampler, UtteranceDataset, collate, read_manifest, validate
+from asr.data import (DurationBatchSampler, UtteranceDataset, check_rejected_share, collate, read_manifest,
+                      validate)
 from asr.device import autocast, check_precision, grad_scaler, resolve_device
 from asr.distributed import (all_reduce_max, all_reduce_sum, barrier, init_world, per_rank,
                              shard)
@@ -322,10 +323,13 @@ class Trainer:
         enc = self.tokenizer.encode
         train_utts, rej = ([], []) if train_raw is None else validate(
             train_raw, normalize_text, enc, d.max_duration, d.on_error)
+        if train_raw is not None:
+            check_rejected_share(d.train, len(train_raw), rej, d.max_rejected_share)
         valid_utts, rej_v = ([], [])
         if d.valid:
-            valid_utts, rej_v = validate(read_manifest(d.valid), normalize_text, enc,
-                                         d.max_duration, d.on_error)
+            valid_raw = read_manifest(d.valid)
+            valid_utts, rej_v = validate(valid_raw, normalize_text, enc, d.max_duration, d.on_error)
+            check_rejected_share(d.valid, len(valid_raw), rej_v, d.max_rejected_share)
             valid_utts = valid_utts[: cfg.train.valid_max_utts]
         if not train_utts and train_raw is not None:
             raise RuntimeError(f"{d.train}: no usable training utterances "

@@ -199,3 +199,24 @@ def test_resumed_budget_run_continues_its_clock(tmp_path, tone_corpus, monkeypat
     assert resumed.epochs_done == 100  # the checkpoint marks the run finished
     again = run("killed")
     assert again.steps == 12 and again.utterances == 0
+
+
+def test_training_refuses_a_manifest_whose_audio_is_mostly_missing(tmp_path):
+    """A wrong folder or a relative path in one source (the FSDD digit words, session 19)
+    used to drop every one of its utterances with a log line each and train on the rest:
+    more than data.max_rejected_share of a manifest (and more than 20 rows) rejected stops
+    the run before it starts, naming the manifest, the counts and the reason with a file."""
+    from asr.data import ManifestError
+    from conftest import make_tone_corpus
+
+    utts = read_manifest(make_tone_corpus(tmp_path / "tones", n=40))
+    for u in utts[:21]:
+        u.audio = str(tmp_path / "gone" / f"{u.id}.flac")
+    manifest = write_manifest(utts, tmp_path / "train.jsonl")
+    with pytest.raises(ManifestError, match=r"train\.jsonl: 21 of 40 utterances rejected .*"
+                                            r"max_rejected_share 0\.1\): 21 x no such file \(e\.g\. .*gone/utt0"):
+        Trainer(plain_config(manifest, epochs=1), tmp_path / "exp")
+    # the share can be raised (1.0: off); 20 rejected would pass the floor anyway
+    cfg = plain_config(manifest, epochs=1)
+    cfg.data.max_rejected_share = 1.0
+    assert len(Trainer(cfg, tmp_path / "exp2").train_set.utts) == 19
