@@ -252,7 +252,7 @@ class WindowMaker:
         """clip.wave (N,) -> window with context (n,): pitch variant, speed, reverberation,
         placement, gain and noise when ``augment``; the evaluation placement alone otherwise.
         With ``return_focus``: (window, focus) where focus is the (start, end) samples of
-        the clip's speech in the window (after speed perturbation), or None."""
+        the clip's speech in the window (after speed perturbation; within [0, n]), or None."""
         c = self.cfg
         wave, focus = clip.wave, clip.focus
         if augment and clip.variants and rng.random() < 0.5:
@@ -277,7 +277,8 @@ class WindowMaker:
         start = self.placement(wave.numel(), focus, rng, jitter=augment)
         out = self._finish(self._cut(wave, start), rng, augment)
         if return_focus:
-            return out, None if focus is None else (focus[0] - start, focus[1] - start)
+            # speech longer than the window is cut by it: the focus says what the window holds
+            return out, None if focus is None else (max(0, focus[0] - start), min(self.n, focus[1] - start))
         return out
 
     def _finish(self, out: torch.Tensor, rng: random.Random, augment: bool) -> torch.Tensor:

@@ -75,6 +75,22 @@ def test_window_keeps_the_word_inside_and_shifts_it():
     assert float(w.sum()) == pytest.approx(7000)
 
 
+def test_focus_of_speech_longer_than_the_window_is_what_the_window_holds():
+    """The stream phase puts a word's target at its focus end: for speech longer than the
+    window (context included) the focus must stop at the window's end, not past it in
+    audio of the next slot that does not hold the word."""
+    cfg = AugmentConfig(noise_prob=0.0, speed_factors=[1.0], gain_db=[0.0, 0.0], time_shift_s=0.3)
+    ctx = 400
+    maker = WindowMaker(16000, cfg, NoiseBank([]), context=ctx)
+    wave = torch.zeros(40000)
+    wave[4000:30000] = 1.0  # 1.6 s of 'speech' in a 2.5 s clip, 1 s window
+    rng = random.Random(0)
+    for augment in (True, False):
+        w, (f0, f1) = maker(Clip(wave, 1, focus=(4000, 30000)), rng, augment=augment, return_focus=True)
+        assert w.numel() == maker.n and 0 <= f0 < f1 <= maker.n
+        assert float(w[f0:f1].min()) == 1.0  # the focus is speech the window holds
+
+
 def test_noise_is_mixed_at_the_requested_snr():
     cfg = AugmentConfig(noise_prob=1.0, snr_db=[10.0], speed_factors=[1.0], gain_db=[0.0, 0.0],
                         time_shift_s=0.0)
