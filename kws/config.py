@@ -174,6 +174,10 @@ def _check(cfg: KWSConfig, where: str) -> None:
     if cfg.features.kind not in ("logmel", "pcen"):
         raise ConfigError(f"{where}: features.kind must be 'logmel' or 'pcen'")
     if cfg.train.stream_minutes > 0:
+        if cfg.task != "wakeword":
+            # its targets are a word's end against _background_; a commands task has no such
+            # class (its _silence_ and _unknown_ would be taken for a word and for background)
+            raise ConfigError(f"{where}: train.stream_minutes needs task 'wakeword', got {cfg.task!r}")
         if cfg.model.bidirectional or cfg.model.pool != "last" or cfg.model.cmn:
             raise ConfigError(f"{where}: train.stream_minutes needs a streamable model "
                               "(model.bidirectional false, model.pool 'last', model.cmn false)")

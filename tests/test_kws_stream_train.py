@@ -108,14 +108,19 @@ def test_config_refuses_a_stream_phase_for_a_model_that_cannot_stream():
         kws_config_from_dict(d)
 
 
-def test_config_refuses_a_stream_phase_whose_frames_would_not_match_its_targets():
+def test_config_refuses_a_stream_phase_whose_frames_targets_or_task_do_not_fit():
     """Uncentered frames: a 2 s segment gives 196 frames for its 200 targets (and loses 4
-    frames at every segment boundary), so the refusal must come before training."""
+    frames at every segment boundary); a commands task has no _background_ class for the
+    word-end targets: the refusals come before training, naming the field."""
     for change, match in ((("features", "center", False), "centered frames"),
-                          (("train", "stream_target_s", [0.3]), "stream_target_s is a")):
+                          (("train", "stream_target_s", [0.3]), "stream_target_s is a"),
+                          (("task", None, "commands"), "needs task 'wakeword'")):
         d = dataclasses.asdict(_cfg())
         section, key, value = change
-        d[section][key] = value
+        if key is None:
+            d[section] = value
+        else:
+            d[section][key] = value
         with pytest.raises(ConfigError, match=match):
             kws_config_from_dict(d)
 
