@@ -57,7 +57,7 @@ SAVE_EVERY_S = 60.0  # how often the phase writes stream_last.pt (and a history 
 class Lane:
     """One continuous training stream.
 
-    audio: the samples from ``start - context`` on that the next segment reads (its frames
+    audio (S,): the samples from ``start - context`` on that the next segment reads (its frames
     and their context); start: absolute sample of the next segment's first frame center;
     words: (start, end, label) of the target words in absolute samples, not yet passed."""
 
