@@ -8,7 +8,7 @@ timed step is ``joiner + loss`` forward and backward:
 
 - ``torchaudio``: ``logits = head.join(enc, dec)`` (full ``(B, T, U+1, V)``), then
   ``torchaudio.functional.rnnt_loss(reduction="none")``, then ``loss.sum().backward()``.
-- ``pruned``: ``asr.losses.rnnt.pruned_rnnt_loss`` (simple loss + pruning + joiner on the
+- ``pruned``: ``asr.losses.pruned.pruned_rnnt_loss`` (simple loss + pruning + joiner on the
   ``(B, T, S, V)`` window), ``total.sum().backward()``.
 
 Time is the median of ``--reps`` timed repetitions after one warm-up repetition.

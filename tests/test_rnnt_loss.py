@@ -250,10 +250,10 @@ def test_simple_loss_gradient_matches_autograd():
     am = torch.randn(B, T, V, generator=g, dtype=torch.float64, requires_grad=True)
     lm = torch.randn(B, U + 1, V, generator=g, dtype=torch.float64, requires_grad=True)
     _, targets, tl, ul = _random_batch(8, B=B, T=T, U=U, V=V)
-    from asr.losses.rnnt import _lattice_loss_and_occupancy
+    from asr.losses.lattice import lattice_loss_and_occupancy
 
     lat = simple_lattice(am, lm, targets)
-    loss, occ = _lattice_loss_and_occupancy(lat.float(), tl, ul)
+    loss, occ = lattice_loss_and_occupancy(lat.float(), tl, ul)
     direct = lattice_loss_reference(simple_lattice(am, lm, targets), tl, ul)
     torch.testing.assert_close(loss.double(), direct, rtol=1e-5, atol=1e-4)
     ga = torch.autograd.grad(loss.sum(), [am, lm])
@@ -320,7 +320,7 @@ def test_pruned_loss_bounds_torchaudio_full_loss_under_no_grad(seed, B, T, U, V)
 
 
 def test_adapter_passes_lattice_engine_and_joiner_chunking(monkeypatch):
-    import asr.losses.rnnt as rnnt_module
+    import asr.losses.pruned as pruned_module
 
     head = _head()
     enc, targets, tl, ul = _head_batch(16, B=3, T=9, U=5)
@@ -331,7 +331,7 @@ def test_adapter_passes_lattice_engine_and_joiner_chunking(monkeypatch):
     torch.testing.assert_close(by_engine[0], by_engine[1])
     # joiner_chunk_elements sets the fused joiner's frames per chunk (its last argument)
     frames_seen = []
-    fused = rnnt_module._FusedJoinerArcLogProbs
+    fused = pruned_module._FusedJoinerArcLogProbs
 
     class RecordingFused:
         @staticmethod
@@ -339,7 +339,7 @@ def test_adapter_passes_lattice_engine_and_joiner_chunking(monkeypatch):
             frames_seen.append(args[-1])
             return fused.apply(*args)
 
-    monkeypatch.setattr(rnnt_module, "_FusedJoinerArcLogProbs", RecordingFused)
+    monkeypatch.setattr(pruned_module, "_FusedJoinerArcLogProbs", RecordingFused)
     one_row = 3 * 3 * 12  # B * S * max(Dj, V): one frame per chunk
     per_frame = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=3, joiner_chunk_elements=one_row)
     one_pass = rnnt_loss("pruned", head, enc, dec, targets, tl, ul, prune_range=3, joiner_chunk_elements=0)
