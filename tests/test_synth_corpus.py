@@ -1,4 +1,9 @@
-"""Fast checks of the embedded synthetic corpus generator (recipes/synth)."""
+"""Fast checks of the embedded synthetic corpus generator (recipes/synth).
+
+The tests use the names ``recipes.synth.generate`` re-exports; patches go to the module
+whose code reads the name (``synthesize`` for the engine checks, ``voices`` for the voice
+list).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from recipes.synth import generate as g
+from recipes.synth import synthesize, voices
 
 TEXT_RE = re.compile(r"[a-z']+( [a-z']+)*")
 COUNTS = {"train": 8, "dev": 3, "test": 5}
@@ -110,7 +116,8 @@ def test_plan_is_deterministic_and_count_independent():
 
 
 def test_missing_program_is_named(monkeypatch):
-    monkeypatch.setattr(g.shutil, "which", lambda prog: None if prog == "flite" else "/bin/x")
+    monkeypatch.setattr(synthesize.shutil, "which",
+                        lambda prog: None if prog == "flite" else "/bin/x")
     with pytest.raises(RuntimeError, match=r"'flite'.*apt package 'flite'"):
         g.check_engines(["flite"])
 
@@ -191,7 +198,9 @@ def test_cache_skips_existing_wavs(corpus):
 
 @needs_espeak
 def test_failed_utterance_is_skipped(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(g, "ESPEAK_ACCENTS", ("en-us", "zz-no-such-voice"))
+    accents = ("en-us", "zz-no-such-voice")
+    monkeypatch.setattr(voices, "ESPEAK_ACCENTS", accents)  # the voices planned
+    monkeypatch.setattr(synthesize, "ESPEAK_ACCENTS", accents)  # what check_engines checks
     with pytest.raises(RuntimeError, match="zz-no-such-voice"):
         g.check_engines(["espeak"])  # caught up front ...
     monkeypatch.setattr(g, "check_engines", lambda engines: None)  # ... or per utterance:
