@@ -9,6 +9,7 @@ gradients, so W processes step as one process would on W batches at a time.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import dataclass
 from typing import List, Sequence, TypeVar
@@ -92,6 +93,9 @@ def process_group_of_the_run():
             dist.barrier()
     finally:
         if dist.is_available() and dist.is_initialized():
+            # a DDP module left in a reference cycle keeps the group's gloo threads alive
+            # until the interpreter's own teardown, where they abort: free it first
+            gc.collect()
             dist.destroy_process_group()
 
 

@@ -298,4 +298,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from asr.process_exit import exit_command
+
+    exit_command(main())
