@@ -101,7 +101,8 @@ def _need_dir(path: Path, what: str) -> Path:
 
 @CORPORA.register("fsdd")
 def prepare_fsdd(root: str | Path, speakers: Optional[List[str]] = None) -> List[Utterance]:
-    """Free Spoken Digit Dataset: ``recordings/<digit>_<speaker>_<idx>.wav``.
+    """Free Spoken Digit Dataset: ``recordings/<digit>_<speaker>_<idx>.wav`` (any audio
+    suffix, either case: ``.WAV``, ``.flac``...).
 
     ``root`` may be the dataset folder or its ``recordings`` folder.
     """
@@ -109,7 +110,7 @@ def prepare_fsdd(root: str | Path, speakers: Optional[List[str]] = None) -> List
     rec = root / "recordings" if (root / "recordings").is_dir() else _need_dir(
         root, "FSDD layout recordings/<digit>_<speaker>_<idx>.wav")
     utts = Corpus()
-    for p in sorted(rec.glob("*.wav")):
+    for p in sorted(p for p in rec.iterdir() if p.is_file() and is_audio(p)):
         parts = p.stem.split("_")
         if len(parts) != 3 or not parts[0].isdigit():
             utts.reject(p.stem, p, "name is not <digit>_<speaker>_<idx>.wav")
