@@ -221,7 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--corpus", default="speech_commands")
     v.add_argument("--data", required=True)
     v.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
-                   help="keep only the speakers hashed into this split")
+                   help="keep only this split: with the release's testing_list.txt / "
+                        "validation_list.txt (full v0.02 layout) the clips they list (train: the "
+                        "rest); otherwise the speakers kws.layout.hash_split puts in it (20%% test: "
+                        "the shipped model's held-out speakers of the test-set layout, so a test set "
+                        "of new speakers keeps about a fifth; use all for every clip). The JSON's "
+                        "split_rule and clips_in_folder say which and how many of how many")
     v.add_argument("--plot", default="", help="confusion matrix PNG")
     v.add_argument("--shifts-ms", type=float, nargs="+", default=[0.0],
                    help="average posteriors over these clip shifts (test-time option; default one window)")

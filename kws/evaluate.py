@@ -40,11 +40,13 @@ def evaluate_commands(model: KWSModel, data_dir: str, split: str = "all", val_pe
     that :func:`kws.layout.hash_split` puts in that split ('all' keeps every clip).
     ``shifts_ms`` other than (0,) averages the posteriors of the clip shifted by each amount
     (zero-padded), a test-time option; the default is one centered window."""
-    items = scan_speech_commands(data_dir, model.labels)
-    if split != "all":
-        items = [it for it in items if hash_split(it[2], val_percent, test_percent) == split]
+    found = scan_speech_commands(data_dir, model.labels)
+    items, rule = select_split(found, data_dir, split, val_percent, test_percent)
     if not items:
-        raise ValueError(f"{data_dir}: no clips for split {split!r}")
+        raise ValueError(f"{data_dir}: none of its {len(found)} clips is in split {split!r} "
+                         f"({rule}); give --split all to evaluate every clip")
+    if len(items) < len(found):
+        log.warning("--split %s: %d of the %d clips (%s)", split, len(items), len(found), rule)
     index = {name: i for i, name in enumerate(model.labels)}
     feats, labels, skipped = [], [], []
     for path, label, _ in tqdm(items, desc="features", leave=False, mininterval=2.0):
@@ -64,10 +66,45 @@ def evaluate_commands(model: KWSModel, data_dir: str, split: str = "all", val_pe
     rep = classification_report(probs, np.array(labels), model.labels)
     rep["speakers"] = len({it[2] for it in items})
     rep["skipped"] = skipped
+    rep.update(split=split, split_rule=rule, clips_in_folder=len(found))
     if plot:
         plot_confusion(rep["confusion"], model.labels, plot,
                        title=f"{Path(model.path).name}: accuracy {rep['accuracy']:.3f}")
     return rep
+
+
+#: the full Speech Commands release's split lists (relative paths, one a line)
+SPLIT_LISTS = {"test": "testing_list.txt", "val": "validation_list.txt"}
+
+
+def select_split(items: Sequence[Tuple[Path, str, str]], data_dir: str | Path, split: str,
+                 val_percent: float = 10.0, test_percent: float = 20.0
+                 ) -> Tuple[List[Tuple[Path, str, str]], str]:
+    """The clips of ``split`` among ``items`` (:func:`kws.layout.scan_speech_commands`) and
+    the rule that chose them. A folder with the release's ``testing_list.txt`` /
+    ``validation_list.txt`` (the full v0.02 layout) is split by them ('train': the clips in
+    neither, ``_silence_`` clips cut from background noise included); any other folder by
+    speaker with :func:`kws.layout.hash_split` (``test_percent`` of the speakers in 'test',
+    the split the shipped models held out of the test-set layout)."""
+    if split == "all":
+        return list(items), "every clip"
+    root = Path(data_dir)
+    lists = {name: root / f for name, f in SPLIT_LISTS.items() if (root / f).is_file()}
+    if lists:
+        listed = {name: {str(Path(line.strip()).with_suffix("")) for line in open(path, encoding="utf-8")
+                         if line.strip()} for name, path in lists.items()}
+
+        def which(path: Path) -> str:
+            key = path.relative_to(root).with_suffix("").as_posix()
+            return next((name for name, keys in listed.items() if key in keys), "train")
+
+        if split != "train" and split not in lists:
+            return [], f"{root} has {', '.join(sorted(f.name for f in lists.values()))} but no {SPLIT_LISTS[split]}"
+        return ([it for it in items if which(it[0]) == split],
+                f"the release's {SPLIT_LISTS[split] if split != 'train' else 'lists (train: in neither)'}")
+    rule = (f"speakers whose SHA-1 falls in the {split} share (kws.layout.hash_split: "
+            f"{test_percent:g}% test, {val_percent:g}% val); no testing_list.txt in the folder")
+    return [it for it in items if hash_split(it[2], val_percent, test_percent) == split], rule
 
 
 # ----------------------------------------------------------------------------- noise
