@@ -9,6 +9,7 @@ import math
 import re
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional, Union
 
 import numpy as np
@@ -21,6 +22,25 @@ PathLike = Union[str, Path]
 
 #: a file that decodes to less than this share of the frames its header promises is truncated
 MIN_DECODED_SHARE = 0.9
+
+#: headerless ``.raw`` audio is read as CMU AN4's raw release has it (an4_raw.bigendian):
+#: 16 kHz, 16-bit signed, big-endian, mono
+RAW_FORMAT = {"format": "RAW", "samplerate": 16000, "channels": 1, "subtype": "PCM_16",
+              "endian": "BIG"}
+
+
+def _raw_args(path: PathLike) -> dict:
+    """soundfile's format arguments for ``path``: :data:`RAW_FORMAT` for ``.raw``, else none."""
+    return dict(RAW_FORMAT) if Path(path).suffix.lower() == ".raw" else {}
+
+
+def _info(path: PathLike):
+    """``sf.info`` of ``path``; for headerless ``.raw``, the same fields from :data:`RAW_FORMAT`."""
+    if not _raw_args(path):
+        return sf.info(str(path))
+    with sf.SoundFile(str(path), **_raw_args(path)) as f:
+        return SimpleNamespace(samplerate=f.samplerate, frames=f.frames, channels=f.channels,
+                               format="RAW")
 
 
 class AudioError(ValueError):
@@ -82,10 +102,11 @@ def load_audio(
     if not path.is_file():
         raise AudioError(path, "no such file")
     try:
-        info = sf.info(str(path))
+        info = _info(path)
         start = int(round(offset * info.samplerate))
         frames = -1 if duration is None else int(round(duration * info.samplerate))
-        data, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+        data, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True,
+                           **_raw_args(path))
     except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError)
         raise AudioError(path, f"cannot decode audio ({exc})") from None
     promised = info.frames - start if frames < 0 else min(frames, info.frames - start)
@@ -136,7 +157,7 @@ def audio_info(path: PathLike) -> tuple[float, int]:
     if not Path(path).is_file():
         raise AudioError(path, "no such file")
     try:
-        info = sf.info(str(path))
+        info = _info(path)
     except Exception as exc:
         raise AudioError(path, f"cannot read header ({exc})") from None
     if info.frames == 0:

@@ -265,7 +265,8 @@ def prepare_speechocean762(root: str | Path, split: Optional[str] = None) -> Cor
 @CORPORA.register("an4")
 def prepare_an4(root: str | Path, split: Optional[str] = None) -> Corpus:
     """CMU AN4: ``etc/an4_{train,test}.transcription`` (``<s> WORDS </s> (uttid)``) and
-    audio ``wav/<part>/<speaker>/<uttid>.<ext>`` (``.wav``, ``.flac``, NIST SPHERE ``.sph``
+    audio ``wav/<part>/<speaker>/<uttid>.<ext>`` (``.wav``, ``.flac``, NIST SPHERE ``.sph``,
+    headerless ``.raw`` as in CMU's an4_raw.bigendian release (:data:`asr.audio.RAW_FORMAT`)
     or any of :data:`AUDIO_EXTENSIONS`), found by name anywhere under ``wav/``.
     ``root`` is the ``an4`` folder."""
     root = Path(root)
@@ -275,7 +276,7 @@ def prepare_an4(root: str | Path, split: Optional[str] = None) -> Corpus:
     audio = {}
     if (root / "wav").is_dir():
         for p in (root / "wav").rglob("*"):
-            if is_audio(p):
+            if is_audio(p) or p.suffix.lower() == ".raw":
                 audio.setdefault(p.stem, p)
     utts = Corpus()
     for name in _splits(found, split, etc, "an4_<split>.transcription"):
@@ -293,7 +294,7 @@ def prepare_an4(root: str | Path, split: Optional[str] = None) -> Corpus:
             if uid not in audio:  # named as the public layout would have it
                 part = f"an4{'' if name == 'train' else name}_clstk"
                 spk = (uid.split("-") + ["?"])[1]
-                exts = " ".join(sorted({e.lower() for e in AUDIO_EXTENSIONS}))
+                exts = " ".join(sorted({e.lower() for e in AUDIO_EXTENSIONS} | {".raw"}))
                 utts.reject(uid, root / "wav" / part / spk / f"{uid}.wav",
                             f"no such file: expected wav/<part>/<spk>/{uid}.<ext> under {root} "
                             f"(<ext> one of {exts}); no file under wav/ is named {uid}.<ext>")
