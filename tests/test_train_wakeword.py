@@ -183,11 +183,13 @@ def test_shipped_results_files_follow_the_observability_rule():
         data = json.loads(f.read_text())
         assert refresh(data) == data, f"{f.name}: observability fields disagree with its hours"
         checked += json.dumps(data).count('"rate_observable"')
-    assert checked >= 8  # alexa (2), jarvis (4: the summary, int8 and its two conditions), computer v2 (4)
+    assert checked >= 12  # alexa (4), its first run (2), jarvis (4), computer v2 (4)
     results = {name: json.loads((ROOT / "recipes" / "wake_word" / f"results_{name}.json").read_text())
-               for name in ("alexa", "jarvis")}
-    assert results["alexa"]["negative_hours"] < 3 and results["alexa"]["rate_observable"] is False
-    assert results["jarvis"]["negative_hours"] >= 3 and results["jarvis"]["rate_observable"] is True
+               for name in ("alexa_s11", "alexa", "jarvis")}
+    # the first alexa (session 11) held out 2.2 h: too few to observe 0.5 FA/h
+    assert results["alexa_s11"]["negative_hours"] < 3 and results["alexa_s11"]["rate_observable"] is False
+    for name in ("alexa", "jarvis"):  # the shipped ones, retrained on today's split
+        assert results[name]["negative_hours"] >= 3 and results[name]["rate_observable"] is True
     stale = refresh({"a": [{"rate_observable": True, "note": "", "negative_hours": 2.2,
                             "target_fa_per_hour": 0.5, "frr": 0.0}]})
     assert stale["a"][0]["rate_observable"] is False and stale["a"][0]["frr"] == 0.0
