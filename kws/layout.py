@@ -41,7 +41,8 @@ def scan_speech_commands(root: str | Path, labels: Sequence[str] = SPEECH_COMMAN
 
     Also accepts the full v0.02 layout (``<word>/...`` for all 35 words and
     ``_background_noise_``): words outside ``labels`` become ``_unknown_``, and
-    ``_background_noise_`` is skipped (cut it into ``_silence_`` clips separately).
+    ``_background_noise_`` is skipped (cut it into ``_silence_`` clips separately: a folder
+    without ``_silence_`` clips is refused, saying so).
     """
     root = Path(root)
     if not root.is_dir():
@@ -55,6 +56,11 @@ def scan_speech_commands(root: str | Path, labels: Sequence[str] = SPEECH_COMMAN
             out.append((f, label, speaker_of(f)))
     found = {lab for _, lab, _ in out}
     missing = [lab for lab in labels if lab not in found]
+    if missing == ["_silence_"] and (root / "_background_noise_").is_dir():
+        raise FileNotFoundError(
+            f"{root}: no _silence_ clips: a full v0.02 release has none (only _background_noise_ "
+            f"recordings); evaluate on the official test-set layout (speech_commands_test_set_v0.02, "
+            f"which has _silence_/), or cut 1 s clips of _background_noise_ into {root / '_silence_'}")
     if missing:
         raise FileNotFoundError(f"{root}: no clips for class(es) {missing}; expected "
                                 f"<class>/<speaker>_nohash_<n>.wav|flac folders")

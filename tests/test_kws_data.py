@@ -35,6 +35,11 @@ def test_scan_names_the_missing_classes(tmp_path):
     sf.write(tmp_path / "cat" / "def_nohash_0.wav", np.zeros(1600, np.float32), 16000)
     items = scan_speech_commands(tmp_path, ["_unknown_", "yes"])
     assert sorted(lab for _, lab, _ in items) == ["_unknown_", "yes"]
+    # a full release has _background_noise_ and no _silence_: the error says what to do
+    (tmp_path / "_background_noise_").mkdir()
+    sf.write(tmp_path / "_background_noise_" / "pink.wav", np.zeros(16000, np.float32), 16000)
+    with pytest.raises(FileNotFoundError, match="full v0.02 release has none.*test_set_v0.02"):
+        scan_speech_commands(tmp_path, ["_silence_", "_unknown_", "yes"])
 
 
 def test_bad_audio_is_skipped_with_its_name(tmp_path, caplog):
