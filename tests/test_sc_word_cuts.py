@@ -136,6 +136,28 @@ def test_fsdd_digit_words_are_cut_written_and_read_back(tmp_path):
     assert [(u.id, u.audio, u.text) for u in again] == [(u.id, u.audio, u.text) for u in utts]
 
 
+def test_fsdd_digit_words_read_back_with_other_settings_say_so(tmp_path, caplog):
+    """The cut index keeps the settings it was cut with: a later call asking for others
+    reuses the cuts and says which settings differ (it used to reuse them silently)."""
+    import json
+
+    from recipes.fsdd.prepare import digit_words
+
+    _tiny_an4(tmp_path / "an4")
+    tok = CharTokenizer()
+    first = digit_words("an4", tmp_path / "an4", tmp_path / "cuts", per_speaker=1,
+                        aligner=(LoudnessCTC(tok), tok), min_score=0.0)
+    saved = json.loads((tmp_path / "cuts" / "an4" / "cuts.json").read_text())
+    assert saved["settings"]["per_speaker"] == 1 and len(saved["cuts"]) == len(first)
+    caplog.clear()
+    again = digit_words("an4", tmp_path / "an4", tmp_path / "cuts", per_speaker=3, min_score=0.0)
+    assert [u.audio for u in again] == [u.audio for u in first]
+    assert "other settings (per_speaker 1 (now 3))" in caplog.text
+    caplog.clear()
+    digit_words("an4", tmp_path / "an4", tmp_path / "cuts", per_speaker=1, min_score=0.0)
+    assert "other settings" not in caplog.text
+
+
 def test_fsdd_digit_words_in_a_relative_folder_survive_a_manifest_elsewhere(tmp_path, monkeypatch):
     """The recipe's default --digit-words-dir is relative (exp/fsdd_digit_words) and its
     training manifest lives in another folder, which resolves relative audio paths against

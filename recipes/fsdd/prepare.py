@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -17,6 +18,8 @@ from typing import Dict, List, Optional
 from asr.corpora import DIGITS, Corpus, prepare_fsdd
 from asr.data import Utterance
 from recipes.common import download_and_unpack, write_splits
+
+log = logging.getLogger(__name__)
 
 URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
 
@@ -131,11 +134,23 @@ def digit_words(corpus: str, root: str | Path, out_dir: str | Path, repeat: int 
 
     out_dir = Path(out_dir) / corpus
     index = out_dir / "cuts.json"
+    settings = {"per_speaker": per_speaker, "pad_s": pad_s,
+                "min_score": MIN_SCORE if min_score is None else min_score,
+                # a model file by name; a (model, tokenizer) given in code is not compared
+                "aligner": Path(aligner or ALIGNER).name if aligner is None or isinstance(aligner, (str, Path))
+                else "given"}
     if index.is_file():
         try:
-            made = json.loads(index.read_text())
+            saved = json.loads(index.read_text())
         except ValueError as exc:
             raise ValueError(f"{index}: not a digit-word index ({exc}); delete it to cut again") from None
+        # {"settings", "cuts"}; a bare list before session 19
+        made = saved["cuts"] if isinstance(saved, dict) else saved
+        differ = {k: (v, settings[k]) for k, v in (saved.get("settings", {}) if isinstance(saved, dict) else {}).items()
+                  if k in settings and v != settings[k] and "given" not in (v, settings[k])}
+        if differ:
+            log.warning("%s: reusing cuts made with other settings (%s); delete the folder to cut again",
+                        index, ", ".join(f"{k} {a} (now {b})" for k, (a, b) in differ.items()))
     else:
         utts = load_corpus(corpus, root)
         model, tokenizer = load_aligner(aligner or ALIGNER)
@@ -155,7 +170,7 @@ def digit_words(corpus: str, root: str | Path, out_dir: str | Path, repeat: int 
             raise ValueError(f"{root}: no digit word could be cut from {corpus}")
         # a killed run never leaves half an index, nor does a fold cutting beside another
         tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(made, indent=0))
+        tmp.write_text(json.dumps({"settings": settings, "cuts": made}, indent=0))
         tmp.replace(index)
     utts = [Utterance(m["id"], _cut_audio(index, m["audio"]), m["duration"], m["text"], speaker=m["speaker"])
             for m in made]
