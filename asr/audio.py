@@ -23,22 +23,24 @@ PathLike = Union[str, Path]
 #: a file that decodes to less than this share of the frames its header promises is truncated
 MIN_DECODED_SHARE = 0.9
 
-#: headerless ``.raw`` audio is read as CMU AN4's raw release has it (an4_raw.bigendian):
-#: 16 kHz, 16-bit signed, big-endian, mono
+#: headerless audio (this suffix, any case) is read as CMU AN4's raw release has it
+#: (an4_raw.bigendian): 16 kHz, 16-bit signed, big-endian, mono
+RAW_SUFFIX = ".raw"
 RAW_FORMAT = {"format": "RAW", "samplerate": 16000, "channels": 1, "subtype": "PCM_16",
               "endian": "BIG"}
 
 
 def _raw_args(path: PathLike) -> dict:
     """soundfile's format arguments for ``path``: :data:`RAW_FORMAT` for ``.raw``, else none."""
-    return dict(RAW_FORMAT) if Path(path).suffix.lower() == ".raw" else {}
+    return dict(RAW_FORMAT) if Path(path).suffix.lower() == RAW_SUFFIX else {}
 
 
 def _info(path: PathLike):
     """``sf.info`` of ``path``; for headerless ``.raw``, the same fields from :data:`RAW_FORMAT`."""
-    if not _raw_args(path):
+    raw = _raw_args(path)
+    if not raw:
         return sf.info(str(path))
-    with sf.SoundFile(str(path), **_raw_args(path)) as f:
+    with sf.SoundFile(str(path), **raw) as f:
         return SimpleNamespace(samplerate=f.samplerate, frames=f.frames, channels=f.channels,
                                format="RAW")
 

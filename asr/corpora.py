@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from asr.audio import AudioError, audio_info
+from asr.audio import RAW_SUFFIX, AudioError, audio_info
 from asr.audio_files import AUDIO_SUFFIXES, is_audio
 from asr.data import Rejected, Utterance, read_manifest
 from asr.metadata import read_metadata
@@ -22,6 +22,8 @@ DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 
 # both cases: find_audio tries each on case-sensitive file systems
 AUDIO_EXTENSIONS = tuple(s for suffix in AUDIO_SUFFIXES for s in (suffix, suffix.upper()))
+#: AN4's audio: any audio suffix, and the headerless .raw of its raw release (lower case)
+AN4_SUFFIXES = AUDIO_SUFFIXES + (RAW_SUFFIX,)
 
 
 class Corpus(list):
@@ -276,7 +278,7 @@ def prepare_an4(root: str | Path, split: Optional[str] = None) -> Corpus:
     audio = {}
     if (root / "wav").is_dir():
         for p in (root / "wav").rglob("*"):
-            if is_audio(p) or p.suffix.lower() == ".raw":
+            if p.suffix.lower() in AN4_SUFFIXES:
                 audio.setdefault(p.stem, p)
     utts = Corpus()
     for name in _splits(found, split, etc, "an4_<split>.transcription"):
@@ -294,7 +296,7 @@ def prepare_an4(root: str | Path, split: Optional[str] = None) -> Corpus:
             if uid not in audio:  # named as the public layout would have it
                 part = f"an4{'' if name == 'train' else name}_clstk"
                 spk = (uid.split("-") + ["?"])[1]
-                exts = " ".join(sorted({e.lower() for e in AUDIO_EXTENSIONS} | {".raw"}))
+                exts = " ".join(sorted(AN4_SUFFIXES))
                 utts.reject(uid, root / "wav" / part / spk / f"{uid}.wav",
                             f"no such file: expected wav/<part>/<spk>/{uid}.<ext> under {root} "
                             f"(<ext> one of {exts}); no file under wav/ is named {uid}.<ext>")
