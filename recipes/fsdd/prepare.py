@@ -144,9 +144,10 @@ def digit_words(corpus: str, root: str | Path, out_dir: str | Path, repeat: int 
             saved = json.loads(index.read_text())
         except ValueError as exc:
             raise ValueError(f"{index}: not a digit-word index ({exc}); delete it to cut again") from None
-        # {"settings", "cuts"}; a bare list before session 19
-        made = saved["cuts"] if isinstance(saved, dict) else saved
-        differ = {k: (v, settings[k]) for k, v in (saved.get("settings", {}) if isinstance(saved, dict) else {}).items()
+        if isinstance(saved, list):  # the cuts alone, as written before session 19
+            saved = {"settings": {}, "cuts": saved}
+        made = saved["cuts"]
+        differ = {k: (v, settings[k]) for k, v in saved["settings"].items()
                   if k in settings and v != settings[k] and "given" not in (v, settings[k])}
         if differ:
             log.warning("%s: reusing cuts made with other settings (%s); delete the folder to cut again",
